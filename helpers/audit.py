@@ -1,0 +1,223 @@
+"""Index every file of a dataset folder and report what would stop it from being used.
+
+The index has one row per file under the data root: its class, bytes, SHA-256 of its content,
+whether it decodes as an image, and its format, size and mode. The summary lists every file that
+the split will leave out and why, so nothing is dropped without appearing in a report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from helpers.labels import CLASS_NAMES
+from helpers.locate import class_folders
+
+# The formats the tf.data pipeline decodes (tf.io.decode_image); anything else is reported.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP")
+
+# A size held by fewer than this share of the images is listed as unusual.
+UNUSUAL_SIZE_SHARE = 0.01
+
+INDEX_COLUMNS = [
+    "path", "folder", "label", "bytes", "sha256",
+    "is_image", "decodable", "format", "width", "height", "mode", "problem",
+]
+
+
+@dataclass
+class AuditResult:
+    """The per-file index (a DataFrame with INDEX_COLUMNS) and its JSON-ready summary."""
+
+    data_root: Path
+    index: pd.DataFrame
+    summary: dict
+
+
+def inspect_file(path: Path) -> dict:
+    """Hash one file and try to decode it fully; never raises for bad content."""
+    data = path.read_bytes()
+    row = {
+        "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+        "is_image": False, "decodable": False, "format": "", "width": 0, "height": 0,
+        "mode": "", "problem": "",
+    }
+    if not data:
+        row["problem"] = "not an image: empty file"
+        return row
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        row["problem"] = f"not an image: content is no known image format ({len(data)} bytes)"
+        return row
+    except (OSError, ValueError, SyntaxError) as error:  # an image header cut short or damaged
+        row.update(is_image=True, problem=f"corrupt image: {error}")
+        return row
+    row.update(is_image=True, format=image.format or "", mode=image.mode)
+    row["width"], row["height"] = image.size
+    try:
+        image.load()  # a full decode: a truncated JPEG opens fine and fails only here
+    except (OSError, ValueError, SyntaxError) as error:
+        row["problem"] = f"corrupt image: {error}"
+        return row
+    row["decodable"] = True
+    if row["format"] not in SUPPORTED_FORMATS:
+        supported = ", ".join(SUPPORTED_FORMATS)
+        row["problem"] = f"unsupported format {row['format']} (supported: {supported})"
+    return row
+
+
+def _list_files(data_root: Path) -> list[tuple[str, str, str]]:
+    """Every file under the root as (relative path, top folder, label or '')."""
+    labels = class_folders(data_root)
+    files = []
+    for folder, subfolders, names in os.walk(data_root):
+        subfolders.sort()
+        relative_folder = Path(folder).relative_to(data_root)
+        top = relative_folder.parts[0] if relative_folder.parts else ""
+        for name in sorted(names):
+            relative = (relative_folder / name).as_posix()
+            files.append((relative, top, labels.get(top, "")))
+    return files
+
+
+def audit(data_root: str | os.PathLike, workers: int | None = None,
+          progress: bool = False) -> AuditResult:
+    """Index every file under ``data_root`` (the folder holding the class folders).
+
+    Hashing and decoding run on ``workers`` threads (Pillow and hashlib release the GIL);
+    the default is one per CPU core.
+    """
+    data_root = Path(data_root)
+    files = _list_files(data_root)
+    paths = [data_root / relative for relative, _, _ in files]
+    workers = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(inspect_file, paths, chunksize=64)
+        if progress:
+            from tqdm.auto import tqdm
+            results = tqdm(results, total=len(paths), desc="audit", unit="file")
+        rows = [
+            {"path": relative, "folder": folder, "label": label, **result}
+            for (relative, folder, label), result in zip(files, results, strict=True)
+        ]
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    return AuditResult(data_root=data_root, index=index, summary=summarize(index, data_root))
+
+
+def usable_mask(index: pd.DataFrame) -> pd.Series:
+    """Rows that are decodable images of a supported format inside a class folder."""
+    return (index["label"] != "") & (index["problem"] == "")
+
+
+def summarize(index: pd.DataFrame, data_root: Path) -> dict:
+    """Build the JSON-ready report of an index (see the README for each key)."""
+    usable = index[usable_mask(index)]
+    in_class = index[index["label"] != ""]
+    folders = class_folders(data_root)
+    folder_names = {entry.name for entry in data_root.iterdir() if entry.is_dir()}
+    unknown_folders = sorted(folder_names - set(folders))
+    per_class = {label: int((usable["label"] == label).sum()) for label in CLASS_NAMES}
+
+    sizes = Counter(f"{w}x{h}" for w, h in zip(usable["width"], usable["height"], strict=True))
+    rare = {size for size, n in sizes.items() if n < UNUSUAL_SIZE_SHARE * len(usable)}
+    usable_sizes = usable["width"].astype(str) + "x" + usable["height"].astype(str)
+
+    groups = usable.groupby("sha256")["path"]
+    duplicate_groups, cross_class_conflicts = [], []
+    for _, paths in groups:
+        if len(paths) < 2:
+            continue
+        group_labels = usable.loc[paths.index, "label"]
+        if group_labels.nunique() > 1:
+            cross_class_conflicts.append(sorted(paths))
+        for _, same_class in paths.groupby(group_labels):
+            if len(same_class) > 1:
+                duplicate_groups.append(sorted(same_class))
+
+    problem_rows = in_class[in_class["problem"] != ""]
+    return {
+        "data_root": str(data_root),
+        "n_files": int(len(index)),
+        "n_images": int(len(usable)),
+        "per_class": per_class,
+        "class_folders": {label: sorted(f for f, lab in folders.items() if lab == label)
+                          for label in CLASS_NAMES},
+        "missing_classes": [label for label in CLASS_NAMES if label not in folders.values()],
+        "empty_classes": [label for label in CLASS_NAMES
+                          if label in folders.values() and per_class[label] == 0],
+        "unknown_folders": {
+            name: int((index["folder"] == name).sum()) for name in unknown_folders
+        },
+        "outside_class_folders": sorted(index.loc[index["label"] == "", "path"]),
+        "not_images": sorted(problem_rows.loc[~problem_rows["is_image"], "path"]),
+        "corrupt": sorted(problem_rows.loc[problem_rows["is_image"]
+                                           & ~problem_rows["decodable"], "path"]),
+        "unsupported_format": sorted(problem_rows.loc[problem_rows["decodable"], "path"]),
+        "problems": dict(zip(problem_rows["path"], problem_rows["problem"], strict=True)),
+        "formats": dict(Counter(usable["format"]).most_common()),
+        "modes": dict(Counter(usable["mode"]).most_common()),
+        "non_rgb": dict(zip(usable.loc[usable["mode"] != "RGB", "path"],
+                            usable.loc[usable["mode"] != "RGB", "mode"], strict=True)),
+        "sizes": dict(sizes.most_common()),
+        "unusual_sizes": dict(sorted(zip(usable.loc[usable_sizes.isin(rare), "path"],
+                                         usable_sizes[usable_sizes.isin(rare)], strict=True))),
+        "duplicate_groups": sorted(duplicate_groups),
+        "cross_class_conflicts": sorted(cross_class_conflicts),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """A readable multi-line report of an audit summary."""
+    def listing(items, limit=10):
+        items = list(items)
+        lines = [f"    {item}" for item in items[:limit]]
+        if len(items) > limit:
+            lines.append(f"    ... and {len(items) - limit} more (see the JSON report)")
+        return lines
+
+    lines = [
+        f"Data root: {summary['data_root']}",
+        f"Files: {summary['n_files']:,}   usable images: {summary['n_images']:,}",
+        "",
+        f"  {'class':<14}{'images':>8}",
+    ]
+    lines += [f"  {label:<14}{n:>8,}" for label, n in summary["per_class"].items()]
+    sizes = ", ".join(f"{size} ({n:,})" for size, n in list(summary["sizes"].items())[:5])
+    lines += ["", f"Sizes (most common): {sizes or 'none'}",
+              f"Formats: {summary['formats']}   modes: {summary['modes']}", ""]
+    checks = [
+        ("Missing classes", summary["missing_classes"]),
+        ("Empty classes", summary["empty_classes"]),
+        ("Unknown folders (not used)",
+         [f"{name}/ ({n} files)" for name, n in summary["unknown_folders"].items()]),
+        ("Files outside class folders (not used)", summary["outside_class_folders"]),
+        ("Not images (not used)", [f"{p}: {summary['problems'][p]}"
+                                   for p in summary["not_images"]]),
+        ("Corrupt images (not used)", [f"{p}: {summary['problems'][p]}"
+                                       for p in summary["corrupt"]]),
+        ("Unsupported formats (not used)", summary["unsupported_format"]),
+        ("Non-RGB images (used, converted to RGB)",
+         [f"{p}: {mode}" for p, mode in summary["non_rgb"].items()]),
+        ("Unusual sizes (used, resized)",
+         [f"{p}: {size}" for p, size in summary["unusual_sizes"].items()]),
+        ("Duplicate groups within a class (one file of each kept)",
+         [" = ".join(group) for group in summary["duplicate_groups"]]),
+        ("Same content under two classes (all copies left out)",
+         [" = ".join(group) for group in summary["cross_class_conflicts"]]),
+    ]
+    for title, items in checks:
+        lines.append(f"{title}: {len(items) if items else 'none'}")
+        lines += listing(items)
+    return "\n".join(lines)

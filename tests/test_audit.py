@@ -1,0 +1,114 @@
+import json
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from helpers import audit, data
+from helpers.labels import CLASS_NAMES
+
+
+def _files_on_disk(root: Path) -> list[str]:
+    return sorted(
+        (Path(folder) / name).relative_to(root).as_posix()
+        for folder, _, names in os.walk(root) for name in names
+    )
+
+
+def test_every_file_is_indexed_with_hash_and_decode_status(synthetic_source, synthetic_audit):
+    root, planted = synthetic_source
+    index = synthetic_audit.index
+    assert sorted(index["path"]) == _files_on_disk(root)
+    assert synthetic_audit.summary["n_files"] == len(_files_on_disk(root))
+    row = index.set_index("path").loc[planted["rgba"]]
+    assert (row["format"], row["mode"], row["decodable"]) == ("PNG", "RGBA", True)
+    assert row["bytes"] == (root / planted["rgba"]).stat().st_size
+    assert len(row["sha256"]) == 64
+
+
+def test_each_planted_quirk_is_reported(synthetic_source, synthetic_audit):
+    _, planted = synthetic_source
+    summary = synthetic_audit.summary
+    assert summary["not_images"] == [planted["not_image"]]
+    assert summary["corrupt"] == [planted["corrupt"]]
+    assert "truncated" in summary["problems"][planted["corrupt"]].lower()
+    assert summary["non_rgb"] == {planted["grayscale"]: "L", planted["rgba"]: "RGBA"}
+    assert summary["duplicate_groups"] == [sorted([planted["duplicate"], planted["duplicate_of"]])]
+    assert summary["cross_class_conflicts"] == [
+        sorted([planted["cross_class"], planted["cross_class_of"]])]
+    assert summary["unknown_folders"] == {planted["unknown_folder"]: 0}
+    assert summary["missing_classes"] == [] and summary["empty_classes"] == []
+
+
+def test_usable_counts_leave_out_exactly_the_unusable_files(synthetic_audit):
+    summary = synthetic_audit.summary
+    unusable = len(summary["not_images"]) + len(summary["corrupt"])
+    assert summary["n_images"] == summary["n_files"] - unusable
+    assert sum(summary["per_class"].values()) == summary["n_images"]
+    assert list(summary["per_class"]) == list(CLASS_NAMES)
+
+
+def test_missing_empty_unknown_and_unsupported_are_reported(synthetic_data):
+    root, _ = synthetic_data
+    for path in (root / "monocyte").iterdir():
+        path.unlink()
+    (root / "monocyte").rmdir()
+    for path in (root / "platelet").iterdir():
+        path.unlink()
+    (root / "platelet" / "notes.txt").write_text("not an image")
+    Image.new("RGB", (48, 48)).save(root / "ig" / "scan.gif")
+    (root / "extras").mkdir()
+    (root / "extras" / "a.jpg").write_bytes((root / "ig" / "ig_0000.jpg").read_bytes())
+    (root / "README.txt").write_text("stray")
+
+    summary = audit.audit(root).summary
+    assert summary["missing_classes"] == ["monocyte"]
+    assert summary["empty_classes"] == ["platelet"]
+    assert summary["per_class"]["monocyte"] == 0 and summary["per_class"]["platelet"] == 0
+    assert summary["unsupported_format"] == ["ig/scan.gif"]
+    assert "GIF" in summary["problems"]["ig/scan.gif"]
+    assert summary["unknown_folders"] == {"extras": 1, "unknown_folder": 0}
+    assert summary["outside_class_folders"] == ["README.txt", "extras/a.jpg"]
+    assert "platelet/notes.txt" in summary["not_images"]
+
+
+def test_rare_sizes_are_listed_as_unusual(synthetic_data):
+    root, _ = synthetic_data
+    odd = root / "ig" / "ig_0001.jpg"
+    Image.open(odd).resize((50, 47)).save(odd)
+    summary = audit.audit(root).summary
+    assert summary["sizes"]["50x47"] == 1
+    assert "ig/ig_0001.jpg" not in summary["unusual_sizes"]  # 1 of 96 images is over 1 %
+    # With 100 images of the common size, one odd image is under 1 % and is listed.
+    for number in range(12, 112):
+        Image.new("RGB", (48, 48), (200, 100, 100)).save(root / "ig" / f"extra_{number}.png")
+    summary = audit.audit(root).summary
+    assert summary["unusual_sizes"] == {"ig/ig_0001.jpg": "50x47"}
+
+
+def test_empty_file_is_not_an_image(synthetic_data):
+    root, _ = synthetic_data
+    (root / "basophil" / "empty.jpg").write_bytes(b"")
+    summary = audit.audit(root).summary
+    assert summary["problems"]["basophil/empty.jpg"] == "not an image: empty file"
+
+
+def test_audit_command_prints_and_writes_json(synthetic_source, tmp_path, capsys):
+    root, planted = synthetic_source
+    report = tmp_path / "audit.json"
+    index_csv = tmp_path / "index.csv"
+    assert data.main(["audit", str(root.parent), "--json", str(report),
+                      "--index-csv", str(index_csv)]) == 0
+    printed = capsys.readouterr().out
+    assert planted["not_image"] in printed and "Duplicate groups" in printed
+    summary = json.loads(report.read_text())
+    for key in ["n_files", "n_images", "per_class", "not_images", "corrupt",
+                "duplicate_groups", "cross_class_conflicts"]:
+        assert key in summary
+    assert summary["not_images"] == [planted["not_image"]]
+    assert index_csv.read_text().startswith(",".join(audit.INDEX_COLUMNS))
+
+
+def test_audit_command_fails_clearly_on_a_missing_folder(tmp_path, capsys):
+    assert data.main(["audit", str(tmp_path / "nowhere")]) == 1
+    assert "not found" in capsys.readouterr().err
