@@ -1,0 +1,177 @@
+"""A leak-free, stratified, reproducible train/validation/test split, saved as CSV.
+
+Duplicates are removed by content before splitting, so no image can sit in two splits under
+two names; content found under two classes is left out of every split, since its label is
+unknown. Every file of the audit ends either in the split or in the exclusion report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from helpers.audit import AuditResult, usable_mask
+from helpers.errors import StaleSplitError
+from helpers.labels import CLASS_NAMES
+
+SPLIT_NAMES = ("train", "validation", "test")
+SPLIT_FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
+SPLIT_COLUMNS = ["path", "label", "sha256", "split"]
+DEFAULT_SEED = 42
+
+
+@dataclass
+class SplitResult:
+    """The split (SPLIT_COLUMNS, one row per image) and the files left out with reasons."""
+
+    split: pd.DataFrame
+    excluded: pd.DataFrame  # columns path, label, reason
+    reused: bool = False
+
+
+def select_images(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split an audit index into images to use (one per content) and excluded files.
+
+    Returns (kept rows with path, label, sha256; excluded rows with path, label, reason).
+    """
+    usable = usable_mask(index)
+    excluded = [index.loc[~usable, ["path", "label"]].assign(
+        reason=index.loc[~usable, "problem"].where(index.loc[~usable, "label"] != "",
+                                                   "outside the class folders"))]
+    images = index.loc[usable, ["path", "label", "sha256"]].sort_values("path")
+
+    labels_per_content = images.groupby("sha256")["label"].transform("nunique")
+    conflicts = images[labels_per_content > 1]
+    excluded.append(conflicts[["path", "label"]].assign(
+        reason="same content under two classes: label unknown"))
+    images = images[labels_per_content == 1]
+
+    repeated = images.duplicated("sha256", keep="first")  # keeps the first path in order
+    first_path = images.drop_duplicates("sha256").set_index("sha256")["path"]
+    copies = images[repeated]
+    excluded.append(copies[["path", "label"]].assign(
+        reason="duplicate of " + copies["sha256"].map(first_path)))
+    kept = images[~repeated].reset_index(drop=True)
+    return kept, pd.concat(excluded, ignore_index=True).sort_values("path", ignore_index=True)
+
+
+def assign_splits(images: pd.DataFrame, seed: int = DEFAULT_SEED) -> pd.DataFrame:
+    """Assign each image to train/validation/test, stratified by class.
+
+    Within each class the counts are the fractions rounded to whole images (the test split
+    takes the rest), so each split is within one image of its share. Images are ordered by
+    content hash before the seeded shuffle, so the result depends on the data and the seed
+    only, never on the order the file system lists files in.
+    """
+    rng = np.random.default_rng(seed)
+    parts = []
+    for label in CLASS_NAMES:
+        members = images[images["label"] == label].sort_values("sha256")
+        order = rng.permutation(len(members))
+        n_train = int(np.floor(SPLIT_FRACTIONS["train"] * len(members) + 0.5))
+        n_validation = int(np.floor(SPLIT_FRACTIONS["validation"] * len(members) + 0.5))
+        names = np.array(["test"] * len(members), dtype=object)
+        names[order[:n_train]] = "train"
+        names[order[n_train:n_train + n_validation]] = "validation"
+        parts.append(members.assign(split=names))
+    split = pd.concat(parts) if parts else images.assign(split=[])
+    return split[SPLIT_COLUMNS].sort_values("path", ignore_index=True)
+
+
+def metadata_path(split_csv: Path) -> Path:
+    """The JSON file beside a split CSV recording its seed, counts and exclusions."""
+    return split_csv.with_suffix(".json")
+
+
+def write_split(result: SplitResult, split_csv: str | os.PathLike, seed: int,
+                data_root: str | os.PathLike) -> None:
+    """Write the split CSV and its metadata JSON atomically (a crash leaves the old files)."""
+    split_csv = Path(split_csv)
+    split_csv.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "seed": seed,
+        "fractions": SPLIT_FRACTIONS,
+        "data_root": str(Path(data_root).resolve()),
+        "counts": split_counts(result.split).to_dict(orient="index"),
+        "excluded": result.excluded.to_dict(orient="records"),
+    }
+    for path, text in [
+        (split_csv, result.split.to_csv(index=False, lineterminator="\n")),
+        (metadata_path(split_csv), json.dumps(metadata, indent=2) + "\n"),
+    ]:
+        temporary = path.with_name(path.name + ".part")
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+
+
+def read_split(split_csv: str | os.PathLike) -> pd.DataFrame:
+    """Read a split CSV, checking its columns and split names."""
+    split = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
+    if list(split.columns) != SPLIT_COLUMNS:
+        raise StaleSplitError(
+            f"{split_csv} has columns {list(split.columns)}, expected {SPLIT_COLUMNS}.")
+    unknown = set(split["split"]) - set(SPLIT_NAMES)
+    if unknown:
+        raise StaleSplitError(f"{split_csv} has unknown split names {sorted(unknown)}.")
+    return split
+
+
+def split_counts(split: pd.DataFrame) -> pd.DataFrame:
+    """Images per class (rows, in CLASS_NAMES order) and split (columns), with totals."""
+    counts = pd.crosstab(split["label"], split["split"])
+    counts = counts.reindex(index=list(CLASS_NAMES), columns=list(SPLIT_NAMES), fill_value=0)
+    counts["total"] = counts.sum(axis=1)
+    counts.loc["total"] = counts.sum(axis=0)
+    return counts.astype(int)
+
+
+def _differences(saved: pd.DataFrame, current: pd.DataFrame) -> list[str]:
+    """Describe how the images in a saved split differ from those on disk now."""
+    saved_rows = saved.set_index("path")[["label", "sha256"]]
+    current_rows = current.set_index("path")[["label", "sha256"]]
+    missing = saved_rows.index.difference(current_rows.index)
+    new = current_rows.index.difference(saved_rows.index)
+    common = saved_rows.index.intersection(current_rows.index)
+    changed = common[(saved_rows.loc[common] != current_rows.loc[common]).any(axis=1)]
+    notes = []
+    for what, paths in [("no longer on disk (or no longer usable)", missing),
+                        ("new on disk", new), ("changed content or class", changed)]:
+        if len(paths):
+            examples = ", ".join(list(paths[:3]))
+            notes.append(f"{len(paths)} image(s) {what}, e.g. {examples}")
+    return notes
+
+
+def make_split(audit_result: AuditResult, split_csv: str | os.PathLike,
+               seed: int = DEFAULT_SEED, force: bool = False) -> SplitResult:
+    """Create the split, or reuse the saved one at ``split_csv`` if it still fits the data.
+
+    A saved split is reused only when it holds exactly the images that the audit selects now
+    (same paths, classes and content) and was made with the same seed; otherwise this raises
+    StaleSplitError saying what changed, unless ``force`` makes a new split over it.
+    """
+    split_csv = Path(split_csv)
+    images, excluded = select_images(audit_result.index)
+    if split_csv.exists() and not force:
+        saved = read_split(split_csv)
+        problems = _differences(saved, images)
+        metadata_file = metadata_path(split_csv)
+        saved_seed = (json.loads(metadata_file.read_text())["seed"]
+                      if metadata_file.exists() else None)
+        if saved_seed != seed:
+            problems.append(f"it was made with seed {saved_seed}, this run asks for seed {seed}")
+        if problems:
+            raise StaleSplitError(
+                f"The saved split {split_csv} does not match the data in "
+                f"{audit_result.data_root}:\n  - " + "\n  - ".join(problems)
+                + "\nDelete it, or ask for a new split (--force / FORCE_NEW_SPLIT), "
+                "knowing that results made with the old split are not comparable.")
+        return SplitResult(split=saved, excluded=excluded, reused=True)
+    result = SplitResult(split=assign_splits(images, seed), excluded=excluded)
+    write_split(result, split_csv, seed, audit_result.data_root)
+    return result

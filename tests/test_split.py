@@ -1,0 +1,133 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from helpers import audit, data, split, synthetic
+from helpers.errors import StaleSplitError
+from helpers.labels import CLASS_NAMES
+
+
+@pytest.fixture()
+def made_split(synthetic_audit, tmp_path):
+    split_csv = tmp_path / "split.csv"
+    return split.make_split(synthetic_audit, split_csv, seed=7), split_csv
+
+
+def test_no_content_in_two_splits_and_conflicts_in_none(made_split, synthetic_source):
+    result, _ = made_split
+    _, planted = synthetic_source
+    splits_per_hash = result.split.groupby("sha256")["split"].nunique()
+    assert splits_per_hash.max() == 1
+    assert not result.split["sha256"].duplicated().any()
+    assert planted["cross_class"] not in set(result.split["path"])
+    assert planted["cross_class_of"] not in set(result.split["path"])
+
+
+def test_stratified_within_one_image(made_split):
+    result, _ = made_split
+    for label in CLASS_NAMES:
+        counts = result.split.loc[result.split["label"] == label, "split"].value_counts()
+        total = counts.sum()
+        for name, fraction in split.SPLIT_FRACTIONS.items():
+            assert abs(counts.get(name, 0) - fraction * total) <= 1, (label, name)
+
+
+def test_proportions_on_many_class_sizes():
+    for n in [1, 2, 3, 7, 10, 33, 101, 1000]:
+        images = pd.DataFrame({"path": [f"basophil/{i}.jpg" for i in range(n)],
+                               "label": "basophil",
+                               "sha256": [f"{i:064x}" for i in range(n)]})
+        counts = split.assign_splits(images, seed=1)["split"].value_counts()
+        for name, fraction in split.SPLIT_FRACTIONS.items():
+            assert abs(counts.get(name, 0) - fraction * n) <= 1, (n, name)
+
+
+def test_every_file_is_in_the_split_or_excluded_with_a_reason(made_split, synthetic_audit,
+                                                               synthetic_source):
+    result, split_csv = made_split
+    _, planted = synthetic_source
+    assert len(result.split) + len(result.excluded) == synthetic_audit.summary["n_files"]
+    reasons = result.excluded.set_index("path")["reason"]
+    assert reasons[planted["duplicate"]] == f"duplicate of {planted['duplicate_of']}"
+    assert "two classes" in reasons[planted["cross_class"]]
+    assert "not an image" in reasons[planted["not_image"]]
+    assert "corrupt" in reasons[planted["corrupt"]]
+    metadata = json.loads(split.metadata_path(split_csv).read_text())
+    assert metadata["seed"] == 7
+    assert {row["path"] for row in metadata["excluded"]} == set(reasons.index)
+
+
+def test_same_seed_gives_a_byte_identical_file_and_another_seed_does_not(synthetic_audit,
+                                                                         tmp_path):
+    paths = {name: tmp_path / f"{name}.csv" for name in ["a", "b", "c"]}
+    split.make_split(synthetic_audit, paths["a"], seed=3)
+    split.make_split(synthetic_audit, paths["b"], seed=3)
+    split.make_split(synthetic_audit, paths["c"], seed=4)
+    assert paths["a"].read_bytes() == paths["b"].read_bytes()
+    assert paths["a"].read_bytes() != paths["c"].read_bytes()
+    assert paths["a"].read_text().splitlines()[0] == "path,label,sha256,split"
+
+
+def test_split_does_not_depend_on_file_order(synthetic_audit):
+    images, _ = split.select_images(synthetic_audit.index)
+    shuffled = images.sample(frac=1, random_state=np.random.RandomState(0))
+    pd.testing.assert_frame_equal(split.assign_splits(images, 5), split.assign_splits(shuffled, 5))
+
+
+def test_saved_split_is_reused_when_data_unchanged(made_split, synthetic_audit):
+    result, split_csv = made_split
+    before = split_csv.read_bytes()
+    again = split.make_split(synthetic_audit, split_csv, seed=7)
+    assert again.reused
+    pd.testing.assert_frame_equal(again.split, result.split)
+    assert split_csv.read_bytes() == before
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("add", "new on disk"), ("remove", "no longer on disk"), ("modify", "changed content"),
+])
+def test_stale_split_is_detected(synthetic_data, tmp_path, change, expected):
+    root, _ = synthetic_data
+    split_csv = tmp_path / "split.csv"
+    split.make_split(audit.audit(root), split_csv, seed=7)
+    target = root / "ig" / "ig_0003.jpg"
+    if change == "add":
+        pixels = synthetic.make_cell_image("ig", 48, np.random.default_rng(99))
+        Image.fromarray(pixels).save(root / "ig" / "ig_new.jpg")
+    elif change == "remove":
+        target.unlink()
+    else:
+        (root / "ig" / "ig_0004.jpg").replace(target)
+    with pytest.raises(StaleSplitError, match=expected):
+        split.make_split(audit.audit(root), split_csv, seed=7)
+    forced = split.make_split(audit.audit(root), split_csv, seed=7, force=True)
+    assert not forced.reused
+
+
+def test_other_seed_than_the_saved_split_is_an_error(made_split, synthetic_audit):
+    _, split_csv = made_split
+    with pytest.raises(StaleSplitError, match="seed 7"):
+        split.make_split(synthetic_audit, split_csv, seed=8)
+
+
+def test_malformed_split_file_is_an_error(tmp_path, synthetic_audit):
+    split_csv = tmp_path / "split.csv"
+    split_csv.write_text("file,class\na.jpg,ig\n")
+    with pytest.raises(StaleSplitError, match="columns"):
+        split.make_split(synthetic_audit, split_csv)
+
+
+def test_split_command(synthetic_source, tmp_path, capsys):
+    root, _ = synthetic_source
+    split_csv = tmp_path / "out" / "split.csv"
+    assert data.main(["split", str(root), "--out", str(split_csv), "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "Wrote a new split" in printed and "validation" in printed
+    assert list(split.read_split(split_csv).columns) == ["path", "label", "sha256", "split"]
+    assert data.main(["split", str(root), "--out", str(split_csv), "--seed", "3"]) == 0
+    assert "Reused the saved split" in capsys.readouterr().out
+    assert data.main(["split", str(root), "--out", str(split_csv), "--seed", "4"]) == 1
+    assert "seed 3" in capsys.readouterr().err
