@@ -1,0 +1,97 @@
+"""From a split to a tf.data pipeline: decode, resize, cache, shuffle, batch, prefetch.
+
+The pipeline only loads images. Augmentation and rescaling live in the models (Keras
+preprocessing layers), so they run on the accelerator and travel with a saved model.
+Images are cached as uint8 after resizing (a quarter of the memory of float32) and cast to
+float32 0-255 per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pandas as pd
+import tensorflow as tf
+
+from helpers.errors import DataError
+from helpers.labels import CLASS_NAMES
+
+RESIZE_METHODS = ("bilinear", "bicubic", "area", "lanczos3")
+
+
+def decode_and_resize(image_bytes: tf.Tensor, image_size: int,
+                      resize_method: str = "bilinear") -> tf.Tensor:
+    """Decode JPEG/PNG/BMP bytes to RGB and resize to a square uint8 image.
+
+    Grayscale is repeated to three channels and alpha dropped. Resizing is antialiased,
+    so shrinking a 360 px cell to 64 px averages pixels instead of skipping them.
+    """
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image = tf.image.resize(image, (image_size, image_size), method=resize_method,
+                            antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def _cache_file(cache_dir: Path, frame: pd.DataFrame, subset: str, image_size: int,
+                resize_method: str) -> str:
+    """A cache file name unique to the images and the resizing, so a stale cache is never read."""
+    fingerprint = hashlib.sha256(
+        "\n".join(frame["path"] + ":" + frame["sha256"]).encode()).hexdigest()[:16]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return str(cache_dir / f"{subset}-{image_size}px-{resize_method}-{fingerprint}")
+
+
+def make_dataset(split: pd.DataFrame, data_root: str | os.PathLike, subset: str, *,
+                 image_size: int, batch_size: int, cache: str | os.PathLike | None = "memory",
+                 shuffle: bool | None = None, seed: int = 0, deterministic: bool = False,
+                 resize_method: str = "bilinear") -> tf.data.Dataset:
+    """Build the batched dataset of one subset ("train", "validation" or "test").
+
+    Yields (images float32 [batch, size, size, 3] in 0-255, labels int32 indices into
+    CLASS_NAMES). ``cache`` is "memory", a folder for file caches, or None. ``shuffle``
+    defaults to True for "train" only. Unshuffled subsets always come in the split's order
+    (sorted by path); a shuffled one follows ``seed`` exactly (reshuffled each epoch, the same
+    sequence on every run) when ``deterministic`` is set.
+    """
+    if resize_method not in RESIZE_METHODS:
+        raise ValueError(f"resize_method must be one of {RESIZE_METHODS}, got {resize_method!r}")
+    frame = split[split["split"] == subset].sort_values("path")
+    if frame.empty:
+        raise DataError(f"The split has no images in subset {subset!r}.")
+    unknown = set(frame["label"]) - set(CLASS_NAMES)
+    if unknown:
+        raise DataError(f"Unknown labels in the split: {sorted(unknown)}")
+    data_root = Path(data_root)
+    paths = [str(data_root / path) for path in frame["path"]]
+    missing = [path for path in paths if not os.path.isfile(path)]
+    if missing:
+        raise DataError(f"{len(missing)} image(s) of the split are missing under {data_root}, "
+                        f"e.g. {missing[0]}. Is the data folder the one the split was made from?")
+    labels = frame["label"].map(CLASS_NAMES.index).astype("int32").to_numpy()
+    if shuffle is None:
+        shuffle = subset == "train"
+    # Unshuffled data keeps the order of the split (sorted by path), so predictions line up
+    # with file names; only the shuffled training stream may trade order for speed.
+    deterministic = deterministic or not shuffle
+
+    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+    dataset = dataset.map(
+        lambda path, label: (decode_and_resize(tf.io.read_file(path), image_size,
+                                               resize_method), label),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if cache == "memory":
+        dataset = dataset.cache()
+    elif cache is not None:
+        dataset = dataset.cache(_cache_file(Path(cache), frame, subset, image_size,
+                                            resize_method))
+    if shuffle:
+        dataset = dataset.shuffle(len(frame), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    dataset = dataset.map(lambda images, batch_labels: (tf.cast(images, tf.float32),
+                                                        batch_labels),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
