@@ -1,0 +1,183 @@
+"""Get the PBC images: from Kaggle (default), BloodMNIST on Zenodo, or a local folder.
+
+Every source ends in a folder of class folders, so the audit, split and pipeline treat them
+alike. Downloads are checksummed where a checksum is published, skipped when already present
+and valid, and written to a temporary name first, so an interrupted download never leaves a
+file that looks complete. Without a network each source fails within seconds, saying which
+other sources to try.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from helpers.errors import DataSourceError
+from helpers.labels import CLASS_NAMES
+from helpers.locate import find_data_root
+
+SOURCES = ("kaggle", "medmnist", "local")
+
+KAGGLE_DATASET = "unclesamulus/blood-cells-image-dataset"
+KAGGLE_URL = "https://www.kaggle.com"
+
+# BloodMNIST (MedMNIST+ v3, Zenodo record 10519652): the PBC images center-cropped and resized,
+# with the URLs and MD5 sums the medmnist package publishes. Labels 0-7 follow CLASS_NAMES.
+MEDMNIST_FILES = {
+    64: ("https://zenodo.org/records/10519652/files/bloodmnist_64.npz?download=1",
+         "2b94928a2ae4916078ca51e05b6b800b"),
+    128: ("https://zenodo.org/records/10519652/files/bloodmnist_128.npz?download=1",
+          "adace1e0ed228fccda1f39692059dd4c"),
+    224: ("https://zenodo.org/records/10519652/files/bloodmnist_224.npz?download=1",
+          "b718ff6835fcbdb22ba9eacccd7b2601"),
+}
+
+NETWORK_TIMEOUT_SECONDS = 10
+
+
+def _other_sources(source: str) -> str:
+    hints = {
+        "kaggle": "--source kaggle (needs Kaggle credentials: KAGGLE_USERNAME/KAGGLE_KEY, "
+                  "~/.kaggle/kaggle.json, or Colab secrets)",
+        "medmnist": "--source medmnist (BloodMNIST from Zenodo, 64/128/224 px)",
+        "local": "--source local --data-dir PATH (a folder you downloaded and unpacked yourself)",
+    }
+    return "Other sources: " + "; ".join(hint for name, hint in hints.items() if name != source)
+
+
+def check_reachable(url: str, source: str, timeout: float = NETWORK_TIMEOUT_SECONDS) -> None:
+    """Raise DataSourceError within ``timeout`` seconds when ``url``'s server cannot be reached.
+
+    Any HTTP answer, even an error status, proves the network works.
+    """
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        pass
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise DataSourceError(
+            f"Cannot reach {url} ({reason}): no network, or it is blocked here. "
+            + _other_sources(source)) from None
+
+
+def file_md5(path: Path) -> str:
+    """MD5 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_file(url: str, destination: str | os.PathLike, md5: str | None = None,
+                  source: str = "medmnist", timeout: float = NETWORK_TIMEOUT_SECONDS) -> Path:
+    """Download ``url`` to ``destination`` unless a valid copy is already there.
+
+    The bytes go to a temporary file in the same folder, are checked against ``md5``, and only
+    then renamed into place. A present file with the wrong checksum is downloaded again.
+    """
+    destination = Path(destination)
+    if destination.exists():
+        if md5 is None or file_md5(destination) == md5:
+            return destination
+        print(f"{destination} fails its checksum; downloading it again.")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=destination.name + ".",
+                                     suffix=".part", delete=False) as handle:
+        temporary = Path(handle.name)
+        try:
+            digest = hashlib.md5()
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    handle.write(block)
+                    digest.update(block)
+        except (urllib.error.URLError, OSError) as error:
+            temporary.unlink(missing_ok=True)
+            reason = getattr(error, "reason", error)
+            raise DataSourceError(f"Download of {url} failed ({reason}). "
+                                  + _other_sources(source)) from None
+    if md5 is not None and digest.hexdigest() != md5:
+        temporary.unlink(missing_ok=True)
+        raise DataSourceError(
+            f"Downloaded {url} but its MD5 is {digest.hexdigest()}, expected {md5}: the file "
+            "is damaged or has changed upstream. " + _other_sources(source))
+    os.replace(temporary, destination)
+    return destination
+
+
+def npz_to_folders(npz_path: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
+    """Write a BloodMNIST .npz as PNG files in class folders (``<class>/<split>_<n>.png``).
+
+    BloodMNIST's own split is kept in the file names for reference; the study makes its own
+    split like for any other source. The folder is built under a temporary name and renamed
+    when complete, so an existing ``output_dir`` is always whole and is reused as it is.
+    """
+    from PIL import Image
+
+    output_dir = Path(output_dir)
+    if output_dir.is_dir():
+        return output_dir
+    temporary = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=output_dir.name + "."))
+    try:
+        with np.load(npz_path) as arrays:
+            for subset in ("train", "val", "test"):
+                images = arrays[f"{subset}_images"]
+                labels = arrays[f"{subset}_labels"].reshape(-1)
+                for number, (pixels, label) in enumerate(zip(images, labels, strict=True)):
+                    folder = temporary / CLASS_NAMES[int(label)]
+                    folder.mkdir(exist_ok=True)
+                    Image.fromarray(pixels).save(folder / f"{subset}_{number:05d}.png")
+        os.replace(temporary, output_dir)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return output_dir
+
+
+def acquire(source: str = "kaggle", data_dir: str | os.PathLike | None = None,
+            cache_dir: str | os.PathLike = "data", medmnist_size: int = 224) -> Path:
+    """Return the folder holding the class folders, downloading first if needed.
+
+    ``kaggle`` downloads with kagglehub into its cache (reused on later calls); ``medmnist``
+    downloads BloodMNIST at ``medmnist_size`` px into ``cache_dir`` and unpacks it to class
+    folders; ``local`` uses ``data_dir``. The result is located inside what was downloaded.
+    """
+    if source not in SOURCES:
+        raise DataSourceError(f"Unknown data source {source!r}; choose one of {SOURCES}.")
+    if source == "local":
+        if data_dir is None:
+            raise DataSourceError("The local source needs a data folder (--data-dir PATH).")
+        return find_data_root(data_dir)
+    if source == "kaggle":
+        return find_data_root(_download_kaggle())
+    if medmnist_size not in MEDMNIST_FILES:
+        raise DataSourceError(f"BloodMNIST comes at {sorted(MEDMNIST_FILES)} px, "
+                              f"not {medmnist_size}.")
+    url, md5 = MEDMNIST_FILES[medmnist_size]
+    cache_dir = Path(cache_dir)
+    npz = download_file(url, cache_dir / f"bloodmnist_{medmnist_size}.npz", md5)
+    return npz_to_folders(npz, cache_dir / f"bloodmnist_{medmnist_size}")
+
+
+def _download_kaggle() -> str:
+    """Download the Kaggle dataset with kagglehub and return its local path."""
+    check_reachable(KAGGLE_URL, "kaggle")
+    import kagglehub  # imported late: it is only needed for this source
+
+    try:
+        return kagglehub.dataset_download(KAGGLE_DATASET)
+    except Exception as error:  # kagglehub raises many types; the message is what matters
+        # The text of kagglehub's errors names the problem but never the key itself.
+        raise DataSourceError(
+            f"Kaggle download of {KAGGLE_DATASET} failed: {type(error).__name__}: {error}. "
+            "Check your Kaggle credentials (KAGGLE_USERNAME and KAGGLE_KEY, "
+            "~/.kaggle/kaggle.json, or Colab secrets) and that you accepted the dataset's "
+            "terms. " + _other_sources("kaggle")) from None

@@ -1,0 +1,129 @@
+"""Command line for the data steps.
+
+    python -m helpers.data audit DATA_DIR [--json FILE] [--index-csv FILE]
+    python -m helpers.data split DATA_DIR --out FILE [--seed N] [--force]
+    python -m helpers.data prepare [--source kaggle|medmnist|local] [--data-dir DIR] --run-dir DIR
+    python -m helpers.data synthetic OUT_DIR [--images-per-class N] [--image-size N] [--seed N]
+
+DATA_DIR may be any folder that contains the class folders, however deeply (a download).
+Errors in the data print one clear message and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from helpers import acquire, audit, locate, split, synthetic
+from helpers.errors import DataError
+
+
+def write_json(data: dict, path: str | Path) -> None:
+    """Write ``data`` as indented JSON, creating the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _print_split(result: split.SplitResult, split_csv: Path) -> None:
+    action = "Reused the saved split" if result.reused else "Wrote a new split"
+    print(f"{action}: {split_csv} ({len(result.excluded)} file(s) left out, "
+          f"listed with reasons in {split.metadata_path(split_csv)})")
+    print(split.split_counts(result.split).to_string())
+
+
+def run_audit(args: argparse.Namespace) -> None:
+    result = audit.audit(locate.find_data_root(args.data_dir), progress=True)
+    print(audit.format_summary(result.summary))
+    if args.json:
+        write_json(result.summary, args.json)
+        print(f"\nJSON report: {args.json}")
+    if args.index_csv:
+        result.index.to_csv(args.index_csv, index=False)
+        print(f"Per-file index: {args.index_csv}")
+
+
+def run_split(args: argparse.Namespace) -> None:
+    result = audit.audit(locate.find_data_root(args.data_dir), progress=True)
+    split_csv = Path(args.out)
+    _print_split(split.make_split(result, split_csv, seed=args.seed, force=args.force), split_csv)
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+    data_root = acquire.acquire(args.source, data_dir=args.data_dir, cache_dir=args.cache_dir,
+                                medmnist_size=args.medmnist_size)
+    print(f"Data: {data_root}")
+    result = audit.audit(data_root, progress=True)
+    data_folder = Path(args.run_dir) / "data"
+    write_json(result.summary, data_folder / "audit.json")
+    result.index.to_csv(data_folder / "audit_index.csv", index=False)
+    print(audit.format_summary(result.summary))
+    print(f"\nAudit: {data_folder / 'audit.json'} and {data_folder / 'audit_index.csv'}\n")
+    split_csv = data_folder / "split.csv"
+    _print_split(split.make_split(result, split_csv, seed=args.seed, force=args.force), split_csv)
+
+
+def run_synthetic(args: argparse.Namespace) -> None:
+    planted = synthetic.make_synthetic_dataset(
+        args.out_dir, images_per_class=args.images_per_class, image_size=args.image_size,
+        seed=args.seed, quirks=not args.no_quirks)
+    print(f"Synthetic dataset in {args.out_dir}; planted quirks: {json.dumps(planted, indent=2)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m helpers.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    audit_parser = commands.add_parser("audit", help="index and check every file")
+    audit_parser.add_argument("data_dir")
+    audit_parser.add_argument("--json", help="write the summary as JSON here")
+    audit_parser.add_argument("--index-csv", help="write the per-file index as CSV here")
+    audit_parser.set_defaults(run=run_audit)
+
+    split_parser = commands.add_parser("split", help="write (or reuse) the split CSV")
+    split_parser.add_argument("data_dir")
+    split_parser.add_argument("--out", required=True, help="split CSV to write or reuse")
+    split_parser.add_argument("--seed", type=int, default=split.DEFAULT_SEED)
+    split_parser.add_argument("--force", action="store_true",
+                              help="make a new split even if a saved one exists")
+    split_parser.set_defaults(run=run_split)
+
+    prepare_parser = commands.add_parser(
+        "prepare", help="acquire, audit and split into RUN_DIR/data")
+    prepare_parser.add_argument("--source", choices=acquire.SOURCES, default="kaggle")
+    prepare_parser.add_argument("--data-dir", help="the folder to use with --source local")
+    prepare_parser.add_argument("--cache-dir", default="data",
+                                help="where medmnist downloads go (default: data)")
+    prepare_parser.add_argument("--medmnist-size", type=int, default=224,
+                                choices=sorted(acquire.MEDMNIST_FILES))
+    prepare_parser.add_argument("--run-dir", default="runs/latest")
+    prepare_parser.add_argument("--seed", type=int, default=split.DEFAULT_SEED)
+    prepare_parser.add_argument("--force", action="store_true",
+                                help="make a new split even if a saved one exists")
+    prepare_parser.set_defaults(run=run_prepare)
+
+    synthetic_parser = commands.add_parser("synthetic", help="write a synthetic test dataset")
+    synthetic_parser.add_argument("out_dir")
+    synthetic_parser.add_argument("--images-per-class", type=int, default=12)
+    synthetic_parser.add_argument("--image-size", type=int, default=64)
+    synthetic_parser.add_argument("--seed", type=int, default=0)
+    synthetic_parser.add_argument("--no-quirks", action="store_true")
+    synthetic_parser.set_defaults(run=run_synthetic)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
