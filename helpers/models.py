@@ -1,0 +1,133 @@
+"""The two models of the study: a baseline CNN and ResNet50 (frozen, then fine-tuned).
+
+Both take raw 0-255 RGB images. Augmentation and input scaling are layers inside the models,
+so they run on the accelerator, are off at inference, and no caller can get the scale wrong.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+from keras import layers
+
+from helpers.labels import CLASS_NAMES
+
+
+def augmentation(seed: int | None = None) -> keras.Sequential:
+    """Random flips, any rotation, small zoom and contrast: cells have no "up"."""
+    return keras.Sequential([
+        layers.RandomFlip("horizontal_and_vertical", seed=seed),
+        layers.RandomRotation(0.5, fill_mode="reflect", seed=seed),
+        layers.RandomZoom((-0.1, 0.1), fill_mode="reflect", seed=seed),
+        layers.RandomContrast(0.1, seed=seed),
+    ], name="augmentation")
+
+
+def build_cnn(image_size: int, filters: tuple[int, ...] = (32, 64, 128, 256),
+              dropout: float = 0.3, batchnorm_momentum: float = 0.9,
+              augment: bool = True, seed: int | None = None) -> keras.Model:
+    """A VGG-style CNN: per block two 3x3 conv + BatchNorm + ReLU, then max-pooling.
+
+    ``batchnorm_momentum`` 0.9 (Keras defaults to 0.99) lets the moving statistics that
+    validation uses follow the weights within an epoch; with 0.99 they lag many steps behind
+    at a high learning rate and validation accuracy jumps from epoch to epoch.
+    """
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = augmentation(seed)(inputs) if augment else inputs
+    x = layers.Rescaling(1 / 255, name="rescale")(x)
+    for block, width in enumerate(filters, start=1):
+        for conv in (1, 2):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False,
+                              name=f"block{block}_conv{conv}")(x)
+            x = layers.BatchNormalization(momentum=batchnorm_momentum,
+                                          name=f"block{block}_bn{conv}")(x)
+            x = layers.ReLU(name=f"block{block}_relu{conv}")(x)
+        x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    # float32 output keeps softmax stable under mixed precision.
+    outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", dtype="float32",
+                           name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+@keras.saving.register_keras_serializable(package="blood_cells")
+class ResNetPreprocess(layers.Layer):
+    """``keras.applications.resnet50.preprocess_input`` as a layer: RGB 0-255 to caffe BGR.
+
+    Registered, so a saved model loads in safe mode once ``helpers.models`` is imported.
+    """
+
+    def call(self, inputs):
+        return keras.applications.resnet50.preprocess_input(inputs)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights could not be loaded; never replaced by random weights silently."""
+
+
+def resnet50_base(image_size: int, weights: str | os.PathLike | None = "imagenet"):
+    """``keras.applications.ResNet50`` without its top; ``weights`` as Keras takes them.
+
+    Raises WeightsUnavailableError with what to do when ImageNet weights cannot be had.
+    """
+    if weights not in ("imagenet", None) and not os.path.isfile(weights):
+        raise WeightsUnavailableError(f"ResNet50 weights file not found: {weights}")
+    try:
+        return keras.applications.ResNet50(include_top=False, weights=weights,
+                                           input_shape=(image_size, image_size, 3))
+    except Exception as error:  # get_file raises several types for a failed download
+        if weights != "imagenet":
+            raise
+        raise WeightsUnavailableError(
+            f"Could not download the ImageNet weights for ResNet50 ({error}). Run where the "
+            "internet is reachable (Colab), or download "
+            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 elsewhere and set the "
+            "weights parameter to its path. weights=None trains from random initialisation, "
+            "which is not transfer learning and is labelled so.") from None
+
+
+def build_resnet50(image_size: int, weights: str | os.PathLike | None = "imagenet",
+                   dropout: float = 0.3, augment: bool = True,
+                   seed: int | None = None) -> keras.Model:
+    """ResNet50 with its base frozen (phase 1), ready for ``unfreeze_top_blocks`` (phase 2).
+
+    The base's BatchNorm layers must use their ImageNet statistics in both phases: in training
+    mode they would be re-estimated from small, augmented batches of cell images and wreck the
+    pretrained features. The base is called with ``training=False`` as the Keras guide does,
+    but Keras 3's ``fit`` passes ``training=True`` over it; what really holds BatchNorm in
+    inference mode is ``trainable=False``, which ``unfreeze_top_blocks`` keeps.
+    """
+    base = resnet50_base(image_size, weights)
+    base.trainable = False
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = augmentation(seed)(inputs) if augment else inputs
+    x = ResNetPreprocess(name="resnet_preprocess")(x)
+    x = base(x, training=False)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", dtype="float32",
+                           name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="resnet50")
+
+
+RESNET50_BLOCKS = [f"conv{stage}_block{block}"
+                   for stage, n_blocks in [(2, 3), (3, 4), (4, 6), (5, 3)]
+                   for block in range(1, n_blocks + 1)]
+
+
+def unfreeze_top_blocks(model: keras.Model, n_blocks: int) -> list[str]:
+    """Make the top ``n_blocks`` residual blocks of the base trainable (BatchNorm stays frozen).
+
+    Returns the names of the unfrozen blocks. Recompile the model afterwards.
+    """
+    if not 0 <= n_blocks <= len(RESNET50_BLOCKS):
+        raise ValueError(f"n_blocks must be in 0..{len(RESNET50_BLOCKS)}, got {n_blocks}")
+    base = model.get_layer("resnet50")
+    chosen = RESNET50_BLOCKS[len(RESNET50_BLOCKS) - n_blocks:]
+    base.trainable = True
+    for layer in base.layers:
+        in_top = any(layer.name.startswith(block + "_") for block in chosen)
+        layer.trainable = in_top and not isinstance(layer, layers.BatchNormalization)
+    return chosen
