@@ -34,6 +34,22 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int,
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
+def _shuffle_per_pass(dataset: tf.data.Dataset, size: int, seed: int,
+                      epoch_counter: tf.Variable | None) -> tf.data.Dataset:
+    """Shuffle with a seed made of ``seed`` and the pass number held by ``epoch_counter``."""
+    counter = epoch_counter if epoch_counter is not None else tf.Variable(
+        0, dtype=tf.int64, trainable=False)
+
+    def one_pass(_):
+        pass_number = counter.assign_add(1) - 1
+        return dataset.shuffle(size, seed=seed * 1_000_003 + pass_number,
+                               reshuffle_each_iteration=False)
+
+    # flat_map hides the length from Keras, which then warns that the input "ran out".
+    return tf.data.Dataset.from_tensors(0).flat_map(one_pass).apply(
+        tf.data.experimental.assert_cardinality(size))
+
+
 def _cache_file(cache_dir: Path, frame: pd.DataFrame, subset: str, image_size: int,
                 resize_method: str) -> str:
     """A cache file name unique to the images and the resizing, so a stale cache is never read."""
@@ -46,7 +62,8 @@ def _cache_file(cache_dir: Path, frame: pd.DataFrame, subset: str, image_size: i
 def make_dataset(split: pd.DataFrame, data_root: str | os.PathLike, subset: str, *,
                  image_size: int, batch_size: int, cache: str | os.PathLike | None = "memory",
                  shuffle: bool | None = None, seed: int = 0, deterministic: bool = False,
-                 resize_method: str = "bilinear") -> tf.data.Dataset:
+                 resize_method: str = "bilinear",
+                 epoch_counter: tf.Variable | None = None) -> tf.data.Dataset:
     """Build the batched dataset of one subset ("train", "validation" or "test").
 
     Yields (images float32 [batch, size, size, 3] in 0-255, labels int32 indices into
@@ -54,6 +71,11 @@ def make_dataset(split: pd.DataFrame, data_root: str | os.PathLike, subset: str,
     defaults to True for "train" only. Unshuffled subsets always come in the split's order
     (sorted by path); a shuffled one follows ``seed`` exactly (reshuffled each epoch, the same
     sequence on every run) when ``deterministic`` is set.
+
+    The order of pass ``k`` over the training data depends only on ``seed`` and ``k``, read
+    from ``epoch_counter`` when each pass starts (it then counts up by one). Training sets the
+    counter to the epoch number (``training.EpochSeeds``), so a run resumed at epoch k sees
+    the same order as one that never stopped.
     """
     if resize_method not in RESIZE_METHODS:
         raise ValueError(f"resize_method must be one of {RESIZE_METHODS}, got {resize_method!r}")
@@ -87,7 +109,7 @@ def make_dataset(split: pd.DataFrame, data_root: str | os.PathLike, subset: str,
         dataset = dataset.cache(_cache_file(Path(cache), frame, subset, image_size,
                                             resize_method))
     if shuffle:
-        dataset = dataset.shuffle(len(frame), seed=seed, reshuffle_each_iteration=True)
+        dataset = _shuffle_per_pass(dataset, len(frame), seed, epoch_counter)
     dataset = dataset.batch(batch_size)
     dataset = dataset.map(lambda images, batch_labels: (tf.cast(images, tf.float32),
                                                         batch_labels),

@@ -1,0 +1,245 @@
+"""Train one model of the study on a prepared run folder, from the command line.
+
+    python -m helpers.train cnn --run-dir runs/latest [--image-size 64] [--epochs 20] ...
+    python -m helpers.train resnet50 --run-dir runs/latest [--weights imagenet|none|FILE] ...
+
+The run folder must hold ``data/split.csv`` (``python -m helpers.data prepare``). The model is
+saved as ``RUN_DIR/models/NAME.keras`` with ``NAME.json`` beside it (class names, input size,
+resize method), its history in ``RUN_DIR/history/NAME.csv``, its configuration, library
+versions, devices and the split's hash in ``RUN_DIR/config/NAME.json``, and its validation
+metrics in ``RUN_DIR/metrics/NAME_validation.json``. Killed and restarted with the same
+arguments, a run resumes from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import accuracy_score, f1_score
+
+from helpers import models, pipeline, split, training
+from helpers.errors import DataError
+from helpers.labels import CLASS_NAMES
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved in the run folder."""
+
+    model: str = "cnn"
+    image_size: int = 64
+    batch_size: int = 64
+    epochs: int = 20
+    learning_rate: float = 2e-3
+    lr_strategy: str = "schedule"
+    warmup_epochs: int = 1
+    weight_decay: float = 1e-4
+    patience: int = 6
+    seed: int = 42
+    deterministic: bool = False
+    resize_method: str = "bilinear"
+    cache: str = "memory"
+    augment: bool = True
+    batchnorm_momentum: float = 0.9
+    # ResNet50 only
+    weights: str = "imagenet"
+    fine_tune_epochs: int = 10
+    fine_tune_blocks: int = 3
+    fine_tune_learning_rate: float = 1e-5
+    max_images: int = 0  # use at most this many training images (0: all); for quick checks
+    stop_after_epoch: int = 0  # simulate a crash after this epoch (0: never); shows resuming
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def git_commit() -> str:
+    """The checkout's commit, or "unknown" outside a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_json(data: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def record_run(run_dir: Path, config: TrainConfig, split_csv: Path, precision: str) -> None:
+    """Write what reproduces this run: config, split hash, versions, devices, commit."""
+    write_json({
+        "config": asdict(config),
+        "split_csv": str(split_csv),
+        "split_sha256": file_sha256(split_csv),
+        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                     "keras": keras.__version__, "numpy": np.__version__},
+        "platform": platform.platform(),
+        "devices": training.device_names(),
+        "precision": precision,
+        "git_commit": git_commit(),
+    }, run_dir / "config" / f"{config.model}.json")
+
+
+def model_label(config: TrainConfig) -> str:
+    """How results of this model are labelled everywhere: random init is never "transfer"."""
+    if config.model == "cnn":
+        return "Baseline CNN"
+    if config.weights == "none":
+        return "ResNet50, random init"
+    return "ResNet50, ImageNet, frozen then fine-tuned"
+
+
+def save_model_info(run_dir: Path, config: TrainConfig) -> Path:
+    """The sidecar that makes a saved model usable on its own (class names, input size...)."""
+    path = run_dir / "models" / f"{config.model}.json"
+    write_json({"label": model_label(config), "class_names": list(CLASS_NAMES),
+                "image_size": config.image_size, "resize_method": config.resize_method,
+                "input": "RGB, 0-255, resized to image_size x image_size"}, path)
+    return path
+
+
+def load_split(run_dir: Path) -> tuple:
+    """The split DataFrame and the data root recorded beside it."""
+    split_csv = run_dir / "data" / "split.csv"
+    if not split_csv.exists():
+        raise DataError(f"No split in {run_dir}: run `python -m helpers.data prepare "
+                        f"--run-dir {run_dir}` first.")
+    metadata = json.loads(split.metadata_path(split_csv).read_text())
+    return split.read_split(split_csv), Path(metadata["data_root"]), split_csv
+
+
+def predict_labels(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """True and predicted class indices over an unshuffled dataset."""
+    true, predicted = [], []
+    for images, labels in dataset:
+        predicted.append(np.argmax(model.predict_on_batch(images), axis=1))
+        true.append(labels.numpy())
+    return np.concatenate(true), np.concatenate(predicted)
+
+
+def quick_metrics(model: keras.Model, dataset: tf.data.Dataset) -> dict:
+    """Accuracy and macro-F1 (the full evaluation lives in the evaluation helpers)."""
+    true, predicted = predict_labels(model, dataset)
+    return {"n_images": int(len(true)), "accuracy": float(accuracy_score(true, predicted)),
+            "macro_f1": float(f1_score(true, predicted, average="macro"))}
+
+
+def compile_model(model: keras.Model, rate, weight_decay: float) -> None:
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=rate, weight_decay=weight_decay),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def train(config: TrainConfig, run_dir: Path) -> dict:
+    """Train ``config.model`` on the run folder's split; returns validation metrics."""
+    split_frame, data_root, split_csv = load_split(run_dir)
+    training.set_seed(config.seed, config.deterministic)
+    strategy = training.select_strategy()
+    precision = training.configure_precision(strategy)
+    record_run(run_dir, config, split_csv, precision)
+    if config.max_images:
+        train_rows = split_frame[split_frame["split"] == "train"]
+        keep = train_rows.sample(n=min(config.max_images, len(train_rows)),
+                                 random_state=config.seed).index
+        split_frame = split_frame[(split_frame["split"] != "train") | split_frame.index.isin(keep)]
+    batch_size = config.batch_size * strategy.num_replicas_in_sync
+    epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
+    cache = None if config.cache == "none" else config.cache
+    datasets = {
+        subset: pipeline.make_dataset(
+            split_frame, data_root, subset, image_size=config.image_size,
+            batch_size=batch_size, cache=cache, seed=config.seed,
+            deterministic=config.deterministic, resize_method=config.resize_method,
+            epoch_counter=epoch_counter if subset == "train" else None)
+        for subset in ("train", "validation")
+    }
+    n_train = int((split_frame["split"] == "train").sum())
+    steps_per_epoch = math.ceil(n_train / batch_size)
+
+    def callbacks(name_suffix="", best=None):
+        standard = training.make_callbacks(
+            run_dir, config.model + name_suffix, lr_strategy=config.lr_strategy,
+            images_per_epoch=n_train, patience=config.patience, epoch_counter=epoch_counter,
+            seed=config.seed, best_so_far=best)
+        if config.stop_after_epoch:
+            standard.append(training.StopAfterEpoch(config.stop_after_epoch))
+        return standard
+
+    with strategy.scope():
+        if config.model == "cnn":
+            model = models.build_cnn(config.image_size, augment=config.augment,
+                                     batchnorm_momentum=config.batchnorm_momentum,
+                                     seed=config.seed)
+        else:
+            weights = None if config.weights == "none" else config.weights
+            model = models.build_resnet50(config.image_size, weights=weights,
+                                          augment=config.augment, seed=config.seed)
+        rate = training.learning_rate(config.lr_strategy, config.learning_rate,
+                                      steps_per_epoch, config.epochs, config.warmup_epochs)
+        compile_model(model, rate, config.weight_decay)
+    model.fit(datasets["train"], validation_data=datasets["validation"], epochs=config.epochs,
+              callbacks=callbacks(), verbose=2, shuffle=False)  # the pipeline shuffles
+    if config.model == "resnet50" and config.fine_tune_epochs > 0:
+        phase1_best = training.best_logged(run_dir / "history" / f"{config.model}.csv")
+        model = keras.saving.load_model(run_dir / "models" / f"{config.model}.keras")
+        with strategy.scope():
+            models.unfreeze_top_blocks(model, config.fine_tune_blocks)
+            total = config.epochs + config.fine_tune_epochs
+            rate = training.learning_rate(config.lr_strategy, config.fine_tune_learning_rate,
+                                          steps_per_epoch, config.fine_tune_epochs,
+                                          config.warmup_epochs)
+            compile_model(model, rate, config.weight_decay)
+        model.fit(datasets["train"], validation_data=datasets["validation"], epochs=total,
+                  initial_epoch=config.epochs, callbacks=callbacks("_finetune", phase1_best),
+                  verbose=2, shuffle=False)
+    best = keras.saving.load_model(run_dir / "models" / f"{config.model}.keras")
+    save_model_info(run_dir, config)
+    metrics = quick_metrics(best, datasets["validation"])
+    write_json(metrics, run_dir / "metrics" / f"{config.model}_validation.json")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", choices=["cnn", "resnet50"])
+    parser.add_argument("--run-dir", default="runs/latest")
+    defaults = TrainConfig()
+    for field, value in asdict(defaults).items():
+        if field == "model":
+            continue
+        flag = "--" + field.replace("_", "-")
+        if isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    args = vars(parser.parse_args(argv))
+    run_dir = Path(args.pop("run_dir"))
+    config = TrainConfig(**args)
+    try:
+        metrics = train(config, run_dir)
+    except (DataError, models.WeightsUnavailableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except training.TrainingStoppedError as error:
+        print(f"{error} Run the same command again to resume.", file=sys.stderr)
+        return 3
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
