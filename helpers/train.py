@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import platform
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 from sklearn.metrics import accuracy_score, f1_score
 
@@ -56,7 +58,7 @@ class TrainConfig:
     weights: str = "imagenet"
     fine_tune_epochs: int = 10
     fine_tune_blocks: int = 3
-    fine_tune_learning_rate: float = 1e-5
+    fine_tune_learning_rate: float = 1e-4  # 20x below phase 1: small steps keep ImageNet features
     max_images: int = 0  # use at most this many training images (0: all); for quick checks
     stop_after_epoch: int = 0  # simulate a crash after this epoch (0: never); shows resuming
 
@@ -138,11 +140,6 @@ def quick_metrics(model: keras.Model, dataset: tf.data.Dataset) -> dict:
             "macro_f1": float(f1_score(true, predicted, average="macro"))}
 
 
-def compile_model(model: keras.Model, rate, weight_decay: float) -> None:
-    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=rate, weight_decay=weight_decay),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-
-
 def train(config: TrainConfig, run_dir: Path) -> dict:
     """Train ``config.model`` on the run folder's split; returns validation metrics."""
     split_frame, data_root, split_csv = load_split(run_dir)
@@ -169,42 +166,56 @@ def train(config: TrainConfig, run_dir: Path) -> dict:
     n_train = int((split_frame["split"] == "train").sum())
     steps_per_epoch = math.ceil(n_train / batch_size)
 
-    def callbacks(name_suffix="", best=None):
-        standard = training.make_callbacks(
-            run_dir, config.model + name_suffix, lr_strategy=config.lr_strategy,
-            images_per_epoch=n_train, patience=config.patience, epoch_counter=epoch_counter,
-            seed=config.seed, best_so_far=best)
+    def fit(model: keras.Model, phase: str, epochs: int, initial_epoch: int = 0) -> None:
+        callbacks = training.make_callbacks(
+            run_dir, config.model, lr_strategy=config.lr_strategy, images_per_epoch=n_train,
+            patience=config.patience, epoch_counter=epoch_counter, seed=config.seed,
+            backup_name=f"{config.model}_{phase}")
         if config.stop_after_epoch:
-            standard.append(training.StopAfterEpoch(config.stop_after_epoch))
-        return standard
+            callbacks.append(training.StopAfterEpoch(config.stop_after_epoch))
+        model.fit(datasets["train"], validation_data=datasets["validation"], epochs=epochs,
+                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=2,
+                  shuffle=False)  # the pipeline shuffles
 
-    with strategy.scope():
-        if config.model == "cnn":
-            model = models.build_cnn(config.image_size, augment=config.augment,
-                                     batchnorm_momentum=config.batchnorm_momentum,
-                                     seed=config.seed)
-        else:
-            weights = None if config.weights == "none" else config.weights
-            model = models.build_resnet50(config.image_size, weights=weights,
-                                          augment=config.augment, seed=config.seed)
-        rate = training.learning_rate(config.lr_strategy, config.learning_rate,
-                                      steps_per_epoch, config.epochs, config.warmup_epochs)
-        compile_model(model, rate, config.weight_decay)
-    model.fit(datasets["train"], validation_data=datasets["validation"], epochs=config.epochs,
-              callbacks=callbacks(), verbose=2, shuffle=False)  # the pipeline shuffles
-    if config.model == "resnet50" and config.fine_tune_epochs > 0:
-        phase1_best = training.best_logged(run_dir / "history" / f"{config.model}.csv")
-        model = keras.saving.load_model(run_dir / "models" / f"{config.model}.keras")
+    def compiled(model: keras.Model, base_rate: float, epochs: int) -> keras.Model:
+        rate = training.learning_rate(config.lr_strategy, base_rate, steps_per_epoch, epochs,
+                                      config.warmup_epochs)
+        model.compile(
+            optimizer=keras.optimizers.AdamW(learning_rate=rate,
+                                             weight_decay=config.weight_decay),
+            loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    models_dir = run_dir / "models"
+    if config.model == "cnn":
         with strategy.scope():
-            models.unfreeze_top_blocks(model, config.fine_tune_blocks)
-            total = config.epochs + config.fine_tune_epochs
-            rate = training.learning_rate(config.lr_strategy, config.fine_tune_learning_rate,
-                                          steps_per_epoch, config.fine_tune_epochs,
-                                          config.warmup_epochs)
-            compile_model(model, rate, config.weight_decay)
-        model.fit(datasets["train"], validation_data=datasets["validation"], epochs=total,
-                  initial_epoch=config.epochs, callbacks=callbacks("_finetune", phase1_best),
-                  verbose=2, shuffle=False)
+            model = compiled(models.build_cnn(
+                config.image_size, augment=config.augment,
+                batchnorm_momentum=config.batchnorm_momentum, seed=config.seed),
+                config.learning_rate, config.epochs)
+        fit(model, "train", config.epochs)
+    else:
+        frozen_model = models_dir / "resnet50_frozen.keras"
+        phases_json = run_dir / "history" / "resnet50_phases.json"
+        if not frozen_model.exists():  # phase 1; a rerun after it finished goes on to phase 2
+            weights = None if config.weights == "none" else config.weights
+            with strategy.scope():
+                model = compiled(models.build_resnet50(
+                    config.image_size, weights=weights, augment=config.augment,
+                    seed=config.seed), config.learning_rate, config.epochs)
+            fit(model, "frozen", config.epochs)
+            frozen_epochs = len(pd.read_csv(run_dir / "history" / "resnet50.csv"))
+            write_json({"frozen_epochs": frozen_epochs}, phases_json)
+            shutil.copyfile(models_dir / "resnet50.keras", frozen_model)
+        if config.fine_tune_epochs > 0:
+            # Phase 2 starts from phase 1's best weights and continues its epoch count.
+            frozen_epochs = json.loads(phases_json.read_text())["frozen_epochs"]
+            with strategy.scope():
+                model = keras.saving.load_model(frozen_model)
+                models.unfreeze_top_blocks(model, config.fine_tune_blocks)
+                compiled(model, config.fine_tune_learning_rate, config.fine_tune_epochs)
+            fit(model, "finetune", frozen_epochs + config.fine_tune_epochs,
+                initial_epoch=frozen_epochs)
     best = keras.saving.load_model(run_dir / "models" / f"{config.model}.keras")
     save_model_info(run_dir, config)
     metrics = quick_metrics(best, datasets["validation"])

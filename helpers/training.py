@@ -154,7 +154,7 @@ class EpochTiming(keras.callbacks.Callback):
         logs["epoch_seconds"] = now - self._started
         logs["images_per_second"] = self.images_per_epoch / (
             (self._training_ended or now) - self._started)
-        logs["learning_rate"] = current_learning_rate(self.model.optimizer)
+        logs["learning_rate"] = current_learning_rate(self.model.optimizer)  # at the last step
 
 
 class EpochSeeds(keras.callbacks.Callback):
@@ -210,7 +210,8 @@ def make_callbacks(run_dir: str | os.PathLike, name: str, *, lr_strategy: str,
                    epoch_counter: tf.Variable | None = None, seed: int = 0,
                    tensorboard: bool = False,
                    plateau_factor: float = 0.3, plateau_patience: int = 2,
-                   best_so_far: float | None = None) -> list[keras.callbacks.Callback]:
+                   best_so_far: float | None = None,
+                   backup_name: str | None = None) -> list[keras.callbacks.Callback]:
     """The standard callbacks of a training run named ``name`` (e.g. "cnn").
 
     - ``RUN_DIR/models/NAME.keras``: the best model by validation loss; a resumed run or a
@@ -222,7 +223,8 @@ def make_callbacks(run_dir: str | os.PathLike, name: str, *, lr_strategy: str,
     - ReduceLROnPlateau when ``lr_strategy`` is "plateau".
     - ``RUN_DIR/history/NAME.csv``: one row per epoch, appended across resumes and phases,
       with epoch seconds, images/s and the learning rate.
-    - BackupAndRestore in ``RUN_DIR/backup/NAME``: a killed run resumes where it stopped.
+    - BackupAndRestore in ``RUN_DIR/backup/BACKUP_NAME`` (default NAME; one per training
+      phase): a killed run resumes where it stopped.
     - TensorBoard logs in ``RUN_DIR/tensorboard/NAME`` when asked.
     """
     if lr_strategy not in LR_STRATEGIES:
@@ -233,7 +235,7 @@ def make_callbacks(run_dir: str | os.PathLike, name: str, *, lr_strategy: str,
     history_csv = run_dir / "history" / f"{name}.csv"
     if best_so_far is None:
         best_so_far = best_logged(history_csv)
-    callbacks = [keras.callbacks.BackupAndRestore(str(run_dir / "backup" / name)),
+    callbacks = [keras.callbacks.BackupAndRestore(str(run_dir / "backup" / (backup_name or name))),
                  EpochSeeds(epoch_counter, seed)]
     callbacks += [
         keras.callbacks.ModelCheckpoint(

@@ -1,3 +1,5 @@
+import hashlib
+import json
 import subprocess
 import sys
 
@@ -8,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import data, training
+from helpers.labels import CLASS_NAMES
 from tests.conftest import REPOSITORY
 
 
@@ -111,3 +114,56 @@ def test_a_killed_run_resumes_to_the_same_weights(synthetic_source, tmp_path):
                for name, run_dir in runs.items()}
     for straight, resumed in zip(weights["straight"], weights["resumed"], strict=True):
         np.testing.assert_allclose(straight, resumed, rtol=1e-6, atol=1e-7)
+
+
+def test_run_folder_records_config_and_model_sidecar(synthetic_source, tmp_path):
+    root, _ = synthetic_source
+    assert data.main(["prepare", "--source", "local", "--data-dir", str(root),
+                      "--run-dir", str(tmp_path)]) == 0
+    result = _train(tmp_path, "--epochs", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads((tmp_path / "models" / "cnn.json").read_text())
+    assert info["class_names"] == list(CLASS_NAMES)
+    assert (info["image_size"], info["resize_method"]) == (16, "bilinear")
+    record = json.loads((tmp_path / "config" / "cnn.json").read_text())
+    split_csv = tmp_path / "data" / "split.csv"
+    assert record["split_sha256"] == hashlib.sha256(split_csv.read_bytes()).hexdigest()
+    assert record["config"]["image_size"] == 16 and record["config"]["deterministic"]
+    assert record["versions"]["tensorflow"] == tf.__version__
+    assert record["devices"] and record["git_commit"]
+    metrics = json.loads((tmp_path / "metrics" / "cnn_validation.json").read_text())
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["n_images"] > 0
+
+
+def _train_resnet(run_dir, *extra):
+    command = [sys.executable, "-m", "helpers.train", "resnet50", "--run-dir", str(run_dir),
+               "--image-size", "32", "--batch-size", "8", "--epochs", "2", "--max-images", "32",
+               "--fine-tune-epochs", "1", "--fine-tune-blocks", "2", *extra]
+    return subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, timeout=300)
+
+
+def test_resnet50_trains_frozen_then_fine_tuned_and_labels_random_init(synthetic_source,
+                                                                       tmp_path):
+    root, _ = synthetic_source
+    assert data.main(["prepare", "--source", "local", "--data-dir", str(root),
+                      "--run-dir", str(tmp_path)]) == 0
+    result = _train_resnet(tmp_path, "--weights", "none")
+    assert result.returncode == 0, result.stderr[-2000:]
+    history = pd.read_csv(tmp_path / "history" / "resnet50.csv")
+    phases = json.loads((tmp_path / "history" / "resnet50_phases.json").read_text())
+    assert phases["frozen_epochs"] == 2
+    assert history["epoch"].tolist() == [0, 1, 2]  # phase 2 continues the epoch count
+    assert history["learning_rate"].iloc[2] < history["learning_rate"].iloc[:2].max() / 10
+    assert (tmp_path / "models" / "resnet50_frozen.keras").exists()
+    info = json.loads((tmp_path / "models" / "resnet50.json").read_text())
+    assert info["label"] == "ResNet50, random init"
+
+
+def test_resnet50_without_imagenet_weights_stops_with_what_to_do(synthetic_source, tmp_path):
+    root, _ = synthetic_source
+    assert data.main(["prepare", "--source", "local", "--data-dir", str(root),
+                      "--run-dir", str(tmp_path)]) == 0
+    result = _train_resnet(tmp_path, "--weights", str(tmp_path / "missing.h5"))
+    assert result.returncode == 1
+    assert "weights file not found" in result.stderr
+    assert not (tmp_path / "models" / "resnet50.keras").exists()
