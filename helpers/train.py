@@ -60,6 +60,9 @@ class TrainConfig:
     fine_tune_blocks: int = 3
     fine_tune_learning_rate: float = 1e-4  # 20x below phase 1: small steps keep ImageNet features
     max_images: int = 0  # use at most this many training images (0: all); for quick checks
+    # Recompute BatchNorm statistics on this many training images before each validation
+    # (0: off, Keras's moving averages only); see training.recalibrate_batchnorm.
+    precise_batchnorm_images: int = 1024
     stop_after_epoch: int = 0  # simulate a crash after this epoch (0: never); shows resuming
 
 
@@ -170,7 +173,9 @@ def train(config: TrainConfig, run_dir: Path) -> dict:
         callbacks = training.make_callbacks(
             run_dir, config.model, lr_strategy=config.lr_strategy, images_per_epoch=n_train,
             patience=config.patience, epoch_counter=epoch_counter, seed=config.seed,
-            backup_name=f"{config.model}_{phase}")
+            backup_name=f"{config.model}_{phase}",
+            recalibration_data=datasets["train"] if config.precise_batchnorm_images else None,
+            recalibration_batches=math.ceil(config.precise_batchnorm_images / batch_size))
         if config.stop_after_epoch:
             callbacks.append(training.StopAfterEpoch(config.stop_after_epoch))
         model.fit(datasets["train"], validation_data=datasets["validation"], epochs=epochs,
