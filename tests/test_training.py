@@ -167,3 +167,33 @@ def test_resnet50_without_imagenet_weights_stops_with_what_to_do(synthetic_sourc
     assert result.returncode == 1
     assert "weights file not found" in result.stderr
     assert not (tmp_path / "models" / "resnet50.keras").exists()
+
+
+def test_recalibration_sets_exact_batch_statistics_and_leaves_weights_alone():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, name="dense")(inputs)
+    hidden = keras.layers.BatchNormalization(name="learned")(hidden)
+    frozen = keras.layers.BatchNormalization(name="frozen")
+    frozen.trainable = False
+    model = keras.Model(inputs, frozen(hidden))
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(24, 3)).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(24))).batch(8)
+    learned = model.get_layer("learned")
+    learned.moving_mean.assign(np.full(4, 50.0, "float32"))  # stale statistics
+    kernel_before = model.get_layer("dense").kernel.numpy()
+    frozen_before = frozen.moving_mean.numpy()
+
+    training.recalibrate_batchnorm(model, dataset, batches=3)
+
+    dense_out = model.get_layer("dense")(x).numpy()
+    batch_means = dense_out.reshape(3, 8, 4).mean(axis=1)
+    batch_variances = dense_out.reshape(3, 8, 4).var(axis=1)
+    np.testing.assert_allclose(learned.moving_mean.numpy(), batch_means.mean(axis=0), rtol=1e-4)
+    np.testing.assert_allclose(learned.moving_variance.numpy(), batch_variances.mean(axis=0),
+                               rtol=1e-3)
+    np.testing.assert_array_equal(model.get_layer("dense").kernel.numpy(), kernel_before)
+    np.testing.assert_array_equal(frozen.moving_mean.numpy(), frozen_before)
+    assert learned.momentum == 0.99  # restored
+    assert training.batchnorm_layers(model) == [learned]
