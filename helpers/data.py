@@ -16,15 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from helpers import acquire, audit, locate, split, synthetic
+from helpers import acquire, audit, files, locate, split, synthetic
 from helpers.errors import DataError
-
-
-def write_json(data: dict, path: str | Path) -> None:
-    """Write ``data`` as indented JSON, creating the parent folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def _print_split(result: split.SplitResult, split_csv: Path) -> None:
@@ -38,7 +31,7 @@ def run_audit(args: argparse.Namespace) -> None:
     result = audit.audit(locate.find_data_root(args.data_dir), progress=True)
     print(audit.format_summary(result.summary))
     if args.json:
-        write_json(result.summary, args.json)
+        files.write_json(result.summary, args.json)
         print(f"\nJSON report: {args.json}")
     if args.index_csv:
         result.index.to_csv(args.index_csv, index=False)
@@ -57,7 +50,7 @@ def run_prepare(args: argparse.Namespace) -> None:
     print(f"Data: {data_root}")
     result = audit.audit(data_root, progress=True)
     data_folder = Path(args.run_dir) / "data"
-    write_json(result.summary, data_folder / "audit.json")
+    files.write_json(result.summary, data_folder / "audit.json")
     result.index.to_csv(data_folder / "audit_index.csv", index=False)
     print(audit.format_summary(result.summary))
     print(f"\nAudit: {data_folder / 'audit.json'} and {data_folder / 'audit_index.csv'}\n")

@@ -14,7 +14,6 @@ arguments, a run resumes from its last finished epoch.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import platform
@@ -30,7 +29,7 @@ import pandas as pd
 import tensorflow as tf
 from sklearn.metrics import accuracy_score, f1_score
 
-from helpers import models, pipeline, split, training
+from helpers import files, models, pipeline, split, training
 from helpers.errors import DataError
 from helpers.labels import CLASS_NAMES
 
@@ -66,10 +65,6 @@ class TrainConfig:
     stop_after_epoch: int = 0  # simulate a crash after this epoch (0: never); shows resuming
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def git_commit() -> str:
     """The checkout's commit, or "unknown" outside a git checkout."""
     try:
@@ -79,17 +74,12 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_json(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
 def record_run(run_dir: Path, config: TrainConfig, split_csv: Path, precision: str) -> None:
     """Write what reproduces this run: config, split hash, versions, devices, commit."""
-    write_json({
+    files.write_json({
         "config": asdict(config),
         "split_csv": str(split_csv),
-        "split_sha256": file_sha256(split_csv),
+        "split_sha256": files.file_sha256(split_csv),
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                      "keras": keras.__version__, "numpy": np.__version__},
         "platform": platform.platform(),
@@ -111,7 +101,7 @@ def model_label(config: TrainConfig) -> str:
 def save_model_info(run_dir: Path, config: TrainConfig) -> Path:
     """The sidecar that makes a saved model usable on its own (class names, input size...)."""
     path = run_dir / "models" / f"{config.model}.json"
-    write_json({"label": model_label(config), "class_names": list(CLASS_NAMES),
+    files.write_json({"label": model_label(config), "class_names": list(CLASS_NAMES),
                 "image_size": config.image_size, "resize_method": config.resize_method,
                 "input": "RGB, 0-255, resized to image_size x image_size"}, path)
     return path
@@ -210,7 +200,7 @@ def train(config: TrainConfig, run_dir: Path) -> dict:
                     seed=config.seed), config.learning_rate, config.epochs)
             fit(model, "frozen", config.epochs)
             frozen_epochs = len(pd.read_csv(run_dir / "history" / "resnet50.csv"))
-            write_json({"frozen_epochs": frozen_epochs}, phases_json)
+            files.write_json({"frozen_epochs": frozen_epochs}, phases_json)
             shutil.copyfile(models_dir / "resnet50.keras", frozen_model)
         if config.fine_tune_epochs > 0:
             # Phase 2 starts from phase 1's best weights and continues its epoch count.
@@ -224,7 +214,7 @@ def train(config: TrainConfig, run_dir: Path) -> dict:
     best = keras.saving.load_model(run_dir / "models" / f"{config.model}.keras")
     save_model_info(run_dir, config)
     metrics = quick_metrics(best, datasets["validation"])
-    write_json(metrics, run_dir / "metrics" / f"{config.model}_validation.json")
+    files.write_json(metrics, run_dir / "metrics" / f"{config.model}_validation.json")
     return metrics
 
 
