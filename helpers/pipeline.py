@@ -22,13 +22,19 @@ RESIZE_METHODS = ("bilinear", "bicubic", "area", "lanczos3")
 
 
 def decode_and_resize(image_bytes: tf.Tensor, image_size: int,
-                      resize_method: str = "bilinear") -> tf.Tensor:
-    """Decode JPEG/PNG/BMP bytes to RGB and resize to a square uint8 image.
+                      resize_method: str = "bilinear", crop_fraction: float = 1.0) -> tf.Tensor:
+    """Decode JPEG/PNG/BMP bytes to RGB, keep the central ``crop_fraction`` of each side, and
+    resize to a square uint8 image.
 
-    Grayscale is repeated to three channels and alpha dropped. Resizing is antialiased,
-    so shrinking a 360 px cell to 64 px averages pixels instead of skipping them.
+    Grayscale is repeated to three channels and alpha dropped. PBC images centre the cell,
+    so a crop spends more of a small input on the cell. Resizing is antialiased, so
+    shrinking a 360 px image to 64 px averages pixels instead of skipping them.
     """
+    if not 0 < crop_fraction <= 1:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    if crop_fraction < 1:
+        image = tf.image.central_crop(image, crop_fraction)
     image = tf.image.resize(image, (image_size, image_size), method=resize_method,
                             antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
@@ -50,19 +56,19 @@ def _shuffle_per_pass(dataset: tf.data.Dataset, size: int, seed: int,
         tf.data.experimental.assert_cardinality(size))
 
 
-def _cache_file(cache_dir: Path, frame: pd.DataFrame, subset: str, image_size: int,
-                resize_method: str) -> str:
-    """A cache file name unique to the images and the resizing, so a stale cache is never read."""
+def _cache_file(cache_dir: Path, frame: pd.DataFrame, subset: str, processing: str) -> str:
+    """A cache file name unique to the images and their processing, so a stale cache is
+    never read."""
     fingerprint = hashlib.sha256(
         "\n".join(frame["path"] + ":" + frame["sha256"]).encode()).hexdigest()[:16]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    return str(cache_dir / f"{subset}-{image_size}px-{resize_method}-{fingerprint}")
+    return str(cache_dir / f"{subset}-{processing}-{fingerprint}")
 
 
 def make_dataset(split: pd.DataFrame, data_root: str | os.PathLike, subset: str, *,
                  image_size: int, batch_size: int, cache: str | os.PathLike | None = "memory",
                  shuffle: bool | None = None, seed: int = 0, deterministic: bool = False,
-                 resize_method: str = "bilinear",
+                 resize_method: str = "bilinear", crop_fraction: float = 1.0,
                  epoch_counter: tf.Variable | None = None) -> tf.data.Dataset:
     """Build the batched dataset of one subset ("train", "validation" or "test").
 
@@ -101,13 +107,13 @@ def make_dataset(split: pd.DataFrame, data_root: str | os.PathLike, subset: str,
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
     dataset = dataset.map(
         lambda path, label: (decode_and_resize(tf.io.read_file(path), image_size,
-                                               resize_method), label),
+                                               resize_method, crop_fraction), label),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if cache == "memory":
         dataset = dataset.cache()
     elif cache is not None:
-        dataset = dataset.cache(_cache_file(Path(cache), frame, subset, image_size,
-                                            resize_method))
+        processing = f"{image_size}px-{resize_method}-crop{round(crop_fraction * 100)}"
+        dataset = dataset.cache(_cache_file(Path(cache), frame, subset, processing))
     if shuffle:
         dataset = _shuffle_per_pass(dataset, len(frame), seed, epoch_counter)
     dataset = dataset.batch(batch_size)

@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 42
     deterministic: bool = False
     resize_method: str = "bilinear"
+    crop_fraction: float = 1.0  # central share of each side kept before resizing
     cache: str = "memory"
     augment: bool = True
     batchnorm_momentum: float = 0.9
@@ -103,7 +104,9 @@ def save_model_info(run_dir: Path, config: TrainConfig) -> Path:
     path = run_dir / "models" / f"{config.model}.json"
     files.write_json({"label": model_label(config), "class_names": list(CLASS_NAMES),
                 "image_size": config.image_size, "resize_method": config.resize_method,
-                "input": "RGB, 0-255, resized to image_size x image_size"}, path)
+                "crop_fraction": config.crop_fraction,
+                "input": "RGB 0-255: central crop_fraction of each side, resized to "
+                         "image_size x image_size (helpers.pipeline.decode_and_resize)"}, path)
     return path
 
 
@@ -153,6 +156,7 @@ def train(config: TrainConfig, run_dir: Path) -> dict:
             split_frame, data_root, subset, image_size=config.image_size,
             batch_size=batch_size, cache=cache, seed=config.seed,
             deterministic=config.deterministic, resize_method=config.resize_method,
+            crop_fraction=config.crop_fraction,
             epoch_counter=epoch_counter if subset == "train" else None)
         for subset in ("train", "validation")
     }

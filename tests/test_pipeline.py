@@ -75,7 +75,7 @@ def test_file_cache_is_written_and_named_for_its_images(synthetic_source, synthe
     kwargs = dict(image_size=16, batch_size=8, cache=tmp_path, shuffle=False)
     first = _collect(pipeline.make_dataset(synthetic_split, root, "test", **kwargs))
     cached = sorted(path.name for path in tmp_path.iterdir())
-    assert cached and all(name.startswith("test-16px-bilinear-") for name in cached)
+    assert cached and all(name.startswith("test-16px-bilinear-crop100-") for name in cached)
     second = _collect(pipeline.make_dataset(synthetic_split, root, "test", **kwargs))
     np.testing.assert_array_equal(first[0], second[0])
     fewer = synthetic_split.drop(synthetic_split[synthetic_split["split"] == "test"].index[0])
@@ -104,3 +104,15 @@ def test_unknown_label_is_an_error(synthetic_source):
                           "sha256": ["0" * 64], "split": ["train"]})
     with pytest.raises(DataError, match="Unknown labels"):
         pipeline.make_dataset(frame, root, "train", image_size=16, batch_size=4)
+
+
+def test_central_crop_keeps_the_middle_of_the_image():
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[10:30, 10:30] = (30, 200, 90)  # the "cell" in the middle half
+    png = tf.io.encode_png(image)
+    cropped = pipeline.decode_and_resize(png, 8, crop_fraction=0.5).numpy()
+    assert (np.abs(cropped.astype(int) - (30, 200, 90)) <= 1).all()
+    whole = pipeline.decode_and_resize(png, 8).numpy()
+    assert (whole[0, 0] == 0).all()
+    with pytest.raises(ValueError, match="crop_fraction"):
+        pipeline.decode_and_resize(png, 8, crop_fraction=0)
