@@ -116,3 +116,12 @@ def test_central_crop_keeps_the_middle_of_the_image():
     assert (whole[0, 0] == 0).all()
     with pytest.raises(ValueError, match="crop_fraction"):
         pipeline.decode_and_resize(png, 8, crop_fraction=0)
+
+
+def test_training_order_works_after_a_global_seed_of_zero(synthetic_source, synthetic_split):
+    import keras
+
+    root, _ = synthetic_source
+    keras.utils.set_random_seed(0)
+    dataset = pipeline.make_dataset(synthetic_split, root, "train", image_size=16, batch_size=8)
+    assert len(_collect(dataset)[1]) == (synthetic_split["split"] == "train").sum()
