@@ -49,6 +49,7 @@ class TrainConfig:
     patience: int = 6
     seed: int = 42
     deterministic: bool = False
+    xla: bool = False  # compile the training step with XLA (often faster on GPUs, slower on CPUs)
     resize_method: str = "bilinear"
     crop_fraction: float = 1.0  # central share of each side kept before resizing
     cache: str = "memory"
@@ -182,7 +183,8 @@ def train(config: TrainConfig, run_dir: Path) -> dict:
         model.compile(
             optimizer=keras.optimizers.AdamW(learning_rate=rate,
                                              weight_decay=config.weight_decay),
-            loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+            jit_compile=config.xla)
         return model
 
     models_dir = run_dir / "models"

@@ -120,12 +120,13 @@ def test_run_folder_records_config_and_model_sidecar(synthetic_source, tmp_path)
     root, _ = synthetic_source
     assert data.main(["prepare", "--source", "local", "--data-dir", str(root),
                       "--run-dir", str(tmp_path)]) == 0
-    result = _train(tmp_path, "--epochs", "1")
+    result = _train(tmp_path, "--epochs", "1", "--xla")
     assert result.returncode == 0, result.stderr[-2000:]
     info = json.loads((tmp_path / "models" / "cnn.json").read_text())
     assert info["class_names"] == list(CLASS_NAMES)
     assert (info["image_size"], info["resize_method"]) == (16, "bilinear")
     record = json.loads((tmp_path / "config" / "cnn.json").read_text())
+    assert record["config"]["xla"] is True
     split_csv = tmp_path / "data" / "split.csv"
     assert record["split_sha256"] == hashlib.sha256(split_csv.read_bytes()).hexdigest()
     assert record["config"]["image_size"] == 16 and record["config"]["deterministic"]
