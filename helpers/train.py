@@ -41,7 +41,7 @@ class TrainConfig:
     model: str = "cnn"
     image_size: int = 64
     batch_size: int = 64
-    epochs: int = 20
+    epochs: int = 18  # with image_size 64 and crop 0.7: the CPU configuration, ~40 min here
     learning_rate: float = 2e-3
     lr_strategy: str = "schedule"
     warmup_epochs: int = 1
@@ -51,7 +51,7 @@ class TrainConfig:
     deterministic: bool = False
     xla: bool = False  # compile the training step with XLA (often faster on GPUs, slower on CPUs)
     resize_method: str = "bilinear"
-    crop_fraction: float = 1.0  # central share of each side kept before resizing
+    crop_fraction: float = 0.7  # central share of each side kept: the cell, less background
     cache: str = "memory"
     augment: bool = True
     batchnorm_momentum: float = 0.9
