@@ -1,11 +1,13 @@
 """Train one model of the study on a prepared run folder, from the command line.
 
-    python -m helpers.train cnn --run-dir runs/latest [--image-size 64] [--epochs 20] ...
+    python -m helpers.train cnn --run-dir runs/latest [--image-size 64] [--epochs 18] ...
     python -m helpers.train resnet50 --run-dir runs/latest [--weights imagenet|none|FILE] ...
 
 The run folder must hold ``data/split.csv`` (``python -m helpers.data prepare``). The model is
 saved as ``RUN_DIR/models/NAME.keras`` with ``NAME.json`` beside it (class names, input size,
-resize method), its history in ``RUN_DIR/history/NAME.csv``, its configuration, library
+resize method, crop), ResNet50's phase-1 model as ``resnet50_frozen.keras`` and the phase
+boundary in ``history/resnet50_phases.json``, the history in ``RUN_DIR/history/NAME.csv``
+(both phases), its configuration, library
 versions, devices and the split's hash in ``RUN_DIR/config/NAME.json``, and its validation
 metrics in ``RUN_DIR/metrics/NAME_validation.json``. Killed and restarted with the same
 arguments, a run resumes from its last finished epoch.
