@@ -40,9 +40,9 @@ def select_images(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     Returns (kept rows with path, label, sha256; excluded rows with path, label, reason).
     """
     usable = usable_mask(index)
-    excluded = [index.loc[~usable, ["path", "label"]].assign(
-        reason=index.loc[~usable, "problem"].where(index.loc[~usable, "label"] != "",
-                                                   "outside the class folders"))]
+    unusable = index[~usable]
+    excluded = [unusable[["path", "label"]].assign(
+        reason=unusable["problem"].where(unusable["label"] != "", "outside the class folders"))]
     images = index.loc[usable, ["path", "label", "sha256"]].sort_values("path")
 
     labels_per_content = images.groupby("sha256")["label"].transform("nunique")
