@@ -104,7 +104,7 @@ def audit(data_root: str | os.PathLike, workers: int | None = None,
     paths = [data_root / relative for relative, _, _ in files]
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(inspect_file, paths, chunksize=64)
+        results = pool.map(inspect_file, paths)
         if progress:
             from tqdm.auto import tqdm
             results = tqdm(results, total=len(paths), desc="audit", unit="file")
