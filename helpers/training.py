@@ -265,15 +265,13 @@ def make_callbacks(run_dir: str | os.PathLike, name: str, *, lr_strategy: str,
                    epoch_counter: tf.Variable | None = None, seed: int = 0,
                    tensorboard: bool = False,
                    plateau_factor: float = 0.3, plateau_patience: int = 2,
-                   best_so_far: float | None = None,
                    backup_name: str | None = None,
                    recalibration_data: tf.data.Dataset | None = None,
                    recalibration_batches: int = 16) -> list[keras.callbacks.Callback]:
     """The standard callbacks of a training run named ``name`` (e.g. "cnn").
 
     - ``RUN_DIR/models/NAME.keras``: the best model by validation loss; a resumed run or a
-      second training phase only replaces it with a better one (``best_so_far``, else the
-      best value in the history file).
+      second training phase only replaces it with a better one than the history file's best.
     - EarlyStopping on validation loss, restoring the best weights.
     - EpochSeeds: the shuffle order (``epoch_counter``) and the model's random layers follow
       ``seed`` and the epoch number, so a resumed run matches an uninterrupted one.
@@ -292,14 +290,12 @@ def make_callbacks(run_dir: str | os.PathLike, name: str, *, lr_strategy: str,
     for folder in ("models", "history", "backup"):
         (run_dir / folder).mkdir(parents=True, exist_ok=True)
     history_csv = run_dir / "history" / f"{name}.csv"
-    if best_so_far is None:
-        best_so_far = best_logged(history_csv)
     callbacks = [keras.callbacks.BackupAndRestore(str(run_dir / "backup" / (backup_name or name))),
                  EpochSeeds(epoch_counter, seed)]
     callbacks += [
         keras.callbacks.ModelCheckpoint(
             str(run_dir / "models" / f"{name}.keras"), monitor="val_loss",
-            save_best_only=True, initial_value_threshold=best_so_far),
+            save_best_only=True, initial_value_threshold=best_logged(history_csv)),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                       restore_best_weights=True),
     ]
