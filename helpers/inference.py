@@ -1,0 +1,139 @@
+"""Load a saved model with what it needs (class names, input size, crop) and predict images.
+
+A model trained by ``helpers.train`` is ``NAME.keras`` with ``NAME.json`` beside it; the
+sidecar says how images must be prepared, so predictions use the same crop and resize as
+training did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# Registers ResNetPreprocess, so ResNet50 models load in safe mode.
+from helpers import models  # noqa: F401
+from helpers.errors import DataError
+from helpers.pipeline import decode_and_resize
+
+PREDICT_BATCH_SIZE = 64
+# Show a progress bar from this many images on.
+PROGRESS_THRESHOLD = 256
+
+
+class ModelFileError(DataError):
+    """The path is not a model this project saved (missing, not a .keras file, no sidecar)."""
+
+
+@dataclass
+class LoadedModel:
+    """A Keras model and the image preparation it was trained with."""
+
+    model: keras.Model
+    path: Path
+    label: str
+    class_names: tuple[str, ...]
+    image_size: int
+    resize_method: str
+    crop_fraction: float
+
+
+def sidecar_path(model_path: str | os.PathLike) -> Path:
+    """``NAME.json`` beside ``NAME.keras``."""
+    return Path(model_path).with_suffix(".json")
+
+
+def load_model(model_path: str | os.PathLike) -> LoadedModel:
+    """Load ``NAME.keras`` and its ``NAME.json``; ModelFileError says what is wrong."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelFileError(f"Model file not found: {path}")
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path} is not a Keras model file (.keras, as saved by "
+                             "`python -m helpers.train`).")
+    info_path = sidecar_path(path)
+    if not info_path.is_file():
+        raise ModelFileError(
+            f"{info_path.name} not found beside {path.name}: it holds the class names, input "
+            "size, resize method and crop the model was trained with. Copy it from the run "
+            "folder's models/ together with the model.")
+    info = json.loads(info_path.read_text())
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as error:  # Keras raises many types for a damaged or foreign file
+        raise ModelFileError(f"Could not load {path} as a Keras model: {error}") from error
+    n_outputs = model.output_shape[-1]
+    if n_outputs != len(info["class_names"]):
+        raise ModelFileError(f"{path.name} has {n_outputs} outputs but {info_path.name} names "
+                             f"{len(info['class_names'])} classes.")
+    return LoadedModel(model=model, path=path, label=info["label"],
+                       class_names=tuple(info["class_names"]), image_size=info["image_size"],
+                       resize_method=info["resize_method"], crop_fraction=info["crop_fraction"])
+
+
+def image_dataset(paths: Sequence[str | os.PathLike], loaded: LoadedModel,
+                  batch_size: int = PREDICT_BATCH_SIZE) -> tf.data.Dataset:
+    """Batches of float32 0-255 images prepared as the model was trained, in ``paths`` order.
+
+    The files must be decodable images (audit them first: ``helpers.audit.inspect_file``).
+    """
+    dataset = tf.data.Dataset.from_tensor_slices([str(path) for path in paths])
+    dataset = dataset.map(
+        lambda path: tf.cast(decode_and_resize(tf.io.read_file(path), loaded.image_size,
+                                               loaded.resize_method, loaded.crop_fraction),
+                             tf.float32),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def dihedral_views(images: tf.Tensor) -> list[tf.Tensor]:
+    """The 8 flips and 90-degree rotations of a batch of square images (identity first)."""
+    views = []
+    for flipped in (images, tf.image.flip_left_right(images)):
+        views += [tf.image.rot90(flipped, k) for k in range(4)]
+    return views
+
+
+def predict_probabilities(loaded: LoadedModel, paths: Sequence[str | os.PathLike],
+                          tta: bool = False, batch_size: int = PREDICT_BATCH_SIZE,
+                          progress: bool | None = None) -> np.ndarray:
+    """Class probabilities ``[len(paths), n_classes]`` for image files.
+
+    ``tta`` averages the probabilities over the 8 flips and 90-degree rotations of each
+    image (cells have no orientation), at 8 times the cost. ``progress`` defaults to a bar
+    from PROGRESS_THRESHOLD images on.
+    """
+    n_classes = len(loaded.class_names)
+    if not len(paths):
+        return np.zeros((0, n_classes), dtype=np.float32)
+    batches = image_dataset(paths, loaded, batch_size)
+    if progress is None:
+        progress = len(paths) >= PROGRESS_THRESHOLD
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(paths), desc="predict" + (" (TTA x8)" if tta else ""),
+                   unit="image")
+    views = dihedral_views if tta else (lambda images: [images])
+
+    @tf.function(reduce_retracing=True)  # one graph for all batches, the last one included
+    def step(images):
+        outputs = [loaded.model(view, training=False) for view in views(images)]
+        return tf.add_n(outputs) / len(outputs)
+
+    outputs = []
+    for images in batches:
+        probabilities = step(images).numpy()
+        outputs.append(probabilities)
+        if bar is not None:
+            bar.update(len(probabilities))
+    if bar is not None:
+        bar.close()
+    return np.concatenate(outputs).astype(np.float32)

@@ -1,0 +1,193 @@
+"""Test metrics a reviewer asks for: per-class scores, confidence intervals, calibration,
+and the paired comparison of two models on the same images.
+
+Everything takes class indices (``y_true``, ``y_pred``) and probability arrays
+(``[n_images, n_classes]``) as numpy arrays; scikit-learn and scipy do the arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import optimize, stats
+from sklearn import metrics as skmetrics
+
+from helpers.labels import CLASS_NAMES
+
+ECE_BINS = 15
+BOOTSTRAP_RESAMPLES = 1000
+# Keeps log(0) finite when a model puts exactly zero probability on the true class.
+_EPSILON = 1e-12
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Share of images whose predicted class is the true class."""
+    return float(skmetrics.accuracy_score(y_true, y_pred))
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> float:
+    """Unweighted mean of the per-class F1 over all ``n_classes`` (absent classes count 0)."""
+    return float(skmetrics.f1_score(y_true, y_pred, labels=range(n_classes), average="macro",
+                                    zero_division=0))
+
+
+def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray,
+                           class_names: Sequence[str] = CLASS_NAMES) -> dict:
+    """Accuracy, balanced accuracy, macro/weighted F1, per-class precision/recall/F1/support,
+    confusion matrix (counts and row-normalised), macro one-vs-rest ROC-AUC, log loss.
+
+    ROC-AUC is None when a class has no image (it is undefined then). Rows of the
+    confusion matrix are true classes, columns predicted ones.
+    """
+    y_true = np.asarray(y_true)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    n_classes = len(class_names)
+    if probabilities.shape != (len(y_true), n_classes):
+        raise ValueError(f"probabilities must have shape ({len(y_true)}, {n_classes}), "
+                         f"got {probabilities.shape}")
+    labels = list(range(n_classes))
+    y_pred = probabilities.argmax(axis=1)
+    precision, recall, f1, support = skmetrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    confusion = skmetrics.confusion_matrix(y_true, y_pred, labels=labels)
+    row_totals = confusion.sum(axis=1, keepdims=True)
+    normalized = np.divide(confusion, row_totals, out=np.zeros(confusion.shape),
+                           where=row_totals > 0)
+    present = np.unique(y_true)
+    roc_auc = None
+    if len(present) == n_classes:
+        roc_auc = float(skmetrics.roc_auc_score(y_true, probabilities, multi_class="ovr",
+                                                average="macro", labels=labels))
+    clipped = np.clip(probabilities, _EPSILON, 1)
+    return {
+        "n_images": int(len(y_true)),
+        "accuracy": accuracy(y_true, y_pred),
+        # Mean recall over the classes present (sklearn's definition).
+        "balanced_accuracy": float(skmetrics.balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": macro_f1(y_true, y_pred, n_classes),
+        "weighted_f1": float(skmetrics.f1_score(y_true, y_pred, labels=labels,
+                                                average="weighted", zero_division=0)),
+        "roc_auc_macro_ovr": roc_auc,
+        "log_loss": float(-np.mean(np.log(clipped[np.arange(len(y_true)), y_true]))),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                   "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(class_names)
+        },
+        "class_names": list(class_names),
+        "confusion_matrix": confusion.tolist(),
+        "confusion_matrix_normalized": normalized.round(6).tolist(),
+    }
+
+
+def bootstrap_interval(y_true: np.ndarray, y_pred: np.ndarray,
+                       metric: Callable[[np.ndarray, np.ndarray], float],
+                       n_resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric(y_true, y_pred)``, resampling images."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    generator = np.random.default_rng(seed)
+    draws = generator.integers(0, len(y_true), size=(n_resamples, len(y_true)))
+    values = np.array([metric(y_true[rows], y_pred[rows]) for rows in draws])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def with_intervals(report: dict, y_true: np.ndarray, y_pred: np.ndarray,
+                   n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """Add 95% bootstrap intervals of accuracy and macro-F1 to a metrics report."""
+    n_classes = len(report["class_names"])
+    report["accuracy_ci95"] = list(bootstrap_interval(y_true, y_pred, accuracy,
+                                                      n_resamples, seed=seed))
+    report["macro_f1_ci95"] = list(bootstrap_interval(
+        y_true, y_pred, lambda t, p: macro_f1(t, p, n_classes), n_resamples, seed=seed))
+    return report
+
+
+def reliability_table(y_true: np.ndarray, probabilities: np.ndarray,
+                      n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+    """Per confidence bin (equal width on [0, 1]): mean confidence, accuracy, image count.
+
+    Confidence is the top probability; bins without images hold NaN confidence/accuracy.
+    """
+    probabilities = np.asarray(probabilities)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(y_true)
+    # Bin i holds confidences in (i/n, (i+1)/n]; the top probability is always >= 1/n_classes.
+    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    counts = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(bins, confidence, n_bins) / counts
+        bin_accuracy = np.bincount(bins, correct.astype(float), n_bins) / counts
+    return {"edges": np.linspace(0, 1, n_bins + 1), "confidence": mean_confidence,
+            "accuracy": bin_accuracy, "count": counts}
+
+
+def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray,
+                               n_bins: int = ECE_BINS) -> float:
+    """ECE: the image-weighted mean gap between confidence and accuracy over the bins."""
+    table = reliability_table(y_true, probabilities, n_bins)
+    filled = table["count"] > 0
+    gaps = np.abs(table["accuracy"][filled] - table["confidence"][filled])
+    return float(np.sum(gaps * table["count"][filled]) / table["count"].sum())
+
+
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax of log-probabilities divided by ``temperature`` (>1 softens, <1 sharpens).
+
+    The models output probabilities; their logs equal the logits up to a per-image constant,
+    which softmax ignores, so this is exact temperature scaling.
+    """
+    logits = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), _EPSILON, 1))
+    scaled = logits / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    exponentials = np.exp(scaled)
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def negative_log_likelihood(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean -log p(true class)."""
+    rows = np.arange(len(y_true))
+    return float(-np.mean(np.log(np.clip(probabilities[rows, np.asarray(y_true)],
+                                         _EPSILON, 1))))
+
+
+def fit_temperature(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """The temperature that minimises the negative log-likelihood of ``y_true``.
+
+    Fit it on the validation split and apply it to the test split; it never changes which
+    class is predicted, so accuracy and F1 stay the same.
+    """
+    def loss(log_temperature: float) -> float:
+        return negative_log_likelihood(y_true, apply_temperature(probabilities,
+                                                                 np.exp(log_temperature)))
+    result = optimize.minimize_scalar(loss, bounds=(np.log(0.05), np.log(20)),
+                                      method="bounded")
+    return float(np.exp(result.x))
+
+
+def mcnemar_exact(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict:
+    """McNemar's exact test of two models' errors on the same images.
+
+    ``a_only_correct`` and ``b_only_correct`` count the discordant images; under the null
+    hypothesis (equal error rates) each discordant image goes either way with probability
+    1/2, so the two-sided p-value is a binomial tail, doubled and capped at 1.
+    """
+    y_true = np.asarray(y_true)
+    correct_a, correct_b = np.asarray(pred_a) == y_true, np.asarray(pred_b) == y_true
+    a_only = int(np.sum(correct_a & ~correct_b))
+    b_only = int(np.sum(~correct_a & correct_b))
+    discordant = a_only + b_only
+    p_value = 1.0 if discordant == 0 else float(
+        min(1.0, 2 * stats.binom.cdf(min(a_only, b_only), discordant, 0.5)))
+    return {"a_only_correct": a_only, "b_only_correct": b_only,
+            "both_correct": int(np.sum(correct_a & correct_b)),
+            "both_wrong": int(np.sum(~correct_a & ~correct_b)), "p_value": p_value}
+
+
+def per_class_f1_difference(report_a: dict, report_b: dict) -> dict[str, float]:
+    """F1 of model A minus F1 of model B, per class (positive: A better)."""
+    return {name: report_a["per_class"][name]["f1"] - report_b["per_class"][name]["f1"]
+            for name in report_a["per_class"]}

@@ -1,0 +1,100 @@
+"""Classify image files with a saved model: top-3 classes and probabilities per image.
+
+    python -m helpers.predict MODEL IMAGE_OR_DIR... [--out predictions.csv]
+
+Folders are searched recursively. Any JPEG, PNG or BMP works (grayscale and RGBA are
+converted to RGB). Files that are not usable images stay in the output with the reason in
+the ``problem`` column, so every input gets a row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from helpers import audit, inference
+from helpers.errors import DataError
+
+TOP_K = 3
+
+
+def input_files(inputs: list[str | os.PathLike]) -> list[Path]:
+    """The files named, and every file under the folders named (sorted, hidden ones out)."""
+    found = []
+    for item in map(Path, inputs):
+        if item.is_file():
+            found.append(item)
+        elif item.is_dir():
+            found += sorted(path for path in item.rglob("*") if path.is_file()
+                            and not any(part.startswith(".")
+                                        for part in path.relative_to(item).parts))
+        else:
+            raise DataError(f"No such file or folder: {item}")
+    return found
+
+
+def predict_files(loaded: inference.LoadedModel, paths: list[Path],
+                  tta: bool = False) -> pd.DataFrame:
+    """One row per file: path, problem ("" when usable), then top-k class and probability."""
+    with ThreadPoolExecutor() as pool:
+        problems = list(pool.map(lambda path: audit.inspect_file(path)["problem"], paths))
+    usable = [path for path, problem in zip(paths, problems, strict=True) if not problem]
+    probabilities = inference.predict_probabilities(loaded, usable, tta=tta)
+    top = np.argsort(-probabilities, axis=1)[:, :TOP_K]
+    by_path = {path: (top[row], probabilities[row]) for row, path in enumerate(usable)}
+    rows = []
+    for path, problem in zip(paths, problems, strict=True):
+        row = {"path": str(path), "problem": problem}
+        if path in by_path:
+            classes, scores = by_path[path]
+            for rank, index in enumerate(classes, start=1):
+                row[f"class_{rank}"] = loaded.class_names[index]
+                row[f"probability_{rank}"] = round(float(scores[index]), 6)
+        rows.append(row)
+    columns = ["path", "problem"] + [f"{kind}_{rank}" for rank in range(1, TOP_K + 1)
+                                     for kind in ("class", "probability")]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a .keras file saved by helpers.train (NAME.json beside)")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    parser.add_argument("--out", help="write the predictions as CSV here")
+    parser.add_argument("--tta", action="store_true",
+                        help="average over the 8 flips and 90-degree rotations")
+    args = parser.parse_args(argv)
+    try:
+        loaded = inference.load_model(args.model)
+        paths = input_files(args.inputs)
+        if not paths:
+            raise DataError("No files found in the inputs given.")
+        predictions = predict_files(loaded, paths, tta=args.tta)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for row in predictions.itertuples():
+        if row.problem:
+            print(f"{row.path}: skipped ({row.problem})")
+        else:
+            print(f"{row.path}: {row.class_1} {row.probability_1:.3f}  "
+                  f"({row.class_2} {row.probability_2:.3f}, {row.class_3} "
+                  f"{row.probability_3:.3f})")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        predictions.to_csv(args.out, index=False)
+        print(f"Wrote {args.out}")
+    n_skipped = int((predictions["problem"] != "").sum())
+    print(f"{len(predictions) - n_skipped} image(s) classified, {n_skipped} skipped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The evaluate and predict commands on synthetic folders with the download's quirks."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from helpers import evaluate, inference, models, pipeline, predict
+from helpers.labels import CLASS_NAMES
+from helpers.train import TrainConfig, save_model_info
+
+
+@pytest.fixture(scope="session")
+def saved_model(tmp_path_factory):
+    """An untrained small CNN saved as a run would save it (16 px, central 80% crop)."""
+    run_dir = tmp_path_factory.mktemp("run")
+    model = models.build_cnn(16, filters=(4, 8), augment=False, seed=0)
+    (run_dir / "models").mkdir()
+    path = run_dir / "models" / "cnn.keras"
+    model.save(path)
+    save_model_info(run_dir, TrainConfig(image_size=16, crop_fraction=0.8))
+    return path
+
+
+@pytest.fixture()
+def quirky_folder(synthetic_data):
+    """The synthetic dataset plus a file in a folder that names no class."""
+    root, planted = synthetic_data
+    Image.new("RGB", (20, 20), "red").save(root / planted["unknown_folder"] / "stray.jpg")
+    return root, planted
+
+
+def test_evaluate_reports_quirks_and_scores_the_rest(saved_model, quirky_folder, tmp_path):
+    root, planted = quirky_folder
+    out = tmp_path / "metrics.json"
+    assert evaluate.main([str(saved_model), str(root), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    skipped = {item["path"]: item["reason"] for item in report["skipped"]}
+    assert set(skipped) == {planted["not_image"], planted["corrupt"],
+                            "unknown_folder/stray.jpg"}
+    assert skipped[planted["not_image"]].startswith("not an image")
+    assert skipped[planted["corrupt"]].startswith("corrupt image")
+    assert "names no class" in skipped["unknown_folder/stray.jpg"]
+    # 12 per class, plus the duplicate, the cross-class copy, the grayscale and the RGBA image.
+    assert report["n_images"] == 12 * len(CLASS_NAMES) + 4
+    assert sum(row["support"] for row in report["per_class"].values()) == report["n_images"]
+    assert np.sum(report["confusion_matrix"]) == report["n_images"]
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "per_class", "accuracy_ci95",
+                "macro_f1_ci95", "ece", "log_loss"):
+        assert key in report
+    assert report["accuracy_ci95"][0] <= report["accuracy"] <= report["accuracy_ci95"][1]
+
+
+def test_evaluate_agrees_with_predict_on_the_same_files(saved_model, quirky_folder, tmp_path):
+    root, _ = quirky_folder
+    report = evaluate.evaluate_folder(saved_model, root, n_resamples=50)
+    out = tmp_path / "predictions.csv"
+    assert predict.main([str(saved_model), str(root), "--out", str(out)]) == 0
+    predictions = pd.read_csv(out, keep_default_na=False)
+    predictions["truth"] = predictions["path"].map(
+        lambda path: path[len(str(root)) + 1:].split("/")[0])
+    # predict classifies every image, the stray one in the unknown folder too.
+    scored = predictions[(predictions["problem"] == "")
+                         & predictions["truth"].isin(CLASS_NAMES)]
+    truth = scored["truth"]
+    assert len(scored) == report["n_images"]
+    assert (scored["class_1"] == truth).mean() == pytest.approx(report["accuracy"])
+
+
+def test_inference_prepares_images_as_training_did(saved_model, synthetic_source):
+    root, _ = synthetic_source
+    rows = pd.DataFrame({"path": ["basophil/basophil_0001.jpg", "lymphocyte/lymphocyte_gray.jpg",
+                                  "monocyte/monocyte_rgba.png"],
+                         "label": ["basophil", "lymphocyte", "monocyte"],
+                         "sha256": ["a", "b", "c"], "split": "test"})
+    training_images, _ = next(iter(pipeline.make_dataset(
+        rows, root, "test", image_size=16, batch_size=8, cache=None, crop_fraction=0.8)))
+    loaded = inference.load_model(saved_model)
+    inference_images = next(iter(inference.image_dataset(
+        [root / path for path in sorted(rows["path"])], loaded)))
+    np.testing.assert_array_equal(training_images.numpy(), inference_images.numpy())
+    assert inference_images.shape == (3, 16, 16, 3)
+
+
+def test_predict_keeps_a_row_for_every_file(saved_model, synthetic_source, tmp_path):
+    root, planted = synthetic_source
+    inputs = [str(root / planted["grayscale"]), str(root / planted["rgba"]),
+              str(root / planted["not_image"]), str(root / "platelet")]
+    out = tmp_path / "predictions.csv"
+    assert predict.main([str(saved_model), *inputs, "--out", str(out)]) == 0
+    predictions = pd.read_csv(out).fillna({"problem": ""}).set_index("path")
+    assert len(predictions) == 3 + 13  # 12 platelets and the truncated JPEG
+    assert predictions.loc[str(root / planted["not_image"]), "problem"].startswith("not an")
+    assert predictions.loc[str(root / planted["corrupt"]), "problem"].startswith("corrupt")
+    for image in (planted["grayscale"], planted["rgba"]):
+        row = predictions.loc[str(root / image)]
+        assert row["class_1"] in CLASS_NAMES
+        assert 1 >= row["probability_1"] >= row["probability_2"] >= row["probability_3"] >= 0
+
+
+def test_tta_averages_the_eight_flips_and_rotations(saved_model, synthetic_source):
+    root, _ = synthetic_source
+    image = np.arange(2 * 2 * 3, dtype=np.float32).reshape(1, 2, 2, 3)
+    views = inference.dihedral_views(tf.constant(image))
+    assert len(views) == 8 and np.array_equal(views[0], image)
+    assert len({view.numpy().tobytes() for view in views}) == 8
+    loaded = inference.load_model(saved_model)
+    paths = [root / "eosinophil" / f"eosinophil_{n:04d}.jpg" for n in range(3)]
+    batch = next(iter(inference.image_dataset(paths, loaded)))
+    expected = np.mean([loaded.model.predict_on_batch(view)
+                        for view in inference.dihedral_views(batch)], axis=0)
+    np.testing.assert_allclose(inference.predict_probabilities(loaded, paths, tta=True),
+                               expected, rtol=1e-5)
+
+
+def test_evaluate_with_tta_reports_both(saved_model, synthetic_source, tmp_path):
+    root, _ = synthetic_source
+    report = evaluate.evaluate_folder(saved_model, root, tta=True, n_resamples=20)
+    assert report["tta"]["n_images"] == report["n_images"]
+    assert "accuracy" in report and "accuracy" in report["tta"]
+
+
+def test_error_cases_exit_non_zero_with_a_message(saved_model, synthetic_source, tmp_path,
+                                                  capsys):
+    root, planted = synthetic_source
+    no_images = tmp_path / "no_images"
+    (no_images / "basophil").mkdir(parents=True)
+    (no_images / "basophil" / "notes.jpg").write_text("not an image")
+    (no_images / "eosinophil").mkdir()
+    not_a_model = tmp_path / "model.keras"
+    not_a_model.write_text("hello")
+    lonely = tmp_path / "lonely" / "cnn.keras"
+    lonely.parent.mkdir()
+    lonely.write_bytes(saved_model.read_bytes())
+    cases = [
+        ([str(saved_model), str(no_images)], "No usable image"),
+        ([str(saved_model), str(tmp_path / "missing")], "not found"),
+        ([str(tmp_path / "absent.keras"), str(root)], "Model file not found"),
+        ([str(not_a_model), str(root)], "not a Keras model file"),
+        ([str(lonely), str(root)], "cnn.json not found"),
+    ]
+    for arguments, message in cases:
+        assert evaluate.main(arguments) == 1, arguments
+        assert message in capsys.readouterr().err
+    assert predict.main([str(saved_model), str(tmp_path / "nothing.jpg")]) == 1
+    assert "No such file" in capsys.readouterr().err

@@ -1,0 +1,126 @@
+"""Metrics against values computed by hand on small arrays."""
+
+import numpy as np
+import pytest
+
+from helpers import metrics
+
+# Three classes. Confusion matrix (rows true, columns predicted): [[2,1,0],[0,1,1],[0,0,1]].
+Y_TRUE = np.array([0, 0, 0, 1, 1, 2])
+Y_PRED = np.array([0, 0, 1, 1, 2, 2])
+CLASSES = ("a", "b", "c")
+
+
+def confident(y_pred: np.ndarray, top: float = 0.8, n_classes: int = 3) -> np.ndarray:
+    """Probabilities that put ``top`` on the predicted class and share the rest evenly."""
+    probabilities = np.full((len(y_pred), n_classes), (1 - top) / (n_classes - 1))
+    probabilities[np.arange(len(y_pred)), y_pred] = top
+    return probabilities
+
+
+def test_classification_metrics_match_hand_computed_values():
+    report = metrics.classification_metrics(Y_TRUE, confident(Y_PRED), CLASSES)
+    assert report["n_images"] == 6
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    # Recalls 2/3, 1/2, 1.
+    assert report["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    # F1: 2*1*(2/3)/(5/3) = 0.8; 0.5; 2*0.5*1/1.5 = 2/3.
+    assert report["per_class"]["a"] == pytest.approx(
+        {"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3})
+    assert report["per_class"]["b"]["f1"] == pytest.approx(0.5)
+    assert report["per_class"]["c"]["precision"] == pytest.approx(0.5)
+    assert report["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert report["weighted_f1"] == pytest.approx((3 * 0.8 + 2 * 0.5 + 2 / 3) / 6)
+    assert report["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert report["confusion_matrix_normalized"][0] == pytest.approx([2 / 3, 1 / 3, 0])
+    # The true class gets 0.8 on the 4 right answers, 0.1 on the 2 wrong ones.
+    assert report["log_loss"] == pytest.approx(-(4 * np.log(0.8) + 2 * np.log(0.1)) / 6)
+    assert 0.5 < report["roc_auc_macro_ovr"] <= 1
+
+
+def test_roc_auc_is_none_when_a_class_has_no_image():
+    y_true = np.array([0, 0, 1, 1])
+    report = metrics.classification_metrics(y_true, confident(y_true), CLASSES)
+    assert report["roc_auc_macro_ovr"] is None
+    assert report["per_class"]["c"]["support"] == 0
+
+
+def test_classification_metrics_rejects_a_wrong_shape():
+    with pytest.raises(ValueError, match="shape"):
+        metrics.classification_metrics(Y_TRUE, confident(Y_PRED)[:, :2], CLASSES)
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_images():
+    generator = np.random.default_rng(0)
+    small_true = generator.integers(0, 3, 100)
+    small_pred = np.where(generator.random(100) < 0.8, small_true, (small_true + 1) % 3)
+    low, high = metrics.bootstrap_interval(small_true, small_pred, metrics.accuracy, seed=1)
+    assert low < metrics.accuracy(small_true, small_pred) < high
+    assert (low, high) == metrics.bootstrap_interval(small_true, small_pred, metrics.accuracy,
+                                                     seed=1)
+    large_true, large_pred = np.tile(small_true, 16), np.tile(small_pred, 16)
+    large_low, large_high = metrics.bootstrap_interval(large_true, large_pred,
+                                                       metrics.accuracy, seed=1)
+    assert large_high - large_low < (high - low) / 2  # width ~ 1/sqrt(n): a quarter here
+    assert metrics.bootstrap_interval(small_true, small_true, metrics.accuracy) == (1.0, 1.0)
+
+
+def test_with_intervals_adds_accuracy_and_macro_f1_intervals():
+    report = metrics.with_intervals(
+        metrics.classification_metrics(Y_TRUE, confident(Y_PRED), CLASSES), Y_TRUE, Y_PRED,
+        n_resamples=200)
+    assert report["accuracy_ci95"][0] <= report["accuracy"] <= report["accuracy_ci95"][1]
+    assert report["macro_f1_ci95"][0] <= report["macro_f1_ci95"][1]
+
+
+def test_ece_is_zero_when_confidence_matches_accuracy():
+    # Ten images at confidence 0.8, eight of them right.
+    y_true = np.array([0] * 8 + [1] * 2)
+    probabilities = confident(np.zeros(10, dtype=int), top=0.8)
+    assert metrics.expected_calibration_error(y_true, probabilities) == pytest.approx(0)
+
+
+def test_ece_measures_overconfidence():
+    # Confidence 0.99, half right: the gap is 0.49 in the only filled bin.
+    y_true = np.array([0, 1] * 5)
+    probabilities = confident(np.zeros(10, dtype=int), top=0.99)
+    assert metrics.expected_calibration_error(y_true, probabilities) == pytest.approx(0.49)
+    table = metrics.reliability_table(y_true, probabilities)
+    assert table["count"].sum() == 10 and table["count"][-1] == 10
+    assert np.isnan(table["accuracy"][0])
+
+
+def test_temperature_scaling_lowers_nll_and_keeps_predictions():
+    generator = np.random.default_rng(3)
+    y_true = generator.integers(0, 3, 300)
+    y_pred = np.where(generator.random(300) < 0.7, y_true, (y_true + 1) % 3)
+    overconfident = confident(y_pred, top=0.999)
+    temperature = metrics.fit_temperature(y_true, overconfident)
+    assert temperature > 1
+    scaled = metrics.apply_temperature(overconfident, temperature)
+    assert metrics.negative_log_likelihood(y_true, scaled) < metrics.negative_log_likelihood(
+        y_true, overconfident) / 2
+    assert np.array_equal(scaled.argmax(axis=1), y_pred)
+    assert np.allclose(scaled.sum(axis=1), 1)
+    assert metrics.expected_calibration_error(y_true, scaled) < metrics.expected_calibration_error(
+        y_true, overconfident)
+    assert np.allclose(metrics.apply_temperature(overconfident, 1.0), overconfident)
+
+
+def test_mcnemar_exact_matches_a_worked_example():
+    # 1 image only A gets right, 7 only B: p = 2 * P(X <= 1), X ~ Binomial(8, 1/2)
+    # = 2 * (1 + 8) / 256 = 0.0703125.
+    y_true = np.zeros(20, dtype=int)
+    pred_a = np.array([0] * 1 + [1] * 7 + [0] * 10 + [1] * 2)
+    pred_b = np.array([1] * 1 + [0] * 7 + [0] * 10 + [1] * 2)
+    result = metrics.mcnemar_exact(y_true, pred_a, pred_b)
+    assert result == {"a_only_correct": 1, "b_only_correct": 7, "both_correct": 10,
+                      "both_wrong": 2, "p_value": pytest.approx(18 / 256)}
+    assert metrics.mcnemar_exact(y_true, pred_a, pred_a)["p_value"] == 1.0
+
+
+def test_per_class_f1_difference():
+    report_a = metrics.classification_metrics(Y_TRUE, confident(Y_PRED), CLASSES)
+    report_b = metrics.classification_metrics(Y_TRUE, confident(Y_TRUE), CLASSES)
+    difference = metrics.per_class_f1_difference(report_a, report_b)
+    assert difference == pytest.approx({"a": 0.8 - 1, "b": 0.5 - 1, "c": 2 / 3 - 1})
