@@ -6,7 +6,12 @@ import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+import seaborn as sns
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from helpers import metrics
 
 
 def save_figure(figure: plt.Figure, path: str | os.PathLike | None) -> None:
@@ -48,3 +53,114 @@ def plot_training_curves(histories: dict[str, pd.DataFrame],
     figure.tight_layout()
     save_figure(figure, path)
     return figure
+
+
+def plot_confusion_matrices(reports: dict[str, dict], normalized: bool = True,
+                            path: str | os.PathLike | None = None) -> plt.Figure:
+    """One heat map per model (rows: true class, columns: predicted), side by side.
+
+    ``reports`` maps a model label to its metrics report (``helpers.metrics``); cells show
+    row shares when ``normalized``, counts otherwise.
+    """
+    figure, axes = plt.subplots(1, len(reports), figsize=(6.5 * len(reports), 5.5),
+                                squeeze=False)
+    for axis, (label, report) in zip(axes[0], reports.items(), strict=True):
+        key = "confusion_matrix_normalized" if normalized else "confusion_matrix"
+        matrix = pd.DataFrame(report[key], index=report["class_names"],
+                              columns=report["class_names"])
+        sns.heatmap(matrix, annot=True, fmt=".2f" if normalized else "d", cmap="Blues",
+                    vmin=0, vmax=1 if normalized else None, cbar=False, ax=axis,
+                    annot_kws={"fontsize": 8})
+        axis.set(title=f"{label} (accuracy {report['accuracy']:.3f})", xlabel="predicted",
+                 ylabel="true")
+    figure.tight_layout()
+    save_figure(figure, path)
+    return figure
+
+
+def plot_per_class_f1(reports: dict[str, dict],
+                      path: str | os.PathLike | None = None) -> plt.Figure:
+    """Per-class F1 of each model as grouped bars."""
+    rows = [{"class": name, "model": label, "F1": scores["f1"]}
+            for label, report in reports.items()
+            for name, scores in report["per_class"].items()]
+    figure, axis = plt.subplots(figsize=(10, 4))
+    sns.barplot(pd.DataFrame(rows), x="class", y="F1", hue="model", ax=axis)
+    low = min(row["F1"] for row in rows)
+    axis.set(ylim=(max(0, low - 0.05), 1.0), title="F1 per class", xlabel="")
+    axis.legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    save_figure(figure, path)
+    return figure
+
+
+def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]],
+                     path: str | os.PathLike | None = None) -> plt.Figure:
+    """Reliability diagrams: accuracy against confidence per bin, ECE in each legend entry.
+
+    ``curves`` maps a label (e.g. "CNN, before temperature scaling") to (y_true, probabilities).
+    """
+    figure, axis = plt.subplots(figsize=(5.5, 5.5))
+    axis.plot([0, 1], [0, 1], color="gray", linestyle=":", label="perfect calibration")
+    for label, (y_true, probabilities) in curves.items():
+        table = metrics.reliability_table(y_true, probabilities)
+        filled = table["count"] > 0
+        ece = metrics.expected_calibration_error(y_true, probabilities)
+        axis.plot(table["confidence"][filled], table["accuracy"][filled], "o-",
+                  label=f"{label} (ECE {ece:.3f})")
+    axis.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1.01),
+             ylim=(0, 1.01), title=f"Reliability ({metrics.ECE_BINS} bins)")
+    axis.legend(loc="upper left", fontsize="small")
+    figure.tight_layout()
+    save_figure(figure, path)
+    return figure
+
+
+def plot_roc_curves(y_true: np.ndarray, probabilities: dict[str, np.ndarray],
+                    class_names: tuple[str, ...],
+                    path: str | os.PathLike | None = None) -> plt.Figure:
+    """One-vs-rest ROC curve per class, one panel per model, AUC in the legend."""
+    figure, axes = plt.subplots(1, len(probabilities), figsize=(6 * len(probabilities), 5),
+                                squeeze=False)
+    for axis, (label, scores) in zip(axes[0], probabilities.items(), strict=True):
+        for index, name in enumerate(class_names):
+            positives = np.asarray(y_true) == index
+            if positives.all() or not positives.any():
+                continue  # a curve needs both positives and negatives
+            false_positive_rate, true_positive_rate, _ = roc_curve(positives, scores[:, index])
+            area = roc_auc_score(positives, scores[:, index])
+            axis.plot(false_positive_rate, true_positive_rate, label=f"{name} ({area:.4f})")
+        axis.plot([0, 1], [0, 1], color="gray", linestyle=":")
+        axis.set(title=f"ROC, one vs rest: {label}", xlabel="false positive rate",
+                 ylabel="true positive rate")
+        axis.legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    save_figure(figure, path)
+    return figure
+
+
+def show_images(images: list[np.ndarray], titles: list[str], columns: int = 6,
+                overlays: list[np.ndarray] | None = None, suptitle: str | None = None,
+                path: str | os.PathLike | None = None) -> plt.Figure:
+    """A grid of RGB images with titles; ``overlays`` (heat maps in [0, 1]) drawn on top."""
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.5 * rows),
+                                squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for index, (axis, image, title) in enumerate(zip(axes.flat, images, titles, strict=False)):
+        axis.imshow(np.asarray(image).astype("uint8"))
+        if overlays is not None:
+            axis.imshow(overlays[index], cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        axis.set_title(title, fontsize=8)
+    if suptitle:
+        figure.suptitle(suptitle)
+    figure.tight_layout()
+    save_figure(figure, path)
+    return figure
+
+
+def confident_mistakes(predictions: pd.DataFrame, count: int = 12) -> pd.DataFrame:
+    """The ``count`` wrong predictions with the highest confidence (a predictions frame)."""
+    wrong = predictions[predictions["label"] != predictions["predicted"]]
+    return wrong.sort_values("confidence", ascending=False).head(count)

@@ -1,8 +1,9 @@
 import matplotlib
+import numpy as np
 import pandas as pd
 from PIL import Image
 
-from helpers import plots
+from helpers import metrics, plots
 
 matplotlib.use("Agg")
 
@@ -27,3 +28,44 @@ def test_training_curves_are_saved_with_one_line_per_run_and_the_phase_boundary(
     assert len(boundaries) == 1
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width > 1000
+
+
+def _report(y_pred):
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    probabilities = np.full((6, 3), 0.1)
+    probabilities[np.arange(6), y_pred] = 0.8
+    return y_true, probabilities, metrics.classification_metrics(y_true, probabilities,
+                                                                 ("a", "b", "c"))
+
+
+def test_evaluation_figures_draw_each_model_and_save_png(tmp_path):
+    y_true, good, good_report = _report(np.array([0, 0, 1, 1, 2, 2]))
+    _, poor, poor_report = _report(np.array([0, 1, 1, 2, 2, 0]))
+    reports = {"good": good_report, "poor": poor_report}
+    figure = plots.plot_confusion_matrices(reports, path=tmp_path / "confusion.png")
+    assert [axis.get_title() for axis in figure.axes[:2]] == [
+        "good (accuracy 1.000)", "poor (accuracy 0.500)"]
+    figure = plots.plot_per_class_f1(reports, path=tmp_path / "f1.png")
+    assert len(figure.axes[0].patches) >= 6  # 3 classes x 2 models
+    figure = plots.plot_reliability({"good": (y_true, good), "poor": (y_true, poor)},
+                                    path=tmp_path / "reliability.png")
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert any(text.startswith("poor (ECE 0.300)") for text in legend)  # 0.8 vs 0.5
+    figure = plots.plot_roc_curves(y_true, {"good": good, "poor": poor}, ("a", "b", "c"),
+                                   path=tmp_path / "roc.png")
+    assert len(figure.axes[0].get_lines()) == 4  # 3 classes + the diagonal
+    images = [np.full((8, 8, 3), value, dtype=np.uint8) for value in (0, 128, 255)]
+    figure = plots.show_images(images, ["x", "y", "z"], columns=2,
+                               overlays=[np.eye(8)] * 3, path=tmp_path / "grid.png")
+    assert [axis.get_title() for axis in figure.axes[:3]] == ["x", "y", "z"]
+    for name in ("confusion", "f1", "reliability", "roc", "grid"):
+        with Image.open(tmp_path / f"{name}.png") as image:
+            assert image.format == "PNG"
+
+
+def test_confident_mistakes_are_the_wrong_ones_most_confident_first():
+    predictions = pd.DataFrame({"label": ["a", "a", "b", "b"],
+                                "predicted": ["a", "b", "a", "b"],
+                                "confidence": [0.99, 0.7, 0.9, 0.6]})
+    mistakes = plots.confident_mistakes(predictions, count=5)
+    assert mistakes["confidence"].tolist() == [0.9, 0.7]
