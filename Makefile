@@ -6,12 +6,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# `make study` downloads from Kaggle; `make study DATA_DIR=path` uses a folder you have.
+# `make study` runs the five notebooks headless with the cpu profile, downloading from
+# Kaggle; `make study DATA_DIR=path` uses a folder you have; PROFILE=full on a GPU machine.
+PROFILE ?= cpu
 DATA_DIR ?=
-SOURCE ?= $(if $(DATA_DIR),local,kaggle)
-RUN_DIR ?= runs/latest
 
-.PHONY: venv test lint study clean
+.PHONY: venv test lint study notebooks clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ test: lint
 	$(BIN)/python -m pytest
 
 study: $(STAMP)
-	$(BIN)/python -m helpers.data prepare --source $(SOURCE) \
-		$(if $(DATA_DIR),--data-dir "$(DATA_DIR)") --run-dir "$(RUN_DIR)"
+	$(BIN)/python -m helpers.study --profile $(PROFILE) $(if $(DATA_DIR),--data-dir "$(DATA_DIR)")
+
+# After changing a notebook: strip its outputs (tags stay), then re-execute the nbval copies.
+notebooks: $(STAMP)
+	$(BIN)/nbstripout notebooks/*.ipynb
+	$(BIN)/python -m helpers.notebooks sync
+	$(BIN)/python -m helpers.notebooks refresh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

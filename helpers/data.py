@@ -44,18 +44,33 @@ def run_split(args: argparse.Namespace) -> None:
     _print_split(split.make_split(result, split_csv, seed=args.seed, force=args.force), split_csv)
 
 
-def run_prepare(args: argparse.Namespace) -> None:
-    data_root = acquire.acquire(args.source, data_dir=args.data_dir, cache_dir=args.cache_dir,
-                                medmnist_size=args.medmnist_size)
-    print(f"Data: {data_root}")
+def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None,
+            cache_dir: str | Path = "data", medmnist_size: int = 224,
+            seed: int = split.DEFAULT_SEED,
+            force: bool = False) -> tuple[audit.AuditResult, split.SplitResult]:
+    """Acquire the data, audit it and write (or reuse) the split in ``RUN_DIR/data``.
+
+    Writes audit.json, audit_index.csv, split.csv and split.json there.
+    """
+    data_root = acquire.acquire(source, data_dir=data_dir, cache_dir=cache_dir,
+                                medmnist_size=medmnist_size)
     result = audit.audit(data_root, progress=True)
-    data_folder = Path(args.run_dir) / "data"
+    data_folder = Path(run_dir) / "data"
     files.write_json(result.summary, data_folder / "audit.json")
     result.index.to_csv(data_folder / "audit_index.csv", index=False)
+    split_result = split.make_split(result, data_folder / "split.csv", seed=seed, force=force)
+    return result, split_result
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+    result, split_result = prepare(args.source, args.run_dir, data_dir=args.data_dir,
+                                   cache_dir=args.cache_dir, medmnist_size=args.medmnist_size,
+                                   seed=args.seed, force=args.force)
+    data_folder = Path(args.run_dir) / "data"
+    print(f"Data: {result.data_root}")
     print(audit.format_summary(result.summary))
     print(f"\nAudit: {data_folder / 'audit.json'} and {data_folder / 'audit_index.csv'}\n")
-    split_csv = data_folder / "split.csv"
-    _print_split(split.make_split(result, split_csv, seed=args.seed, force=args.force), split_csv)
+    _print_split(split_result, data_folder / "split.csv")
 
 
 def run_synthetic(args: argparse.Namespace) -> None:

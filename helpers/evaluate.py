@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helpers import audit, files, inference, metrics
+from helpers import audit, files, inference, metrics, split
 from helpers.errors import DataError
 from helpers.locate import class_folders, find_data_root
 
@@ -85,16 +85,16 @@ def report_from_predictions(frame: pd.DataFrame, class_names: tuple[str, ...],
 
 
 def predict_split(run_dir: str | os.PathLike, model_name: str, subset: str,
-                  tta: bool = False) -> pd.DataFrame:
-    """Predict one subset of a run folder's split with ``models/MODEL_NAME.keras``.
+                  tta: bool = False,
+                  loaded: inference.LoadedModel | None = None) -> pd.DataFrame:
+    """Predict one subset of a run folder's split with ``models/MODEL_NAME.keras``
+    (or ``loaded``, that model already loaded).
 
     Saves and returns ``predictions/MODEL_NAME_SUBSET[_tta].csv`` (rows in split order).
     """
-    from helpers.train import load_split  # train imports the whole training stack
-
     run_dir = Path(run_dir)
-    split_frame, data_root, _ = load_split(run_dir)
-    loaded = inference.load_model(run_dir / "models" / f"{model_name}.keras")
+    split_frame, data_root, _ = split.load_run_split(run_dir)
+    loaded = loaded or inference.load_model(run_dir / "models" / f"{model_name}.keras")
     rows = split_frame[split_frame["split"] == subset].sort_values("path")
     if rows.empty:
         raise DataError(f"The split has no images in subset {subset!r}.")

@@ -44,6 +44,23 @@ class LoadedModel:
     resize_method: str
     crop_fraction: float
 
+    def __post_init__(self) -> None:
+        self._steps: dict[bool, object] = {}
+
+    def step(self, tta: bool):
+        """The traced forward pass over one batch (averaged over the 8 views with ``tta``),
+        made once per model, so predicting many subsets traces it once."""
+        if tta not in self._steps:
+            views = dihedral_views if tta else (lambda images: [images])
+
+            @tf.function(reduce_retracing=True)
+            def step(images):
+                outputs = [self.model(view, training=False) for view in views(images)]
+                return tf.add_n(outputs) / len(outputs)
+
+            self._steps[tta] = step
+        return self._steps[tta]
+
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:
     """``NAME.json`` beside ``NAME.keras``."""
@@ -121,13 +138,7 @@ def predict_probabilities(loaded: LoadedModel, paths: Sequence[str | os.PathLike
         from tqdm.auto import tqdm
         bar = tqdm(total=len(paths), desc="predict" + (" (TTA x8)" if tta else ""),
                    unit="image")
-    views = dihedral_views if tta else (lambda images: [images])
-
-    @tf.function(reduce_retracing=True)  # one graph for all batches, the last one included
-    def step(images):
-        outputs = [loaded.model(view, training=False) for view in views(images)]
-        return tf.add_n(outputs) / len(outputs)
-
+    step = loaded.step(tta)
     outputs = []
     for images in batches:
         probabilities = step(images).numpy()

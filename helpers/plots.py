@@ -164,3 +164,31 @@ def confident_mistakes(predictions: pd.DataFrame, count: int = 12) -> pd.DataFra
     """The ``count`` wrong predictions with the highest confidence (a predictions frame)."""
     wrong = predictions[predictions["label"] != predictions["predicted"]]
     return wrong.sort_values("confidence", ascending=False).head(count)
+
+
+def plot_class_counts(counts: pd.DataFrame,
+                      path: str | os.PathLike | None = None) -> plt.Figure:
+    """Stacked bars of images per class and split (``helpers.split.split_counts``)."""
+    table = counts.drop(index="total", columns="total", errors="ignore")
+    figure, axis = plt.subplots(figsize=(9, 4))
+    table.plot.bar(stacked=True, ax=axis, rot=0)
+    axis.set(title="Images per class and split", xlabel="", ylabel="images")
+    figure.tight_layout()
+    save_figure(figure, path)
+    return figure
+
+
+def plot_generalization_gap(histories: dict[str, pd.DataFrame],
+                            path: str | os.PathLike | None = None) -> plt.Figure:
+    """Training minus validation accuracy per epoch, one line per run."""
+    figure, axis = plt.subplots(figsize=(8, 4))
+    for label, history in histories.items():
+        axis.plot(history["epoch"] + 1, history["accuracy"] - history["val_accuracy"],
+                  marker=".", label=label)
+    axis.axhline(0, color="gray", linestyle=":")
+    axis.set(title="Generalization gap (training - validation accuracy)", xlabel="epoch",
+             ylabel="accuracy gap")
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    save_figure(figure, path)
+    return figure

@@ -3,10 +3,11 @@
     python -m helpers.train cnn --run-dir runs/latest [--image-size 64] [--epochs 18] ...
     python -m helpers.train resnet50 --run-dir runs/latest [--weights imagenet|none|FILE] ...
 
-The run folder must hold ``data/split.csv`` (``python -m helpers.data prepare``). The model is
+The run folder must hold ``data/split.csv`` (``python -m helpers.data prepare``). NAME is the
+model (``cnn``, ``resnet50``) unless ``--name`` gives another. The model is
 saved as ``RUN_DIR/models/NAME.keras`` with ``NAME.json`` beside it (class names, input size,
-resize method, crop), ResNet50's phase-1 model as ``resnet50_frozen.keras`` and the phase
-boundary in ``history/resnet50_phases.json``, the history in ``RUN_DIR/history/NAME.csv``
+resize method, crop), ResNet50's phase-1 model as ``NAME_frozen.keras`` and the phase
+boundary in ``history/NAME_phases.json``, the history in ``RUN_DIR/history/NAME.csv``
 (both phases), its configuration, library
 versions, devices and the split's hash in ``RUN_DIR/config/NAME.json``, and its validation
 metrics in ``RUN_DIR/metrics/NAME_validation.json``. Killed and restarted with the same
@@ -41,6 +42,7 @@ class TrainConfig:
     """Everything that defines a training run; saved in the run folder."""
 
     model: str = "cnn"
+    name: str = ""  # the run's files are NAME.keras, NAME.csv...; default: the model's name
     image_size: int = 64
     batch_size: int = 64
     epochs: int = 18  # with image_size 64 and crop 0.7: the CPU configuration, ~40 min here
@@ -57,6 +59,7 @@ class TrainConfig:
     cache: str = "memory"
     augment: bool = True
     batchnorm_momentum: float = 0.9
+    stem_stride: int = 1  # CNN only: 2 adds a strided first conv (see models.build_cnn)
     # ResNet50 only
     weights: str = "imagenet"
     fine_tune_epochs: int = 10
@@ -67,6 +70,11 @@ class TrainConfig:
     # (0: off, Keras's moving averages only); see training.recalibrate_batchnorm.
     precise_batchnorm_images: int = 1024
     stop_after_epoch: int = 0  # simulate a crash after this epoch (0: never); shows resuming
+
+    @property
+    def run_name(self) -> str:
+        """What the run's files are called: ``name``, or the model when no name is given."""
+        return self.name or self.model
 
 
 def git_commit() -> str:
@@ -90,7 +98,7 @@ def record_run(run_dir: Path, config: TrainConfig, split_csv: Path, precision: s
         "devices": training.device_names(),
         "precision": precision,
         "git_commit": git_commit(),
-    }, run_dir / "config" / f"{config.model}.json")
+    }, run_dir / "config" / f"{config.run_name}.json")
 
 
 def model_label(config: TrainConfig) -> str:
@@ -104,7 +112,7 @@ def model_label(config: TrainConfig) -> str:
 
 def save_model_info(run_dir: Path, config: TrainConfig) -> Path:
     """The sidecar that makes a saved model usable on its own (class names, input size...)."""
-    path = run_dir / "models" / f"{config.model}.json"
+    path = run_dir / "models" / f"{config.run_name}.json"
     files.write_json({"label": model_label(config), "class_names": list(CLASS_NAMES),
                 "image_size": config.image_size, "resize_method": config.resize_method,
                 "crop_fraction": config.crop_fraction,
@@ -113,23 +121,11 @@ def save_model_info(run_dir: Path, config: TrainConfig) -> Path:
     return path
 
 
-def load_split(run_dir: Path) -> tuple:
-    """The split DataFrame and the data root recorded beside it."""
-    split_csv = run_dir / "data" / "split.csv"
-    if not split_csv.exists():
-        raise DataError(f"No split in {run_dir}: run `python -m helpers.data prepare "
-                        f"--run-dir {run_dir}` first.")
-    metadata = json.loads(split.metadata_path(split_csv).read_text())
-    return split.read_split(split_csv), Path(metadata["data_root"]), split_csv
-
-
 def predict_labels(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """True and predicted class indices over an unshuffled dataset."""
-    true, predicted = [], []
-    for images, labels in dataset:
-        predicted.append(np.argmax(model.predict_on_batch(images), axis=1))
-        true.append(labels.numpy())
-    return np.concatenate(true), np.concatenate(predicted)
+    true = np.concatenate([labels.numpy() for _, labels in dataset])
+    probabilities = model.predict(dataset.map(lambda images, _: images), verbose=0)
+    return true, np.argmax(probabilities, axis=1)
 
 
 def quick_metrics(model: keras.Model, dataset: tf.data.Dataset) -> dict:
@@ -139,9 +135,31 @@ def quick_metrics(model: keras.Model, dataset: tf.data.Dataset) -> dict:
             "macro_f1": float(f1_score(true, predicted, average="macro"))}
 
 
+def clear_finished_run(run_dir: Path, name: str) -> bool:
+    """Delete the files of run NAME when it finished before, so training starts afresh.
+
+    A run finished when its validation metrics were written (the last step). An unfinished
+    run keeps its files: training resumes from them (backups, phase 1's model, history).
+    """
+    if not (run_dir / "metrics" / f"{name}_validation.json").exists():
+        return False
+    for relative in (f"history/{name}.csv", f"history/{name}_phases.json",
+                     f"models/{name}.keras", f"models/{name}_frozen.keras",
+                     f"models/{name}.json", f"metrics/{name}_validation.json"):
+        (run_dir / relative).unlink(missing_ok=True)
+    return True
+
+
 def train(config: TrainConfig, run_dir: Path) -> dict:
-    """Train ``config.model`` on the run folder's split; returns validation metrics."""
-    split_frame, data_root, split_csv = load_split(run_dir)
+    """Train ``config.model`` on the run folder's split; returns validation metrics.
+
+    An unfinished run of the same name in ``run_dir`` is resumed; a finished one is
+    replaced by a new run.
+    """
+    run_dir = Path(run_dir)
+    split_frame, data_root, split_csv = split.load_run_split(run_dir)
+    if clear_finished_run(run_dir, config.run_name):
+        print(f"{config.run_name} finished before in {run_dir}: training it again from scratch")
     training.set_seed(config.seed, config.deterministic)
     strategy = training.select_strategy()
     precision = training.configure_precision(strategy)
@@ -168,9 +186,9 @@ def train(config: TrainConfig, run_dir: Path) -> dict:
 
     def fit(model: keras.Model, phase: str, epochs: int, initial_epoch: int = 0) -> None:
         callbacks = training.make_callbacks(
-            run_dir, config.model, lr_strategy=config.lr_strategy, images_per_epoch=n_train,
+            run_dir, config.run_name, lr_strategy=config.lr_strategy, images_per_epoch=n_train,
             patience=config.patience, epoch_counter=epoch_counter, seed=config.seed,
-            backup_name=f"{config.model}_{phase}",
+            backup_name=f"{config.run_name}_{phase}",
             recalibration_data=datasets["train"] if config.precise_batchnorm_images else None,
             recalibration_batches=math.ceil(config.precise_batchnorm_images / batch_size))
         if config.stop_after_epoch:
@@ -194,12 +212,14 @@ def train(config: TrainConfig, run_dir: Path) -> dict:
         with strategy.scope():
             model = compiled(models.build_cnn(
                 config.image_size, augment=config.augment,
-                batchnorm_momentum=config.batchnorm_momentum, seed=config.seed),
+                batchnorm_momentum=config.batchnorm_momentum,
+                stem_stride=config.stem_stride, seed=config.seed),
                 config.learning_rate, config.epochs)
         fit(model, "train", config.epochs)
     else:
-        frozen_model = models_dir / "resnet50_frozen.keras"
-        phases_json = run_dir / "history" / "resnet50_phases.json"
+        name = config.run_name
+        frozen_model = models_dir / f"{name}_frozen.keras"
+        phases_json = run_dir / "history" / f"{name}_phases.json"
         if not frozen_model.exists():  # phase 1; a rerun after it finished goes on to phase 2
             weights = None if config.weights == "none" else config.weights
             with strategy.scope():
@@ -207,9 +227,9 @@ def train(config: TrainConfig, run_dir: Path) -> dict:
                     config.image_size, weights=weights, augment=config.augment,
                     seed=config.seed), config.learning_rate, config.epochs)
             fit(model, "frozen", config.epochs)
-            frozen_epochs = len(pd.read_csv(run_dir / "history" / "resnet50.csv"))
+            frozen_epochs = len(pd.read_csv(run_dir / "history" / f"{name}.csv"))
             files.write_json({"frozen_epochs": frozen_epochs}, phases_json)
-            shutil.copyfile(models_dir / "resnet50.keras", frozen_model)
+            shutil.copyfile(models_dir / f"{name}.keras", frozen_model)
         if config.fine_tune_epochs > 0:
             # Phase 2 starts from phase 1's best weights and continues its epoch count.
             frozen_epochs = json.loads(phases_json.read_text())["frozen_epochs"]
@@ -219,10 +239,10 @@ def train(config: TrainConfig, run_dir: Path) -> dict:
                 compiled(model, config.fine_tune_learning_rate, config.fine_tune_epochs)
             fit(model, "finetune", frozen_epochs + config.fine_tune_epochs,
                 initial_epoch=frozen_epochs)
-    best = keras.saving.load_model(run_dir / "models" / f"{config.model}.keras")
+    best = keras.saving.load_model(run_dir / "models" / f"{config.run_name}.keras")
     save_model_info(run_dir, config)
     metrics = quick_metrics(best, datasets["validation"])
-    files.write_json(metrics, run_dir / "metrics" / f"{config.model}_validation.json")
+    files.write_json(metrics, run_dir / "metrics" / f"{config.run_name}_validation.json")
     return metrics
 
 

@@ -42,3 +42,11 @@ def real_data(folder: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real PBC images not found at {path} (only on the development machines)")
     return path
+
+
+def pytest_collection_finish(session):
+    """nbval's notebooks share one run folder: start it empty, so no earlier run is resumed."""
+    from helpers import notebooks, project
+
+    if any(str(item.path).endswith(".ipynb") for item in session.items):
+        shutil.rmtree(project.resolve(notebooks.CHECKED_RUN_DIR), ignore_errors=True)

@@ -120,3 +120,13 @@ def test_cnn_rescales_inside_and_augments_only_in_training():
     assert not np.allclose(np.asarray(model.get_layer("augmentation")(images, training=True)),
                            images)
     assert model.get_layer("rescale").scale == pytest.approx(1 / 255)
+
+
+def test_cnn_stem_halves_the_feature_maps_at_the_same_depth():
+    plain = models.build_cnn(32, filters=(4, 8), augment=False, seed=0)
+    stem = models.build_cnn(64, filters=(4, 8), augment=False, stem_stride=2, seed=0)
+    assert stem.get_layer("stem_conv").strides == (2, 2)
+    # A 64 px input with the stem gives the same block shapes as a 32 px one without.
+    for name in ("block1_relu2", "block2_relu2"):
+        assert stem.get_layer(name).output.shape == plain.get_layer(name).output.shape
+    assert stem.predict(np.zeros((1, 64, 64, 3)), verbose=0).shape == (1, 8)

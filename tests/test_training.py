@@ -134,6 +134,11 @@ def test_run_folder_records_config_and_model_sidecar(synthetic_source, tmp_path)
     assert record["devices"] and record["git_commit"]
     metrics = json.loads((tmp_path / "metrics" / "cnn_validation.json").read_text())
     assert 0 <= metrics["accuracy"] <= 1 and metrics["n_images"] > 0
+    # Run again once finished: a new run replaces it, nothing is appended to the old one.
+    again = _train(tmp_path, "--epochs", "1")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "training it again from scratch" in again.stdout
+    assert pd.read_csv(tmp_path / "history" / "cnn.csv")["epoch"].tolist() == [0]
 
 
 def _train_resnet(run_dir, *extra):

@@ -1,0 +1,148 @@
+"""The comparison of trained models on the test split: metrics with intervals, calibration
+before and after temperature scaling, training cost, and how each model learned.
+
+Everything is read from and written to the run folder: ``predictions/`` (per image),
+``metrics/NAME_test.json`` and ``metrics/comparison.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from helpers import evaluate, files, inference, metrics
+
+# "Converged" for the convergence-speed figures: validation accuracy reached this.
+CONVERGENCE_ACCURACY = 0.95
+
+
+def history(run_dir: str | os.PathLike, name: str) -> pd.DataFrame:
+    """The per-epoch history CSV of a training run (both phases for ResNet50)."""
+    return pd.read_csv(Path(run_dir) / "history" / f"{name}.csv")
+
+
+def phase_boundary(run_dir: str | os.PathLike, name: str) -> int | None:
+    """Epochs of ResNet50's frozen phase, or None for a one-phase run."""
+    path = Path(run_dir) / "history" / f"{name}_phases.json"
+    return json.loads(path.read_text())["frozen_epochs"] if path.exists() else None
+
+
+def learning_dynamics(epochs: pd.DataFrame,
+                      threshold: float = CONVERGENCE_ACCURACY) -> dict:
+    """How a run learned, from its history.
+
+    ``best_epoch``: lowest validation loss (1-based, the checkpoint kept).
+    ``overfitting_from``: the first epoch after the best one, when training loss still fell
+    afterwards (validation loss rose while training loss fell); None when the best epoch is
+    the last one. ``gap_at_best``: training minus validation accuracy at the best epoch.
+    ``epochs_to_threshold`` / ``minutes_to_threshold``: first time validation accuracy
+    reached ``threshold`` (None if never).
+    """
+    best = int(epochs["val_loss"].idxmin())
+    after = epochs.iloc[best + 1:]
+    overfitting = None
+    if len(after) and after["loss"].min() < epochs["loss"].iloc[best]:
+        overfitting = best + 2
+    reached = epochs.index[epochs["val_accuracy"] >= threshold]
+    minutes = epochs["epoch_seconds"].cumsum() / 60 if "epoch_seconds" in epochs else None
+    first = int(reached[0]) if len(reached) else None
+    return {
+        "epochs": int(len(epochs)),
+        "best_epoch": best + 1,
+        "best_val_accuracy": float(epochs["val_accuracy"].iloc[best]),
+        "overfitting_from": overfitting,
+        "gap_at_best": float(epochs["accuracy"].iloc[best] - epochs["val_accuracy"].iloc[best]),
+        "epochs_to_threshold": None if first is None else first + 1,
+        "minutes_to_threshold": (None if first is None or minutes is None
+                                 else float(minutes.iloc[first])),
+    }
+
+
+def dynamics_table(histories: dict[str, pd.DataFrame],
+                   threshold: float = CONVERGENCE_ACCURACY) -> pd.DataFrame:
+    """``learning_dynamics`` of several runs, one row each (integers stay integers)."""
+    return pd.DataFrame.from_dict(
+        {run: learning_dynamics(epochs, threshold) for run, epochs in histories.items()},
+        orient="index").convert_dtypes()
+
+
+def training_cost(run_dir: str | os.PathLike, name: str) -> dict:
+    """Minutes of training, median training images/s, and parameter counts of a run."""
+    epochs = history(run_dir, name)
+    model = keras.saving.load_model(Path(run_dir) / "models" / f"{name}.keras")
+    trainable = int(sum(np.prod(weight.shape) for weight in model.trainable_weights))
+    return {"training_minutes": float(epochs["epoch_seconds"].sum() / 60),
+            "images_per_second": float(epochs["images_per_second"].median()),
+            "parameters": int(model.count_params()), "trainable_parameters": trainable}
+
+
+def evaluate_on_test(run_dir: str | os.PathLike, name: str, tta: bool = False,
+                     n_resamples: int = metrics.BOOTSTRAP_RESAMPLES) -> dict:
+    """Predict validation and test with model NAME and score the test split.
+
+    Temperature is fitted on validation and applied to test; the report gives NLL and ECE
+    before and after (accuracy cannot change). With ``tta`` the TTA figures are added under
+    "tta", beside the plain ones. Saves ``metrics/NAME_test.json``.
+    """
+    run_dir = Path(run_dir)
+    loaded = inference.load_model(run_dir / "models" / f"{name}.keras")
+    class_names = loaded.class_names
+    validation = evaluate.predict_split(run_dir, name, "validation", loaded=loaded)
+    test = evaluate.predict_split(run_dir, name, "test", loaded=loaded)
+    report = {"model": name, "label": loaded.label}
+    report.update(evaluate.report_from_predictions(test, class_names, n_resamples))
+    report["validation_accuracy"] = float((validation["label"]
+                                           == validation["predicted"]).mean())
+    y_validation = evaluate.true_indices(validation, class_names)
+    y_test = evaluate.true_indices(test, class_names)
+    temperature = metrics.fit_temperature(
+        y_validation, evaluate.probabilities_of(validation, class_names))
+    test_probabilities = evaluate.probabilities_of(test, class_names)
+    scaled = metrics.apply_temperature(test_probabilities, temperature)
+    report["calibration"] = {
+        "temperature": temperature,
+        "nll_before": metrics.negative_log_likelihood(y_test, test_probabilities),
+        "nll_after": metrics.negative_log_likelihood(y_test, scaled),
+        "ece_before": metrics.expected_calibration_error(y_test, test_probabilities),
+        "ece_after": metrics.expected_calibration_error(y_test, scaled),
+    }
+    if tta:
+        augmented = evaluate.predict_split(run_dir, name, "test", tta=True, loaded=loaded)
+        report["tta"] = evaluate.report_from_predictions(augmented, class_names, n_resamples)
+    files.write_json(report, run_dir / "metrics" / f"{name}_test.json")
+    return report
+
+
+def comparison_table(reports: dict[str, dict], costs: dict[str, dict]) -> pd.DataFrame:
+    """One row per model: test metrics with 95% intervals, calibration, validation-to-test
+    gap and training cost. ``reports``/``costs`` map a model's label to
+    ``evaluate_on_test`` and ``training_cost`` results."""
+    rows = []
+    for label, report in reports.items():
+        calibration = report["calibration"]
+        row = {
+            "model": label,
+            "test accuracy": report["accuracy"],
+            "accuracy 95% CI": "{:.4f}-{:.4f}".format(*report["accuracy_ci95"]),
+            "macro-F1": report["macro_f1"],
+            "macro-F1 95% CI": "{:.4f}-{:.4f}".format(*report["macro_f1_ci95"]),
+            "balanced accuracy": report["balanced_accuracy"],
+            "ROC-AUC": report["roc_auc_macro_ovr"],
+            "ECE before/after T": f"{calibration['ece_before']:.4f} / "
+                                  f"{calibration['ece_after']:.4f}",
+            "validation accuracy": report["validation_accuracy"],
+            "validation - test": report["validation_accuracy"] - report["accuracy"],
+        }
+        if "tta" in report:
+            row["test accuracy with TTA"] = report["tta"]["accuracy"]
+        cost = costs[label]
+        row.update({"training minutes": cost["training_minutes"],
+                    "images/s (training)": cost["images_per_second"],
+                    "parameters": cost["parameters"]})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model")

@@ -1,0 +1,130 @@
+"""The notebooks' shape (lint), their nbval copies, the Colab links and the batch runner.
+
+The notebooks themselves run under nbval: tests/notebooks/*.ipynb (see helpers/notebooks.py).
+"""
+
+import json
+import shutil
+
+import nbformat
+import pytest
+import yaml
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from helpers import notebooks, project, study
+
+SOURCES = notebooks.source_paths()
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda path: path.stem)
+def test_source_notebook_passes_lint(path):
+    assert notebooks.lint(path) == []
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda path: path.stem)
+def test_checked_copy_runs_the_same_code_with_the_smoke_profile(path):
+    copy = nbformat.read(notebooks.CHECKED_DIR / path.name, as_version=4)
+    assert notebooks.code_cells(copy) == notebooks.code_cells(
+        nbformat.read(path, as_version=4)), "run `python -m helpers.notebooks refresh`"
+    injected = [cell for cell in copy.cells
+                if "injected-parameters" in cell.metadata.get("tags", [])]
+    assert len(injected) == 1
+    assert f'RUN_DIR = "{notebooks.CHECKED_RUN_DIR}"' in injected[0].source
+    checked = [cell for cell in copy.cells
+               if notebooks.CHECK_TAG in cell.metadata.get("tags", [])]
+    assert checked and all(cell.outputs for cell in checked)
+
+
+def test_lint_finds_each_kind_of_problem(tmp_path, monkeypatch):
+    monkeypatch.setattr(project, "ROOT", tmp_path)
+    path = tmp_path / "notebooks" / "01_data.ipynb"
+    path.parent.mkdir()
+    shutil.copyfile(SOURCES[0], path)
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells[0].source = notebook.cells[0].source.replace("01_data", "02_explore")
+    notebook.cells[2].source += "\nlowercase = 1"
+    notebook.cells[3].metadata["tags"] = ["parameters"]
+    notebook.cells[3].outputs = [nbformat.v4.new_output("stream", text="hi")]
+    notebook.cells.append(new_code_cell("from helpers.plots import *\nimport helpers.plots"))
+    nbformat.write(notebook, path)
+    problems = "\n".join(notebooks.lint(path))
+    for expected in ("Colab badge must point at", "exactly one cell", "has outputs",
+                     "star import", "import helpers modules by name"):
+        assert expected in problems
+    notebook.cells[3].metadata["tags"] = []
+    nbformat.write(notebook, path)
+    assert "parameter line is not `NAME: type = literal  # comment`: 'lowercase = 1'" in (
+        notebooks.lint(path))
+
+
+def test_badges_and_install_cells_derive_from_the_one_repository_url(tmp_path, monkeypatch):
+    notebook_dir = tmp_path / "notebooks"
+    notebook_dir.mkdir()
+    path = notebook_dir / SOURCES[0].name
+    shutil.copyfile(SOURCES[0], path)
+    monkeypatch.setattr(project, "ROOT", tmp_path)
+    monkeypatch.setattr(project, "REPOSITORY_URL", "https://github.com/someone/blood-cells")
+    assert any("badge must point at" in problem for problem in notebooks.lint(path))
+    assert notebooks.sync(path) is True
+    assert notebooks.lint(path) == []
+    notebook = nbformat.read(path, as_version=4)
+    assert ("https://colab.research.google.com/github/someone/blood-cells/blob/main/"
+            "notebooks/01_data.ipynb") in notebook.cells[0].source
+    assert '"https://github.com/someone/blood-cells"' in notebook.cells[1].source
+    assert notebooks.sync(path) is False
+
+
+def test_profiles_only_set_parameters_the_notebooks_declare():
+    declared = set().union(*(study.notebook_parameters(path) for path in SOURCES))
+    for profile in ("smoke", "cpu", "full"):
+        parameters = study.load_profile(profile)
+        assert set(parameters) <= declared, profile
+    assert study.load_profile("smoke")["DATA_SOURCE"] == "synthetic"
+    assert study.load_profile("cpu")["RESNET_WEIGHTS"] == "none"  # labelled random init
+    assert study.load_profile("full")["RESNET_WEIGHTS"] == "imagenet"
+
+
+def _tiny_notebook(path, code):
+    notebook = new_notebook(cells=[new_markdown_cell("# tiny"),
+                                   new_code_cell('RUN_DIR: str = "x"  # run folder\n'
+                                                 "VALUE: int = 1  # a number")])
+    notebook.cells[1].metadata["tags"] = ["parameters"]
+    notebook.cells.append(new_code_cell(code))
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    nbformat.write(notebook, path)
+
+
+def test_study_skips_completed_notebooks_and_names_the_failing_cell(tmp_path):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    _tiny_notebook(sources / "a.ipynb", "from pathlib import Path\n"
+                   "Path(RUN_DIR, 'a.txt').write_text(str(VALUE))")
+    _tiny_notebook(sources / "b.ipynb", "VALUE / 0")
+    run_dir = str(tmp_path / "run")
+    messages = []
+    run = lambda parameters, names: study.run_study(  # noqa: E731
+        parameters, run_dir, notebooks=names, notebook_dir=sources, log=messages.append)
+
+    assert run({"VALUE": 2}, ("a",)) == ["a"]
+    assert (tmp_path / "run" / "a.txt").read_text() == "2"
+    assert run({"VALUE": 2}, ("a",)) == []
+    assert "skipped" in messages[-1]
+    assert run({"VALUE": 3}, ("a",)) == ["a"]  # other parameters: run again
+    with pytest.raises(study.StudyError) as failure:
+        run({"VALUE": 3}, ("a", "b"))
+    message = str(failure.value)
+    assert "b failed in the cell run as In [3]" in message and "ZeroDivisionError" in message
+    assert "VALUE / 0" in message
+    assert not (tmp_path / "run" / "notebooks" / "b.done.json").exists()
+    record = json.loads((tmp_path / "run" / "notebooks" / "a.done.json").read_text())
+    assert record["parameters"] == {"RUN_DIR": run_dir, "VALUE": 3}
+
+
+def test_study_command_rejects_unknown_profiles_and_bad_overrides(capsys):
+    assert study.main(["--profile", "nope"]) == 1
+    assert "No profile 'nope'" in capsys.readouterr().err
+    assert study.main(["--profile", "smoke", "--set", "lower=1"]) == 1
+    assert "UPPER_CASE" in capsys.readouterr().err
+    assert study.parse_override("CNN_EPOCHS=3") == ("CNN_EPOCHS", 3)
+    assert yaml.safe_load("[a, b]") == study.parse_override("X=[a, b]")[1]
