@@ -1,0 +1,310 @@
+"""Benchmarks: the project's speed as a ratio to the machine's limit, measured in one run.
+
+    python -m helpers.bench --data-dir DIR [--sample-dir DIR] --out FILE [--runs 3]
+
+Each figure sets the project's code against the simplest code that does the same work on
+the same files in the same process (the limit), and reports images/s of both, their ratio
+(median of ``--runs`` repeats) and the spread. The JSON keys include
+``pipeline_first_pass_ratio``, ``pipeline_cached_ratio``, ``train_ratio_cnn``,
+``inference_ratio`` and ``audit_split_seconds``. Absolute numbers belong to the machine
+(recorded under ``machine``); the ratios are the claim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from helpers import files
+
+BATCH_SIZE = 64
+IMAGE_SIZE = 64
+CROP_FRACTION = 0.7  # the CNN's CPU configuration
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    import tensorflow as tf
+
+    from helpers.training import device_names
+
+    cpu_model = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu_model = names[0] if names else cpu_model
+    return {"cpu": cpu_model, "cores": os.cpu_count(), "tensorflow": tf.__version__,
+            "devices": device_names(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def repeat(measure: Callable[[], float], runs: int) -> dict:
+    """Run ``measure`` (returns images/s) ``runs`` times: median, min, max."""
+    values = [measure() for _ in range(runs)]
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "runs": values}
+
+
+def images_per_second(iterate: Callable[[], int]) -> float:
+    """Images/s of one call of ``iterate``, which returns how many images it produced."""
+    started = time.perf_counter()
+    count = iterate()
+    return count / (time.perf_counter() - started)
+
+
+def fit_one_epoch(model, dataset, n_images: int) -> int:
+    """Train ``model`` for one epoch over ``dataset``; returns ``n_images`` for timing."""
+    model.fit(dataset, verbose=0, shuffle=False)  # the pipeline shuffles
+    return n_images
+
+
+def count_images(dataset) -> int:
+    """Iterate a dataset of batches to its end; the number of images seen."""
+    return sum(int(batch[0].shape[0]) if isinstance(batch, tuple) else int(batch.shape[0])
+               for batch in dataset)
+
+
+def usable_images(data_dir: str | os.PathLike, limit: int = 0) -> tuple[pd.DataFrame, Path]:
+    """The usable images of a folder as a split-like frame (subset "bench"), and its root."""
+    from helpers import audit
+    from helpers.locate import find_data_root
+
+    root = find_data_root(data_dir)
+    index = audit.audit(root).index
+    frame = index.loc[audit.usable_mask(index), ["path", "label", "sha256"]].assign(
+        split="bench").sort_values("path").reset_index(drop=True)
+    if limit:
+        frame = frame.groupby("label").head(max(1, limit // 8)).reset_index(drop=True)
+    return frame, root
+
+
+def bare_decode_dataset(paths: list[str], image_size: int):
+    """The limit for decoding: read, decode_jpeg, crop, resize, in parallel, nothing else."""
+    import tensorflow as tf
+
+    def load(path):
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        image = tf.image.central_crop(image, CROP_FRACTION)
+        return tf.image.resize(image, (image_size, image_size), antialias=True)
+
+    return (tf.data.Dataset.from_tensor_slices(paths)
+            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+            .batch(BATCH_SIZE).prefetch(tf.data.AUTOTUNE))
+
+
+def project_dataset(frame: pd.DataFrame, root: Path, cache, shuffle: bool = False,
+                    image_size: int = IMAGE_SIZE):
+    from helpers import pipeline
+
+    return pipeline.make_dataset(frame, root, "bench", image_size=image_size,
+                                 batch_size=BATCH_SIZE, cache=cache, shuffle=shuffle,
+                                 crop_fraction=CROP_FRACTION)
+
+
+def bench_first_pass(frame: pd.DataFrame, root: Path, runs: int) -> dict:
+    """Decoding and resizing every image once: the project's pipeline against the bare loop."""
+    paths = [str(root / path) for path in frame["path"]]
+    for path in paths:  # read every file once, so neither side pays the disk
+        Path(path).read_bytes()
+    project = repeat(lambda: images_per_second(
+        lambda: count_images(project_dataset(frame, root, cache=None))), runs)
+    limit = repeat(lambda: images_per_second(
+        lambda: count_images(bare_decode_dataset(paths, IMAGE_SIZE))), runs)
+    return {"images": len(paths), "project": project, "limit": limit,
+            "ratio": project["median"] / limit["median"]}
+
+
+def bench_cached(frame: pd.DataFrame, root: Path, runs: int) -> dict:
+    """Epochs after the first: the project's memory cache against tensors already in memory."""
+    import tensorflow as tf
+
+    dataset = project_dataset(frame, root, cache="memory")
+    count_images(dataset)  # fills the cache
+    images = np.concatenate([batch.numpy() for batch, _ in dataset]).astype(np.uint8)
+    labels = np.zeros(len(images), dtype=np.int32)
+    in_memory = (tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH_SIZE)
+                 .map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE))
+    project = repeat(lambda: images_per_second(lambda: count_images(dataset)), runs)
+    limit = repeat(lambda: images_per_second(lambda: count_images(in_memory)), runs)
+    return {"images": len(images), "project": project, "limit": limit,
+            "ratio": project["median"] / limit["median"]}
+
+
+def bench_training(frame: pd.DataFrame, root: Path, runs: int, build: Callable,
+                   image_size: int) -> dict:
+    """Steady-state training images/s fed by the project's pipeline against in-memory batches
+    of the same images; the first epoch's overhead (tracing, filling the cache) apart."""
+    import keras
+    import tensorflow as tf
+
+    dataset = project_dataset(frame, root, cache="memory", shuffle=True, image_size=image_size)
+    model = build()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3),
+                  loss="sparse_categorical_crossentropy")
+    first = images_per_second(lambda: fit_one_epoch(model, dataset, len(frame)))
+    images, labels = (np.concatenate(parts) for parts in zip(
+        *[(x.numpy(), y.numpy()) for x, y in dataset], strict=True))
+    in_memory = (tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH_SIZE)
+                 .prefetch(tf.data.AUTOTUNE))
+    project = repeat(lambda: images_per_second(
+        lambda: fit_one_epoch(model, dataset, len(frame))), runs)
+    limit = repeat(lambda: images_per_second(
+        lambda: fit_one_epoch(model, in_memory, len(frame))), runs)
+    return {"images": len(frame), "image_size": image_size, "project": project,
+            "limit": limit, "ratio": project["median"] / limit["median"],
+            "first_epoch_images_per_second": first,
+            # How many times slower the first epoch is (tracing, filling the cache).
+            "first_epoch_slowdown": project["median"] / first}
+
+
+def bench_inference(frame: pd.DataFrame, root: Path, runs: int, model_path: str | None) -> dict:
+    """``helpers.inference`` (what ``helpers.evaluate`` runs) over image files against
+    ``model.predict`` on the same images already decoded in memory."""
+    from helpers import inference, models
+    from helpers.train import TrainConfig, save_model_info
+
+    if model_path is None:  # the speed does not depend on the weights
+        run_dir = Path(tempfile.mkdtemp(prefix="bench-"))
+        (run_dir / "models").mkdir()
+        models.build_cnn(IMAGE_SIZE, seed=0).save(run_dir / "models" / "cnn.keras")
+        save_model_info(run_dir, TrainConfig(image_size=IMAGE_SIZE,
+                                             crop_fraction=CROP_FRACTION))
+        model_path = run_dir / "models" / "cnn.keras"
+    loaded = inference.load_model(model_path)
+    paths = [root / path for path in frame["path"]]
+    images = np.concatenate([batch.numpy() for batch in inference.image_dataset(paths, loaded)])
+    loaded.model.predict(images[:BATCH_SIZE], verbose=0)
+    inference.predict_probabilities(loaded, paths[:BATCH_SIZE], progress=False)
+    project = repeat(lambda: images_per_second(
+        lambda: len(inference.predict_probabilities(loaded, paths, progress=False))), runs)
+    limit = repeat(lambda: images_per_second(
+        lambda: len(loaded.model.predict(images, batch_size=BATCH_SIZE, verbose=0))), runs)
+    return {"images": len(paths), "model": str(model_path), "project": project,
+            "limit": limit, "ratio": project["median"] / limit["median"]}
+
+
+def _audit_and_split(data_dir: str) -> tuple[float, int]:
+    """(seconds, peak RSS in bytes) of auditing and splitting, in a fresh process."""
+    from helpers import audit, split
+    from helpers.locate import find_data_root
+
+    started = time.perf_counter()
+    result = audit.audit(find_data_root(data_dir))
+    kept, _ = split.select_images(result.index)
+    split.assign_splits(kept, seed=split.DEFAULT_SEED)
+    seconds = time.perf_counter() - started
+    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _cache_memory(data_dir: str, image_size: int, limit: int) -> tuple[int, int, int]:
+    """(images, RSS before, peak RSS after) of filling a memory cache, in a fresh process."""
+    import tensorflow as tf  # noqa: F401 (imported before measuring the baseline)
+
+    frame, root = usable_images(data_dir, limit)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    count_images(project_dataset(frame, root, cache="memory", image_size=image_size))
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return len(frame), before, after
+
+
+def in_fresh_process(function: Callable, *arguments):
+    """Run ``function`` in a new interpreter, so its peak memory is its own."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(function, *arguments).result()
+
+
+def bench_memory(data_dir: str, limit: int, sizes=(64, 128, 224)) -> dict:
+    """Peak RSS growth of a memory cache per image size, against N x size^2 x 3 bytes."""
+    results = {}
+    for size in sizes:
+        n_images, before, after = in_fresh_process(_cache_memory, data_dir, size, limit)
+        expected = n_images * size * size * 3
+        results[str(size)] = {"images": n_images, "rss_growth_bytes": after - before,
+                              "uint8_bytes": expected,
+                              "growth_over_uint8": (after - before) / expected}
+    return results
+
+
+def format_table(report: dict) -> str:
+    lines = [f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+             f"TensorFlow {report['machine']['tensorflow']}",
+             f"{'benchmark':<34}{'project img/s':>14}{'limit img/s':>13}{'ratio':>8}"]
+    for key, title in [("pipeline_first_pass", "pipeline, first pass (dev)"),
+                       ("pipeline_first_pass_fullres", "pipeline, first pass (full res)"),
+                       ("pipeline_cached", "pipeline, cached epochs"),
+                       ("train_cnn", "training, CNN 64 px"),
+                       ("train_resnet50", "training, ResNet50 64 px, frozen"),
+                       ("inference", "inference (helpers.evaluate)")]:
+        if key in report:
+            item = report[key]
+            lines.append(f"{title:<34}{item['project']['median']:>14,.0f}"
+                         f"{item['limit']['median']:>13,.0f}{item['ratio']:>8.3f}")
+    lines.append(f"audit + split: {report['audit_split_seconds']:.1f} s, peak RSS "
+                 f"{report['audit_split_peak_rss_bytes'] / 2**20:,.0f} MiB")
+    for size, item in report.get("memory_cache", {}).items():
+        lines.append(f"memory cache at {size} px: {item['rss_growth_bytes'] / 2**20:,.0f} MiB "
+                     f"for {item['images']} images ({item['growth_over_uint8']:.2f} x "
+                     "images x size^2 x 3 bytes)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True, help="e.g. ../shared/data/pbc_dev")
+    parser.add_argument("--sample-dir", help="full-resolution originals, e.g. "
+                        "../shared/data/pbc_fullres_sample")
+    parser.add_argument("--out", required=True, help="JSON report")
+    parser.add_argument("--runs", type=int, default=3, help="repeats per figure (median)")
+    parser.add_argument("--images", type=int, default=2048,
+                        help="images for the training and memory figures")
+    parser.add_argument("--model", help="saved .keras model for the inference figure "
+                        "(default: an untrained CNN; speed does not depend on weights)")
+    args = parser.parse_args(argv)
+    from helpers import models
+
+    report = {"machine": machine(), "batch_size": BATCH_SIZE, "image_size": IMAGE_SIZE}
+    seconds, peak = in_fresh_process(_audit_and_split, args.data_dir)
+    report.update(audit_split_seconds=seconds, audit_split_peak_rss_bytes=peak)
+    frame, root = usable_images(args.data_dir)
+    subset = frame.groupby("label").head(args.images // 8).reset_index(drop=True)
+    report["pipeline_first_pass"] = bench_first_pass(frame, root, args.runs)
+    if args.sample_dir:
+        sample, sample_root = usable_images(args.sample_dir)
+        report["pipeline_first_pass_fullres"] = bench_first_pass(sample, sample_root,
+                                                                 args.runs)
+    report["pipeline_cached"] = bench_cached(frame, root, args.runs)
+    report["train_cnn"] = bench_training(
+        subset, root, args.runs, lambda: models.build_cnn(IMAGE_SIZE, seed=0), IMAGE_SIZE)
+    small = subset.groupby("label").head(32).reset_index(drop=True)
+    report["train_resnet50"] = bench_training(
+        small, root, args.runs, lambda: models.build_resnet50(IMAGE_SIZE, weights=None),
+        IMAGE_SIZE)
+    report["inference"] = bench_inference(frame, root, args.runs, args.model)
+    report["memory_cache"] = bench_memory(args.data_dir, args.images)
+    for key in ("pipeline_first_pass", "pipeline_cached", "inference"):
+        report[f"{key}_ratio"] = report[key]["ratio"]
+    report["train_ratio_cnn"] = report["train_cnn"]["ratio"]
+    report["train_ratio_resnet50"] = report["train_resnet50"]["ratio"]
+    files.write_json(report, args.out)
+    print(format_table(report))
+    print(f"Wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
