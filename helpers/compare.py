@@ -12,10 +12,9 @@ import os
 from pathlib import Path
 
 import keras
-import numpy as np
 import pandas as pd
 
-from helpers import evaluate, files, inference, metrics
+from helpers import evaluate, files, inference, metrics, models
 
 # "Converged" for the convergence-speed figures: validation accuracy reached this.
 CONVERGENCE_ACCURACY = 0.95
@@ -75,10 +74,10 @@ def training_cost(run_dir: str | os.PathLike, name: str) -> dict:
     """Minutes of training, median training images/s, and parameter counts of a run."""
     epochs = history(run_dir, name)
     model = keras.saving.load_model(Path(run_dir) / "models" / f"{name}.keras")
-    trainable = int(sum(np.prod(weight.shape) for weight in model.trainable_weights))
     return {"training_minutes": float(epochs["epoch_seconds"].sum() / 60),
             "images_per_second": float(epochs["images_per_second"].median()),
-            "parameters": int(model.count_params()), "trainable_parameters": trainable}
+            "parameters": int(model.count_params()),
+            "trainable_parameters": models.count_trainable(model)}
 
 
 def evaluate_on_test(run_dir: str | os.PathLike, name: str, tta: bool = False,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import keras
+import numpy as np
 from keras import layers
 
 from helpers.labels import CLASS_NAMES
@@ -120,6 +121,11 @@ def build_resnet50(image_size: int, weights: str | os.PathLike | None = "imagene
     outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", dtype="float32",
                            name="probabilities")(x)
     return keras.Model(inputs, outputs, name="resnet50")
+
+
+def count_trainable(model: keras.Model) -> int:
+    """Number of trainable parameters (what the optimizer updates)."""
+    return int(sum(np.prod(weight.shape) for weight in model.trainable_weights))
 
 
 RESNET50_BLOCKS = [f"conv{stage}_block{block}"
