@@ -52,11 +52,22 @@ def machine() -> dict:
             "platform": platform.platform()}
 
 
-def repeat(measure: Callable[[], float], runs: int) -> dict:
-    """Run ``measure`` (returns images/s) ``runs`` times: median, min, max."""
-    values = [measure() for _ in range(runs)]
+def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "runs": values}
+
+
+def side_by_side(project: Callable[[], float], limit: Callable[[], float], runs: int) -> dict:
+    """Run the project's and the limit's measurement (each returns images/s) in turns,
+    ``runs`` times each, so a machine that speeds up or slows down (shared cloud cores do)
+    affects both alike. Returns both summaries and the ratio of the medians."""
+    project_values, limit_values = [], []
+    for _ in range(runs):
+        project_values.append(project())
+        limit_values.append(limit())
+    result = {"project": summary(project_values), "limit": summary(limit_values)}
+    result["ratio"] = result["project"]["median"] / result["limit"]["median"]
+    return result
 
 
 def images_per_second(iterate: Callable[[], int]) -> float:
@@ -120,12 +131,11 @@ def bench_first_pass(frame: pd.DataFrame, root: Path, runs: int) -> dict:
     paths = [str(root / path) for path in frame["path"]]
     for path in paths:  # read every file once, so neither side pays the disk
         Path(path).read_bytes()
-    project = repeat(lambda: images_per_second(
-        lambda: count_images(project_dataset(frame, root, cache=None))), runs)
-    limit = repeat(lambda: images_per_second(
-        lambda: count_images(bare_decode_dataset(paths, IMAGE_SIZE))), runs)
-    return {"images": len(paths), "project": project, "limit": limit,
-            "ratio": project["median"] / limit["median"]}
+    return {"images": len(paths), **side_by_side(
+        lambda: images_per_second(
+            lambda: count_images(project_dataset(frame, root, cache=None))),
+        lambda: images_per_second(
+            lambda: count_images(bare_decode_dataset(paths, IMAGE_SIZE))), runs)}
 
 
 def bench_cached(frame: pd.DataFrame, root: Path, runs: int) -> dict:
@@ -138,10 +148,9 @@ def bench_cached(frame: pd.DataFrame, root: Path, runs: int) -> dict:
     labels = np.zeros(len(images), dtype=np.int32)
     in_memory = (tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH_SIZE)
                  .map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE))
-    project = repeat(lambda: images_per_second(lambda: count_images(dataset)), runs)
-    limit = repeat(lambda: images_per_second(lambda: count_images(in_memory)), runs)
-    return {"images": len(images), "project": project, "limit": limit,
-            "ratio": project["median"] / limit["median"]}
+    return {"images": len(images), **side_by_side(
+        lambda: images_per_second(lambda: count_images(dataset)),
+        lambda: images_per_second(lambda: count_images(in_memory)), runs)}
 
 
 def bench_training(frame: pd.DataFrame, root: Path, runs: int, build: Callable,
@@ -160,15 +169,13 @@ def bench_training(frame: pd.DataFrame, root: Path, runs: int, build: Callable,
         *[(x.numpy(), y.numpy()) for x, y in dataset], strict=True))
     in_memory = (tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH_SIZE)
                  .prefetch(tf.data.AUTOTUNE))
-    project = repeat(lambda: images_per_second(
-        lambda: fit_one_epoch(model, dataset, len(frame))), runs)
-    limit = repeat(lambda: images_per_second(
-        lambda: fit_one_epoch(model, in_memory, len(frame))), runs)
-    return {"images": len(frame), "image_size": image_size, "project": project,
-            "limit": limit, "ratio": project["median"] / limit["median"],
+    result = side_by_side(
+        lambda: images_per_second(lambda: fit_one_epoch(model, dataset, len(frame))),
+        lambda: images_per_second(lambda: fit_one_epoch(model, in_memory, len(frame))), runs)
+    return {"images": len(frame), "image_size": image_size, **result,
             "first_epoch_images_per_second": first,
             # How many times slower the first epoch is (tracing, filling the cache).
-            "first_epoch_slowdown": project["median"] / first}
+            "first_epoch_slowdown": result["project"]["median"] / first}
 
 
 def bench_inference(frame: pd.DataFrame, root: Path, runs: int, model_path: str | None) -> dict:
@@ -189,12 +196,12 @@ def bench_inference(frame: pd.DataFrame, root: Path, runs: int, model_path: str 
     images = np.concatenate([batch.numpy() for batch in inference.image_dataset(paths, loaded)])
     loaded.model.predict(images[:BATCH_SIZE], verbose=0)
     inference.predict_probabilities(loaded, paths[:BATCH_SIZE], progress=False)
-    project = repeat(lambda: images_per_second(
-        lambda: len(inference.predict_probabilities(loaded, paths, progress=False))), runs)
-    limit = repeat(lambda: images_per_second(
-        lambda: len(loaded.model.predict(images, batch_size=BATCH_SIZE, verbose=0))), runs)
-    return {"images": len(paths), "model": str(model_path), "project": project,
-            "limit": limit, "ratio": project["median"] / limit["median"]}
+    return {"images": len(paths), "model": str(model_path), **side_by_side(
+        lambda: images_per_second(
+            lambda: len(inference.predict_probabilities(loaded, paths, progress=False))),
+        lambda: images_per_second(
+            lambda: len(loaded.model.predict(images, batch_size=BATCH_SIZE, verbose=0))),
+        runs)}
 
 
 def _audit_and_split(data_dir: str) -> tuple[float, int]:
@@ -210,15 +217,22 @@ def _audit_and_split(data_dir: str) -> tuple[float, int]:
     return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _cache_memory(data_dir: str, image_size: int, limit: int) -> tuple[int, int, int]:
-    """(images, RSS before, peak RSS after) of filling a memory cache, in a fresh process."""
-    import tensorflow as tf  # noqa: F401 (imported before measuring the baseline)
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
+
+def _cache_memory(data_dir: str, image_size: int, limit: int) -> tuple[int, int, int]:
+    """(images, resident memory before, after) filling a memory cache, in a fresh process."""
     frame, root = usable_images(data_dir, limit)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    count_images(project_dataset(frame, root, cache="memory", image_size=image_size))
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return len(frame), before, after
+    dataset = project_dataset(frame, root, cache="memory", image_size=image_size)
+    count_images(dataset.take(1))  # builds the graph; its memory is not the cache's
+    before = resident_bytes()
+    count_images(dataset)  # fills the cache, which lives as long as ``dataset``
+    return len(frame), before, resident_bytes()
 
 
 def in_fresh_process(function: Callable, *arguments):
@@ -228,7 +242,7 @@ def in_fresh_process(function: Callable, *arguments):
 
 
 def bench_memory(data_dir: str, limit: int, sizes=(64, 128, 224)) -> dict:
-    """Peak RSS growth of a memory cache per image size, against N x size^2 x 3 bytes."""
+    """Resident memory growth of a memory cache per image size, against N x size^2 x 3."""
     results = {}
     for size in sizes:
         n_images, before, after = in_fresh_process(_cache_memory, data_dir, size, limit)

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from helpers import metrics
@@ -47,6 +48,8 @@ def plot_training_curves(histories: dict[str, pd.DataFrame],
     axes[1].set(title="Accuracy (dashed: training, solid: validation)", xlabel="epoch",
                 ylim=(0, 1.01))
     axes[2].set(title="Learning rate (at each epoch's last step)", xlabel="epoch")
+    for axis in axes:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].legend(loc="lower right", fontsize="small")
     if title:
         figure.suptitle(title)
@@ -188,6 +191,7 @@ def plot_generalization_gap(histories: dict[str, pd.DataFrame],
     axis.axhline(0, color="gray", linestyle=":")
     axis.set(title="Generalization gap (training - validation accuracy)", xlabel="epoch",
              ylabel="accuracy gap")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.legend(fontsize="small")
     figure.tight_layout()
     save_figure(figure, path)
