@@ -3,8 +3,9 @@
     python -m helpers.bench --data-dir DIR [--sample-dir DIR] --out FILE [--runs 3]
 
 Each figure sets the project's code against the simplest code that does the same work on
-the same files in the same process (the limit), and reports images/s of both, their ratio
-(median of ``--runs`` repeats) and the spread. The JSON keys include
+the same files in the same process (the limit), measured in turns, and reports images/s of
+both (median, min, max of ``--runs`` turns) and their ratio (the median of the per-turn
+ratios). The JSON keys include
 ``pipeline_first_pass_ratio``, ``pipeline_cached_ratio``, ``train_ratio_cnn``,
 ``inference_ratio`` and ``audit_split_seconds``. Absolute numbers belong to the machine
 (recorded under ``machine``); the ratios are the claim.
@@ -60,14 +61,19 @@ def summary(values: list[float]) -> dict:
 def side_by_side(project: Callable[[], float], limit: Callable[[], float], runs: int) -> dict:
     """Run the project's and the limit's measurement (each returns images/s) in turns,
     ``runs`` times each, so a machine that speeds up or slows down (shared cloud cores do)
-    affects both alike. Returns both summaries and the ratio of the medians."""
+    affects both alike. Returns both summaries and the paired ratio."""
     project_values, limit_values = [], []
     for _ in range(runs):
         project_values.append(project())
         limit_values.append(limit())
-    result = {"project": summary(project_values), "limit": summary(limit_values)}
-    result["ratio"] = result["project"]["median"] / result["limit"]["median"]
-    return result
+    return {"project": summary(project_values), "limit": summary(limit_values),
+            "ratio": paired_ratio(project_values, limit_values)}
+
+
+def paired_ratio(project_values: list[float], limit_values: list[float]) -> float:
+    """Median over turns of project/limit, each pair measured back to back: robust to the
+    machine changing speed between turns, which the ratio of two medians is not."""
+    return statistics.median(p / q for p, q in zip(project_values, limit_values, strict=True))
 
 
 def images_per_second(iterate: Callable[[], int]) -> float:
