@@ -30,9 +30,8 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from sklearn.metrics import accuracy_score, f1_score
 
-from helpers import files, models, pipeline, split, training
+from helpers import files, metrics, models, pipeline, split, training
 from helpers.errors import DataError
 from helpers.labels import CLASS_NAMES
 
@@ -129,10 +128,10 @@ def predict_labels(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.nda
 
 
 def quick_metrics(model: keras.Model, dataset: tf.data.Dataset) -> dict:
-    """Accuracy and macro-F1 (the full evaluation lives in the evaluation helpers)."""
+    """Accuracy and macro-F1 (the full evaluation is ``helpers.evaluate``)."""
     true, predicted = predict_labels(model, dataset)
-    return {"n_images": int(len(true)), "accuracy": float(accuracy_score(true, predicted)),
-            "macro_f1": float(f1_score(true, predicted, average="macro"))}
+    return {"n_images": int(len(true)), "accuracy": metrics.accuracy(true, predicted),
+            "macro_f1": metrics.macro_f1(true, predicted)}
 
 
 def clear_finished_run(run_dir: Path, name: str) -> bool:
