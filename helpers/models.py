@@ -15,13 +15,52 @@ from keras import layers
 from helpers.labels import CLASS_NAMES
 
 
+@keras.saving.register_keras_serializable(package="blood_cells")
+class RandomTranspose(layers.Layer):
+    """Swaps the rows and columns of each square image with probability 1/2, in training only.
+
+    With ``RandomFlip("horizontal_and_vertical")`` this gives all 8 right-angle rotations and
+    reflections of the image, each pixel moved and none interpolated.
+    """
+
+    def __init__(self, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=True):
+        if not training:
+            return inputs
+        coin = keras.random.uniform((keras.ops.shape(inputs)[0], 1, 1, 1),
+                                    seed=self.seed_generator) < 0.5
+        return keras.ops.where(coin, keras.ops.transpose(inputs, (0, 2, 1, 3)), inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
 def augmentation(seed: int | None = None) -> keras.Sequential:
-    """Random flips, any rotation, small zoom and contrast: cells have no "up"."""
+    """Every right-angle rotation and reflection, and contrast changed by up to 10% either way.
+
+    Cells have no "up", so all 8 orientations of the square are equally real. They move
+    pixels without interpolating them: rotations by other angles and zooms resample every
+    training image, which blurs it, while images at inference are sharp. A CNN trained that
+    way scored 0.944 on clean validation images and 0.974 on the same images resampled
+    (README, "Training"): the gap between training and inference inputs, not overfitting.
+    """
+    # One seed per layer: equal seeds would draw equal coins and flip in step. Two flip
+    # layers, because Keras's "horizontal_and_vertical" mode flips both axes or neither.
+    seeds = [None] * 4 if seed is None else [seed + offset for offset in range(4)]
     return keras.Sequential([
-        layers.RandomFlip("horizontal_and_vertical", seed=seed),
-        layers.RandomRotation(0.5, fill_mode="reflect", seed=seed),
-        layers.RandomZoom((-0.1, 0.1), fill_mode="reflect", seed=seed),
-        layers.RandomContrast(0.1, seed=seed),
+        layers.RandomFlip("horizontal", seed=seeds[0], name="random_flip_horizontal"),
+        layers.RandomFlip("vertical", seed=seeds[1], name="random_flip_vertical"),
+        RandomTranspose(seed=seeds[2], name="random_transpose"),
+        # A (lower, upper) pair: from a single number Keras 3 draws factors in [1, 1.1] only,
+        # so every training image would have more contrast than any image at inference.
+        layers.RandomContrast((0.1, 0.1), seed=seeds[3], name="random_contrast"),
     ], name="augmentation")
 
 

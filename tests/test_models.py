@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import models
+from helpers import inference, models
 from helpers.labels import CLASS_NAMES
 
 SIZE = 32  # small inputs keep ResNet50 (random weights) fast on a CPU
@@ -120,6 +120,37 @@ def test_cnn_rescales_inside_and_augments_only_in_training():
     assert not np.allclose(np.asarray(model.get_layer("augmentation")(images, training=True)),
                            images)
     assert model.get_layer("rescale").scale == pytest.approx(1 / 255)
+
+
+def test_augmentation_moves_pixels_without_interpolating_them():
+    """Each training view is one of the 8 right-angle rotations and reflections of the image,
+    pixel for pixel (resampling would blur training images but not inference ones), and
+    all 8 occur."""
+    keras.utils.set_random_seed(0)
+    geometric = models.augmentation(seed=0).layers[:3]  # flips, transpose; then contrast
+    images = np.random.default_rng(1).uniform(0, 255, (64, SIZE, SIZE, 3)).astype("float32")
+    augmented = images
+    for layer in geometric:
+        augmented = np.asarray(layer(augmented, training=True))
+    views = np.stack([np.asarray(view) for view in inference.dihedral_views(images)])
+    matches = [[int(np.array_equal(augmented[i], views[k, i])) for k in range(8)]
+               for i in range(len(images))]
+    assert all(sum(row) == 1 for row in matches)  # exactly one view each (random images)
+    assert sorted({row.index(1) for row in matches}) == list(range(8))
+    transpose = models.RandomTranspose()
+    np.testing.assert_array_equal(np.asarray(transpose(images, training=False)), images)
+
+
+def test_augmentation_lowers_contrast_as_often_as_it_raises_it():
+    """Training images must straddle the untouched inference images, not all lie on one side
+    (Keras's RandomContrast(0.1) only raises contrast)."""
+    keras.utils.set_random_seed(0)
+    contrast = models.augmentation(seed=0).get_layer("random_contrast")
+    images = np.random.default_rng(2).uniform(50, 200, (256, SIZE, SIZE, 3)).astype("float32")
+    ratio = np.asarray(contrast(images, training=True)).std(axis=(1, 2, 3)) / images.std(
+        axis=(1, 2, 3))
+    assert 0.9 - 1e-3 < ratio.min() < 0.95 and 1.05 < ratio.max() < 1.1 + 1e-3
+    assert 0.4 < (ratio < 1).mean() < 0.6
 
 
 def test_cnn_stem_halves_the_feature_maps_at_the_same_depth():
