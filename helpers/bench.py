@@ -96,14 +96,13 @@ def count_images(dataset) -> int:
 
 
 def usable_images(data_dir: str | os.PathLike, limit: int = 0) -> tuple[pd.DataFrame, Path]:
-    """The usable images of a folder as a split-like frame (subset "bench"), and its root."""
-    from helpers import audit
-    from helpers.locate import find_data_root
+    """The usable images of a folder (``evaluate.labelled_images``) as a split-like frame
+    (subset "bench", absolute paths), at most ``limit // 8`` per class when ``limit`` is set,
+    and the folder holding the class folders."""
+    from helpers import evaluate
 
-    root = find_data_root(data_dir)
-    index = audit.audit(root).index
-    frame = index.loc[audit.usable_mask(index), ["path", "label", "sha256"]].assign(
-        split="bench").sort_values("path").reset_index(drop=True)
+    images, _, root = evaluate.labelled_images(data_dir)
+    frame = images.assign(split="bench").sort_values("path").reset_index(drop=True)
     if limit:
         frame = frame.groupby("label").head(max(1, limit // 8)).reset_index(drop=True)
     return frame, root

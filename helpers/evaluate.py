@@ -27,8 +27,8 @@ from helpers.locate import class_folders, find_data_root
 def labelled_images(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[dict], Path]:
     """The usable images under ``data_dir``'s class folders and every file left out.
 
-    Returns (DataFrame with path (absolute), label; skipped files as {path, reason}; the
-    folder holding the class folders). Raises DataError when no folder names a class.
+    Returns (DataFrame with path (absolute), label, sha256; skipped files as {path, reason};
+    the folder holding the class folders). Raises DataError when no folder names a class.
     """
     data_dir = Path(data_dir)
     root = data_dir if data_dir.is_dir() and class_folders(data_dir) else find_data_root(data_dir)
@@ -44,7 +44,7 @@ def labelled_images(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[dic
         else:
             reason = "outside the class folders"
         skipped.append({"path": row.path, "reason": reason})
-    images = index.loc[usable, ["path", "label"]].reset_index(drop=True)
+    images = index.loc[usable, ["path", "label", "sha256"]].reset_index(drop=True)
     images["path"] = [str(root / path) for path in images["path"]]
     return images, skipped, root
 
