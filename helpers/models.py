@@ -19,8 +19,8 @@ from helpers.labels import CLASS_NAMES
 class RandomTranspose(layers.Layer):
     """Swaps the rows and columns of each square image with probability 1/2, in training only.
 
-    With ``RandomFlip("horizontal_and_vertical")`` this gives all 8 right-angle rotations and
-    reflections of the image, each pixel moved and none interpolated.
+    With a random horizontal and a random vertical flip this gives all 8 right-angle rotations
+    and reflections of the image, each pixel moved and none interpolated.
     """
 
     def __init__(self, seed: int | None = None, **kwargs):
