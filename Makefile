@@ -33,8 +33,8 @@ study: $(STAMP)
 # After changing a notebook: strip its outputs (tags stay), then re-execute the nbval copies.
 notebooks: $(STAMP)
 	$(BIN)/nbstripout notebooks/*.ipynb
-	$(BIN)/python -m helpers.notebooks sync
-	$(BIN)/python -m helpers.notebooks refresh
+	$(BIN)/python -m helpers.tools.notebooks sync
+	$(BIN)/python -m helpers.tools.notebooks refresh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

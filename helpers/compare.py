@@ -1,34 +1,20 @@
 """The comparison of trained models on the test split: metrics with intervals, calibration
 before and after temperature scaling, training cost, and how each model learned.
 
-Everything is read from and written to the run folder: ``predictions/`` (per image),
-``metrics/NAME_test.json`` and ``metrics/comparison.csv``.
+Everything is read from and written to the run folder (``helpers.runfolder``): per-image
+predictions, ``metrics/NAME_test.json`` and the comparison table.
 """
 
 from __future__ import annotations
-
-import json
-import os
-from pathlib import Path
 
 import keras
 import pandas as pd
 
 from helpers import evaluate, files, inference, metrics, models
+from helpers.runfolder import RunFolder
 
 # "Converged" for the convergence-speed figures: validation accuracy reached this.
 CONVERGENCE_ACCURACY = 0.95
-
-
-def history(run_dir: str | os.PathLike, name: str) -> pd.DataFrame:
-    """The per-epoch history CSV of a training run (both phases for ResNet50)."""
-    return pd.read_csv(Path(run_dir) / "history" / f"{name}.csv")
-
-
-def phase_boundary(run_dir: str | os.PathLike, name: str) -> int | None:
-    """Epochs of ResNet50's frozen phase, or None for a one-phase run."""
-    path = Path(run_dir) / "history" / f"{name}_phases.json"
-    return json.loads(path.read_text())["frozen_epochs"] if path.exists() else None
 
 
 def learning_dynamics(epochs: pd.DataFrame,
@@ -70,29 +56,49 @@ def dynamics_table(histories: dict[str, pd.DataFrame],
         orient="index").convert_dtypes()
 
 
-def training_cost(run_dir: str | os.PathLike, name: str) -> dict:
-    """Minutes of training, median training images/s, and parameter counts of a run."""
-    epochs = history(run_dir, name)
-    model = keras.saving.load_model(Path(run_dir) / "models" / f"{name}.keras")
+def batchnorm_probe_table(history: pd.DataFrame, steps_per_epoch: int,
+                          momentum: float) -> pd.DataFrame:
+    """Per epoch of a run trained with ``probe_batchnorm_images`` (``training.TrainingRun``):
+    BatchNorm update steps so far, the share of the statistics the moving averages have
+    absorbed by then (1 - momentum^steps), training accuracy, and validation accuracy of the
+    same weights with the moving averages and with recomputed statistics."""
+    steps = (history["epoch"].to_numpy() + 1) * steps_per_epoch
+    table = pd.DataFrame({
+        "update steps": steps,
+        "share absorbed": 1 - momentum ** steps,
+        "training accuracy": history["accuracy"].to_numpy(),
+        "val_accuracy (moving averages)": history["val_accuracy"].to_numpy(),
+        "val_accuracy (recomputed statistics)":
+            history["val_accuracy_recomputed_bn"].to_numpy(),
+    }, index=pd.Index(history["epoch"].to_numpy() + 1, name="epoch"))
+    table["gap"] = (table["val_accuracy (recomputed statistics)"]
+                    - table["val_accuracy (moving averages)"])
+    return table
+
+
+def training_cost(run: RunFolder, name: str, model: keras.Model) -> dict:
+    """Minutes of training, median training images/s (from the history of run NAME) and the
+    parameter counts of its kept ``model``."""
+    epochs = run.read_history(name)
     return {"training_minutes": float(epochs["epoch_seconds"].sum() / 60),
             "images_per_second": float(epochs["images_per_second"].median()),
             "parameters": int(model.count_params()),
             "trainable_parameters": models.count_trainable(model)}
 
 
-def evaluate_on_test(run_dir: str | os.PathLike, name: str, tta: bool = False,
+def evaluate_on_test(run: RunFolder, name: str, loaded: inference.LoadedModel,
+                     tta: bool = False,
                      n_resamples: int = metrics.BOOTSTRAP_RESAMPLES) -> dict:
     """Predict validation and test with model NAME and score the test split.
 
-    Temperature is fitted on validation and applied to test; the report gives NLL and ECE
-    before and after (accuracy cannot change). With ``tta`` the TTA figures are added under
-    "tta", beside the plain ones. Saves ``metrics/NAME_test.json``.
+    ``loaded`` is ``inference.load_model(run.model(name))``. Temperature is fitted on
+    validation and applied to test; the report gives NLL and ECE before and after (accuracy
+    cannot change). With ``tta`` the TTA figures are added under "tta", beside the plain ones.
+    Saves ``metrics/NAME_test.json``.
     """
-    run_dir = Path(run_dir)
-    loaded = inference.load_model(run_dir / "models" / f"{name}.keras")
     class_names = loaded.class_names
-    validation = evaluate.predict_split(run_dir, name, "validation", loaded=loaded)
-    test = evaluate.predict_split(run_dir, name, "test", loaded=loaded)
+    validation = evaluate.predict_split(run, name, "validation", loaded)
+    test = evaluate.predict_split(run, name, "test", loaded)
     report = {"model": name, "label": loaded.label}
     report.update(evaluate.report_from_predictions(test, class_names, n_resamples))
     report["validation_accuracy"] = float((validation["label"]
@@ -111,9 +117,9 @@ def evaluate_on_test(run_dir: str | os.PathLike, name: str, tta: bool = False,
         "ece_after": metrics.expected_calibration_error(y_test, scaled),
     }
     if tta:
-        augmented = evaluate.predict_split(run_dir, name, "test", tta=True, loaded=loaded)
+        augmented = evaluate.predict_split(run, name, "test", loaded, tta=True)
         report["tta"] = evaluate.report_from_predictions(augmented, class_names, n_resamples)
-    files.write_json(report, run_dir / "metrics" / f"{name}_test.json")
+    files.write_json(report, run.test_metrics(name))
     return report
 
 

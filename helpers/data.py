@@ -18,6 +18,7 @@ from pathlib import Path
 
 from helpers import acquire, audit, files, locate, split, synthetic
 from helpers.errors import DataError
+from helpers.runfolder import RunFolder
 
 
 def _print_split(result: split.SplitResult, split_csv: Path) -> None:
@@ -55,10 +56,10 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
     data_root = acquire.acquire(source, data_dir=data_dir, cache_dir=cache_dir,
                                 medmnist_size=medmnist_size)
     result = audit.audit(data_root, progress=True)
-    data_folder = Path(run_dir) / "data"
-    files.write_json(result.summary, data_folder / "audit.json")
-    result.index.to_csv(data_folder / "audit_index.csv", index=False)
-    split_result = split.make_split(result, data_folder / "split.csv", seed=seed, force=force)
+    run = RunFolder(run_dir)
+    files.write_json(result.summary, run.audit_json)
+    files.write_text_atomically(result.index.to_csv(index=False), run.audit_index)
+    split_result = split.make_split(result, run.split_csv, seed=seed, force=force)
     return result, split_result
 
 
@@ -66,11 +67,11 @@ def run_prepare(args: argparse.Namespace) -> None:
     result, split_result = prepare(args.source, args.run_dir, data_dir=args.data_dir,
                                    cache_dir=args.cache_dir, medmnist_size=args.medmnist_size,
                                    seed=args.seed, force=args.force)
-    data_folder = Path(args.run_dir) / "data"
+    run = RunFolder(args.run_dir)
     print(f"Data: {result.data_root}")
     print(audit.format_summary(result.summary))
-    print(f"\nAudit: {data_folder / 'audit.json'} and {data_folder / 'audit_index.csv'}\n")
-    _print_split(split_result, data_folder / "split.csv")
+    print(f"\nAudit: {run.audit_json} and {run.audit_index}\n")
+    _print_split(split_result, run.split_csv)
 
 
 def run_synthetic(args: argparse.Namespace) -> None:

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helpers import audit, files, inference, metrics, split
+from helpers import audit, files, inference, metrics
 from helpers.errors import DataError
 from helpers.locate import class_folders, find_data_root
+from helpers.runfolder import RunFolder
 
 
 def labelled_images(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[dict], Path]:
@@ -84,17 +85,13 @@ def report_from_predictions(frame: pd.DataFrame, class_names: tuple[str, ...],
     return report
 
 
-def predict_split(run_dir: str | os.PathLike, model_name: str, subset: str,
-                  tta: bool = False,
-                  loaded: inference.LoadedModel | None = None) -> pd.DataFrame:
-    """Predict one subset of a run folder's split with ``models/MODEL_NAME.keras``
-    (or ``loaded``, that model already loaded).
+def predict_split(run: RunFolder, model_name: str, subset: str,
+                  loaded: inference.LoadedModel, tta: bool = False) -> pd.DataFrame:
+    """Predict one subset of a run folder's split with ``loaded``, the model MODEL_NAME.
 
-    Saves and returns ``predictions/MODEL_NAME_SUBSET[_tta].csv`` (rows in split order).
+    Saves and returns the predictions (``run.predictions``; rows in split order).
     """
-    run_dir = Path(run_dir)
-    split_frame, data_root, _ = split.load_run_split(run_dir)
-    loaded = loaded or inference.load_model(run_dir / "models" / f"{model_name}.keras")
+    split_frame, data_root = run.load_split()
     rows = split_frame[split_frame["split"] == subset].sort_values("path")
     if rows.empty:
         raise DataError(f"The split has no images in subset {subset!r}.")
@@ -102,9 +99,8 @@ def predict_split(run_dir: str | os.PathLike, model_name: str, subset: str,
     probabilities = inference.predict_probabilities(loaded, paths, tta=tta)
     frame = predictions_frame(list(rows["path"]), list(rows["label"]), probabilities,
                               loaded.class_names)
-    out = run_dir / "predictions" / f"{model_name}_{subset}{'_tta' if tta else ''}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False)
+    out = run.predictions(model_name, subset, tta)
+    files.write_text_atomically(frame.to_csv(index=False), out)
     return frame
 
 
@@ -122,7 +118,7 @@ def evaluate_folder(model_path: str | os.PathLike, data_dir: str | os.PathLike,
         raise DataError(f"No usable image in the class folders under {root} "
                         f"({len(skipped)} file(s) skipped).")
     paths = list(images["path"])
-    report = {"model": str(loaded.path), "model_label": loaded.label, "data_root": str(root),
+    report = {"model": str(loaded.path), "label": loaded.label, "data_root": str(root),
               "image_size": loaded.image_size, "crop_fraction": loaded.crop_fraction}
     plain = predictions_frame(paths, list(images["label"]),
                               inference.predict_probabilities(loaded, paths),
@@ -144,7 +140,7 @@ def format_report(report: dict) -> str:
         return f"{source[name]:.4f} (95% CI {low:.4f}-{high:.4f})"
 
     names = report["class_names"]
-    lines = [f"{report['model_label']}: {report['model']}",
+    lines = [f"{report['label']}: {report['model']}",
              f"Images: {report['n_images']:,} scored, {len(report['skipped'])} skipped",
              f"Accuracy           {with_ci('accuracy', report)}",
              f"Macro-F1           {with_ci('macro_f1', report)}",

@@ -1,6 +1,6 @@
 """Load a saved model with what it needs (class names, input size, crop) and predict images.
 
-A model trained by ``helpers.train`` is ``NAME.keras`` with ``NAME.json`` beside it; the
+A model trained by a training notebook is ``NAME.keras`` with ``NAME.json`` beside it; the
 sidecar says how images must be prepared, so predictions use the same crop and resize as
 training did.
 """
@@ -19,8 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 # Registers ResNetPreprocess, so ResNet50 models load in safe mode.
-from helpers import models  # noqa: F401
+from helpers import files, models  # noqa: F401 (models registers the custom layers)
 from helpers.errors import DataError
+from helpers.labels import CLASS_NAMES
 from helpers.pipeline import decode_and_resize
 
 PREDICT_BATCH_SIZE = 64
@@ -67,6 +68,19 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
+def write_sidecar(model_path: str | os.PathLike, *, label: str, image_size: int,
+                  resize_method: str, crop_fraction: float) -> Path:
+    """Write ``NAME.json`` beside ``NAME.keras``: what makes the saved model usable on its own
+    (how its results are labelled, its class names and how its input images are prepared)."""
+    path = sidecar_path(model_path)
+    files.write_json({
+        "label": label, "class_names": list(CLASS_NAMES), "image_size": image_size,
+        "resize_method": resize_method, "crop_fraction": crop_fraction,
+        "input": "RGB 0-255: central crop_fraction of each side, resized to image_size x "
+                 "image_size (helpers.pipeline.decode_and_resize)"}, path)
+    return path
+
+
 def load_model(model_path: str | os.PathLike) -> LoadedModel:
     """Load ``NAME.keras`` and its ``NAME.json``; ModelFileError says what is wrong."""
     path = Path(model_path)
@@ -74,7 +88,7 @@ def load_model(model_path: str | os.PathLike) -> LoadedModel:
         raise ModelFileError(f"Model file not found: {path}")
     if path.suffix != ".keras" or not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path} is not a Keras model file (.keras, as saved by "
-                             "`python -m helpers.train`).")
+                             "a training notebook).")
     info_path = sidecar_path(path)
     if not info_path.is_file():
         raise ModelFileError(

@@ -1,7 +1,9 @@
-"""The two models of the study: a baseline CNN and ResNet50 (frozen, then fine-tuned).
+"""Building blocks of the study's two models: the baseline CNN, and the parts notebook 4
+assembles ResNet50 from (the ImageNet base, its preprocessing layer, the block names).
 
-Both take raw 0-255 RGB images. Augmentation and input scaling are layers inside the models,
-so they run on the accelerator, are off at inference, and no caller can get the scale wrong.
+Both models take raw 0-255 RGB images. Augmentation and input scaling are layers inside the
+models, so they run on the accelerator, are off at inference, and no caller can get the
+scale wrong.
 """
 
 from __future__ import annotations
@@ -138,51 +140,12 @@ def resnet50_base(image_size: int, weights: str | os.PathLike | None = "imagenet
             "which is not transfer learning and is labelled so.") from None
 
 
-def build_resnet50(image_size: int, weights: str | os.PathLike | None = "imagenet",
-                   dropout: float = 0.3, augment: bool = True,
-                   seed: int | None = None) -> keras.Model:
-    """ResNet50 with its base frozen (phase 1), ready for ``unfreeze_top_blocks`` (phase 2).
-
-    The base's BatchNorm layers must use their ImageNet statistics in both phases: in training
-    mode they would be re-estimated from small, augmented batches of cell images and wreck the
-    pretrained features. The base is called with ``training=False`` as the Keras guide does,
-    but Keras 3's ``fit`` passes ``training=True`` over it; what really holds BatchNorm in
-    inference mode is ``trainable=False``, which ``unfreeze_top_blocks`` keeps.
-    """
-    base = resnet50_base(image_size, weights)
-    base.trainable = False
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = augmentation(seed)(inputs) if augment else inputs
-    x = ResNetPreprocess(name="resnet_preprocess")(x)
-    x = base(x, training=False)
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", dtype="float32",
-                           name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="resnet50")
-
-
 def count_trainable(model: keras.Model) -> int:
     """Number of trainable parameters (what the optimizer updates)."""
     return int(sum(np.prod(weight.shape) for weight in model.trainable_weights))
 
 
+# The 16 residual blocks of ResNet50, bottom to top; layer names start with "BLOCK_".
 RESNET50_BLOCKS = [f"conv{stage}_block{block}"
                    for stage, n_blocks in [(2, 3), (3, 4), (4, 6), (5, 3)]
                    for block in range(1, n_blocks + 1)]
-
-
-def unfreeze_top_blocks(model: keras.Model, n_blocks: int) -> list[str]:
-    """Make the top ``n_blocks`` residual blocks of the base trainable (BatchNorm stays frozen).
-
-    Returns the names of the unfrozen blocks. Recompile the model afterwards.
-    """
-    if not 0 <= n_blocks <= len(RESNET50_BLOCKS):
-        raise ValueError(f"n_blocks must be in 0..{len(RESNET50_BLOCKS)}, got {n_blocks}")
-    base = model.get_layer("resnet50")
-    chosen = RESNET50_BLOCKS[len(RESNET50_BLOCKS) - n_blocks:]
-    base.trainable = True
-    for layer in base.layers:
-        in_top = any(layer.name.startswith(block + "_") for block in chosen)
-        layer.trainable = in_top and not isinstance(layer, layers.BatchNormalization)
-    return chosen

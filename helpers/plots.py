@@ -58,6 +58,27 @@ def plot_training_curves(histories: dict[str, pd.DataFrame],
     return figure
 
 
+def plot_batchnorm_probe(table: pd.DataFrame, path: str | os.PathLike | None = None
+                         ) -> plt.Figure:
+    """Training accuracy and the two validation accuracies of the same weights per epoch
+    (``compare.batchnorm_probe_table``), with the share of statistics absorbed."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for column, style in [("training accuracy", "--"),
+                          ("val_accuracy (moving averages)", "-o"),
+                          ("val_accuracy (recomputed statistics)", "-s")]:
+        axis.plot(table.index, table[column], style, label=column)
+    axis.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02),
+             title="Same weights, two sets of BatchNorm statistics")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for epoch, share in table["share absorbed"].items():
+        axis.annotate(f"{share:.0%}", (epoch, 0.02), ha="center", fontsize=8, color="gray")
+    axis.text(0.01, 0.08, "grey: share of the statistics the moving averages absorbed",
+              transform=axis.transAxes, fontsize=8, color="gray")
+    axis.legend(loc="center right", fontsize=8)
+    save_figure(figure, path)
+    return figure
+
+
 def plot_confusion_matrices(reports: dict[str, dict], normalized: bool = True,
                             path: str | os.PathLike | None = None) -> plt.Figure:
     """One heat map per model (rows: true class, columns: predicted), side by side.

@@ -1,7 +1,7 @@
 """Where the project lives: its public repository (for Colab) and its root folder here.
 
 REPOSITORY_URL is the one place the public address is written. The notebooks' Colab badges
-and install cells are generated from it (``python -m helpers.notebooks sync``) and the lint
+and install cells are generated from it (``python -m helpers.tools.notebooks sync``) and the lint
 test checks them against it, so changing the address is one edit and one command.
 """
 

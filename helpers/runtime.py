@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from helpers import project
+from helpers.runfolder import RunFolder
 from helpers.training import device_names
 
 # Where a Colab user's run folders go when they keep them on Google Drive.
@@ -27,8 +28,8 @@ def report_accelerator(is_colab: bool) -> str:
     return message
 
 
-def run_folder(run_dir: str | os.PathLike, use_google_drive: bool, is_colab: bool) -> Path:
-    """The run folder as a path; on Colab with ``use_google_drive``, inside your Drive.
+def run_folder(run_dir: str | os.PathLike, use_google_drive: bool, is_colab: bool) -> RunFolder:
+    """The run folder (created if new); on Colab with ``use_google_drive``, inside your Drive.
 
     On Drive the folder survives a disconnect, and training resumes from its backups.
     """
@@ -40,4 +41,4 @@ def run_folder(run_dir: str | os.PathLike, use_google_drive: bool, is_colab: boo
     else:
         path = project.resolve(run_dir)
     path.mkdir(parents=True, exist_ok=True)
-    return path
+    return RunFolder(path)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.audit import AuditResult, usable_mask
-from helpers.errors import DataError, StaleSplitError
+from helpers.errors import StaleSplitError
 from helpers.labels import CLASS_NAMES
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -175,16 +175,3 @@ def make_split(audit_result: AuditResult, split_csv: str | os.PathLike,
     result = SplitResult(split=assign_splits(images, seed), excluded=excluded)
     write_split(result, split_csv, seed, audit_result.data_root)
     return result
-
-
-def load_run_split(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, Path, Path]:
-    """A run folder's split: (the split DataFrame, the data root it was made from, its CSV).
-
-    Raises DataError when the run folder has no split yet.
-    """
-    split_csv = Path(run_dir) / "data" / "split.csv"
-    if not split_csv.exists():
-        raise DataError(f"No split in {run_dir}: run notebook 01 or `python -m helpers.data "
-                        f"prepare --run-dir {run_dir}` first.")
-    metadata = json.loads(metadata_path(split_csv).read_text())
-    return read_split(split_csv), Path(metadata["data_root"]), split_csv

@@ -109,6 +109,11 @@ def make_synthetic_dataset(root: str | os.PathLike, images_per_class: int = 12,
     rgba.save(root / planted["rgba"])
     buffer = io.BytesIO()
     Image.fromarray(make_cell_image("platelet", image_size, rng)).save(buffer, "JPEG")
-    (root / planted["corrupt"]).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    # Cut inside the compressed scan, after the header: the file opens (size and mode are
+    # read) and fails only when decoded in full, as a download cut short does.
+    encoded = buffer.getvalue()
+    scan_start = encoded.index(b"\xff\xda")
+    cut = scan_start + (len(encoded) - scan_start) // 2
+    (root / planted["corrupt"]).write_bytes(encoded[:cut])
     (root / planted["unknown_folder"]).mkdir(exist_ok=True)
     return planted

@@ -1,13 +1,19 @@
-"""Training machinery: devices and precision, seeds, learning rates, and the standard callbacks.
+"""Training plumbing: devices and precision, seeds, the schedule, the standard callbacks and
+``TrainingRun``, which keeps a run resumable and recorded in its run folder.
 
-Everything a training run needs besides the model and the data, so the notebooks show only
-the decisions (model, learning rate, epochs) and every run behaves the same way.
+The recipe itself (model, freezing, optimizer, ``compile``, ``fit`` per phase) is in the
+notebooks; this module holds what every run needs besides it, so all runs behave the same.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import platform
+import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -15,8 +21,14 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-LR_STRATEGIES = ("constant", "schedule", "plateau")
+from helpers import files, inference, metrics, pipeline
+from helpers.errors import DataError
+from helpers.runfolder import RunFolder
 
+# The pipeline shuffles (helpers.pipeline); Keras warns that fit's own shuffle=True, its
+# default, does nothing for a tf.data.Dataset. Silenced rather than passing shuffle=False to
+# every fit, which would read as "not shuffled".
+warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed", category=UserWarning)
 
 # -- devices and precision -------------------------------------------------------------------
 
@@ -100,21 +112,13 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
 
 # -- learning rates --------------------------------------------------------------------------
 
-def learning_rate(strategy: str, base_rate: float, steps_per_epoch: int, epochs: int,
-                  warmup_epochs: int = 1):
-    """The learning rate to give the optimizer for one of LR_STRATEGIES.
-
-    "constant": ``base_rate`` throughout. "schedule": linear warm-up over ``warmup_epochs``
-    then cosine decay to zero at ``epochs``. "plateau": ``base_rate``, lowered by
-    ReduceLROnPlateau (added by ``make_callbacks``) when validation loss stalls.
-    """
-    if strategy not in LR_STRATEGIES:
-        raise ValueError(f"lr strategy must be one of {LR_STRATEGIES}, got {strategy!r}")
-    if strategy != "schedule":
-        return base_rate
+def warmup_cosine(peak_rate: float, steps_per_epoch: int, epochs: int,
+                  warmup_epochs: int = 1) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warm-up from ``peak_rate / 10`` to ``peak_rate`` over ``warmup_epochs``, then
+    cosine decay to zero at ``epochs``: the schedule both models of the study train with."""
     warmup_steps = warmup_epochs * steps_per_epoch
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=base_rate / 10, warmup_target=base_rate,
+        initial_learning_rate=peak_rate / 10, warmup_target=peak_rate,
         warmup_steps=warmup_steps,
         decay_steps=max(1, epochs * steps_per_epoch - warmup_steps))
 
@@ -252,61 +256,240 @@ class StopAfterEpoch(keras.callbacks.Callback):
             raise TrainingStoppedError(f"Stopped after epoch {self.epoch} as asked.")
 
 
-def best_logged(history_csv: Path, monitor: str = "val_loss") -> float | None:
-    """The lowest ``monitor`` value in a history CSV, or None when there is none yet."""
+class BatchNormStatisticsProbe(keras.callbacks.Callback):
+    """Logs ``val_accuracy_recomputed_bn``: validation accuracy of the same weights with
+    BatchNorm statistics recomputed on training batches, beside Keras's ``val_accuracy``
+    (moving averages). The moving averages are restored afterwards, so training goes on
+    exactly as without the probe: the difference between the two is the statistics alone.
+    """
+
+    def __init__(self, training_data: tf.data.Dataset, validation_data: tf.data.Dataset,
+                 batches: int):
+        super().__init__()
+        self.training_data = training_data
+        self.validation_data = validation_data
+        self.batches = batches
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        layers = batchnorm_layers(self.model)
+        saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers]
+        recalibrate_batchnorm(self.model, self.training_data, self.batches)
+        correct = total = 0
+        for images, labels in self.validation_data:
+            predicted = np.argmax(self.model(images, training=False), axis=-1)
+            correct += int(np.sum(predicted == labels.numpy()))
+            total += len(predicted)
+        for layer, (mean, variance) in zip(layers, saved, strict=True):
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
+        logs["val_accuracy_recomputed_bn"] = correct / total
+
+
+def best_logged(history_csv: Path, monitor: str = "val_loss", from_epoch: int = 0) -> float | None:
+    """The lowest ``monitor`` value logged from epoch ``from_epoch`` (0-based) on, or None."""
     if not history_csv.exists() or history_csv.stat().st_size == 0:
         return None
     history = pd.read_csv(history_csv)
+    history = history[history["epoch"] >= from_epoch] if "epoch" in history else history
     return float(history[monitor].min()) if monitor in history and len(history) else None
 
 
-def make_callbacks(run_dir: str | os.PathLike, name: str, *, lr_strategy: str,
-                   images_per_epoch: int, patience: int = 5,
-                   epoch_counter: tf.Variable | None = None, seed: int = 0,
-                   tensorboard: bool = False,
-                   plateau_factor: float = 0.3, plateau_patience: int = 2,
-                   backup_name: str | None = None,
-                   recalibration_data: tf.data.Dataset | None = None,
-                   recalibration_batches: int = 16) -> list[keras.callbacks.Callback]:
-    """The standard callbacks of a training run named ``name`` (e.g. "cnn").
+def git_commit() -> str:
+    """The checkout's commit, or "unknown" outside a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
-    - ``RUN_DIR/models/NAME.keras``: the best model by validation loss; a resumed run or a
-      second training phase only replaces it with a better one than the history file's best.
-    - EarlyStopping on validation loss, restoring the best weights.
-    - EpochSeeds: the shuffle order (``epoch_counter``) and the model's random layers follow
-      ``seed`` and the epoch number, so a resumed run matches an uninterrupted one.
-    - ReduceLROnPlateau when ``lr_strategy`` is "plateau".
-    - PreciseBatchNorm on ``recalibration_batches`` batches of ``recalibration_data`` (the
-      training data) before each validation, when given.
-    - ``RUN_DIR/history/NAME.csv``: one row per epoch, appended across resumes and phases,
-      with epoch seconds, images/s and the learning rate.
-    - BackupAndRestore in ``RUN_DIR/backup/BACKUP_NAME`` (default NAME; one per training
-      phase): a killed run resumes where it stopped.
-    - TensorBoard logs in ``RUN_DIR/tensorboard/NAME`` when asked.
+
+class TrainingRun:
+    """The plumbing of one training run named NAME in a run folder: what makes a run
+    reproducible, resumable and recorded. The recipe (model, optimizer, ``compile``,
+    ``fit``) stays with the caller, i.e. in the notebooks.
+
+    Creating it seeds everything, picks the distribution strategy and precision, and checks
+    the run folder: a finished run of the same name is replaced by the new one; an unfinished
+    one is resumed (by the BackupAndRestore callback of ``callbacks``), which is refused when
+    the split changed since it started. ``datasets`` builds the training and validation data
+    and writes the run record; ``callbacks`` gives the standard callbacks for ``fit``;
+    ``end_phase`` closes a training phase; ``finish`` writes the sidecar and validation
+    metrics of the kept model.
     """
-    if lr_strategy not in LR_STRATEGIES:
-        raise ValueError(f"lr strategy must be one of {LR_STRATEGIES}, got {lr_strategy!r}")
-    run_dir = Path(run_dir)
-    for folder in ("models", "history", "backup"):
-        (run_dir / folder).mkdir(parents=True, exist_ok=True)
-    history_csv = run_dir / "history" / f"{name}.csv"
-    callbacks = [keras.callbacks.BackupAndRestore(str(run_dir / "backup" / (backup_name or name))),
-                 EpochSeeds(epoch_counter, seed)]
-    callbacks += [
-        keras.callbacks.ModelCheckpoint(
-            str(run_dir / "models" / f"{name}.keras"), monitor="val_loss",
-            save_best_only=True, initial_value_threshold=best_logged(history_csv)),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                      restore_best_weights=True),
-    ]
-    if lr_strategy == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=plateau_factor, patience=plateau_patience,
-            min_lr=1e-6))
-    callbacks.append(EpochTiming(images_per_epoch))  # before PreciseBatchNorm: times training
-    if recalibration_data is not None:
-        callbacks.append(PreciseBatchNorm(recalibration_data, recalibration_batches))
-    callbacks.append(keras.callbacks.CSVLogger(str(history_csv), append=True))
-    if tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard" / name)))
-    return callbacks
+
+    def __init__(self, run: RunFolder, name: str, *, label: str, seed: int,
+                 deterministic: bool = False, parameters: dict | None = None):
+        self.run, self.name, self.label, self.seed = run, name, label, seed
+        self.deterministic = deterministic
+        self.parameters = dict(parameters or {})
+        self.split_frame, self.data_root = run.load_split()
+        self.split_sha256 = files.file_sha256(run.split_csv)
+        if run.validation_metrics(name).exists():
+            self._clear()
+            print(f"{name} finished before in {run.root}: training it again from scratch")
+        else:
+            self._check_resumable()
+        set_seed(seed, deterministic)
+        self.strategy = select_strategy()
+        self.precision = configure_precision(self.strategy)
+        # The training data's pass number: EpochSeeds sets it to the epoch, so the shuffle
+        # order of a resumed epoch is the one an uninterrupted run would have seen.
+        self.epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.image_settings: dict | None = None
+
+    def _clear(self) -> None:
+        """Remove the files of the finished run NAME, so the new one starts afresh."""
+        for path in [self.run.history(self.name), self.run.phases(self.name),
+                     inference.sidecar_path(self.run.model(self.name)),
+                     self.run.validation_metrics(self.name),
+                     *self.run.root.glob(f"models/{self.name}.keras"),
+                     *self.run.root.glob(f"models/{self.name}_*.keras")]:
+            path.unlink(missing_ok=True)
+
+    def _check_resumable(self) -> None:
+        """An unfinished run may only resume on the split it started with."""
+        record_path = self.run.run_record(self.name)
+        started = self.run.history(self.name).exists() or any(
+            self.run.root.glob(f"backup/{self.name}*"))
+        if not (started and record_path.exists()):
+            return
+        recorded = json.loads(record_path.read_text()).get("split_sha256")
+        if recorded and recorded != self.split_sha256:
+            raise DataError(
+                f"Run {self.name!r} in {self.run.root} started on another split than "
+                f"{self.run.split_csv} holds now; resuming would train on images that are now "
+                f"validation or test images. Restore that split, or start {self.name!r} afresh "
+                f"by deleting its history/{self.name}.csv and backup/{self.name}* files.")
+
+    def datasets(self, *, image_size: int, batch_size: int, crop_fraction: float = 1.0,
+                 resize_method: str = "bilinear", max_images: int = 0,
+                 cache: str | None = "memory") -> tuple[tf.data.Dataset, tf.data.Dataset]:
+        """The (training, validation) datasets of the run folder's split.
+
+        ``batch_size`` is per replica. ``max_images`` > 0 keeps that many training images
+        (a fixed sample by ``seed``; validation stays whole). Also writes the run record
+        (``config/NAME.json``) and sets ``steps_per_epoch`` and ``training_images``.
+        """
+        frame = self.split_frame
+        if max_images:
+            train_rows = frame[frame["split"] == "train"]
+            keep = train_rows.sample(n=min(max_images, len(train_rows)),
+                                     random_state=self.seed).index
+            frame = frame[(frame["split"] != "train") | frame.index.isin(keep)]
+        self.global_batch_size = batch_size * self.strategy.num_replicas_in_sync
+        self.training_images = int((frame["split"] == "train").sum())
+        self.steps_per_epoch = math.ceil(self.training_images / self.global_batch_size)
+        self.image_settings = {"image_size": image_size, "resize_method": resize_method,
+                               "crop_fraction": crop_fraction}
+        self.training_data, self.validation_data = (
+            pipeline.make_dataset(frame, self.data_root, subset,
+                                  batch_size=self.global_batch_size, cache=cache,
+                                  seed=self.seed, deterministic=self.deterministic,
+                                  epoch_counter=self.epoch_counter if subset == "train" else None,
+                                  **self.image_settings)
+            for subset in ("train", "validation"))
+        self._write_record(max_images=max_images, batch_size=batch_size)
+        return self.training_data, self.validation_data
+
+    def _write_record(self, **data_settings) -> None:
+        files.write_json({
+            "name": self.name, "label": self.label, "seed": self.seed,
+            "deterministic": self.deterministic, "parameters": self.parameters,
+            "data": {**self.image_settings, **data_settings,
+                     "training_images": self.training_images,
+                     "steps_per_epoch": self.steps_per_epoch},
+            "split_csv": str(self.run.split_csv), "split_sha256": self.split_sha256,
+            "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                         "keras": keras.__version__, "numpy": np.__version__},
+            "platform": platform.platform(), "devices": device_names(),
+            "precision": self.precision, "git_commit": git_commit(),
+        }, self.run.run_record(self.name))
+
+    def callbacks(self, phase: str | None = None, *, initial_epoch: int = 0, patience: int = 6,
+                  precise_batchnorm_images: int = 1024, probe_batchnorm_images: int = 0,
+                  stop_after_epoch: int = 0) -> list[keras.callbacks.Callback]:
+        """The standard callbacks for ``fit`` of this run (of training phase ``phase``).
+
+        - BackupAndRestore in ``backup/NAME[_PHASE]``: a killed run resumes where it stopped.
+        - EpochSeeds: shuffle order and random layers follow the seed and the epoch number,
+          so a resumed run matches an uninterrupted one.
+        - ModelCheckpoint of the best epoch by validation loss: ``models/NAME.keras``, or
+          ``models/NAME_PHASE.keras`` for a phase that ``end_phase`` closes. A resumed phase
+          replaces it only with a better epoch than the history's best since
+          ``initial_epoch``.
+        - EarlyStopping on validation loss after ``patience`` epochs, restoring the best.
+        - EpochTiming: epoch seconds, images/s and the learning rate in the history.
+        - PreciseBatchNorm: BatchNorm statistics recomputed on ``precise_batchnorm_images``
+          training images before each validation (0: off, Keras's moving averages).
+        - BatchNormStatisticsProbe on ``probe_batchnorm_images`` images (0: off).
+        - CSVLogger: ``history/NAME.csv``, appended across resumes and phases.
+        - StopAfterEpoch(``stop_after_epoch``) when given: a deliberate crash, to try resuming.
+        """
+        if self.image_settings is None:
+            raise RuntimeError("Call datasets() before callbacks(): they need the data.")
+        for folder in ("models", "history", "backup"):
+            (self.run.root / folder).mkdir(parents=True, exist_ok=True)
+        history_csv = self.run.history(self.name)
+        batches = math.ceil(precise_batchnorm_images / self.global_batch_size)
+        callbacks = [
+            keras.callbacks.BackupAndRestore(str(self.run.backup(self.name, phase))),
+            EpochSeeds(self.epoch_counter, self.seed),
+            keras.callbacks.ModelCheckpoint(
+                str(self.run.model(self.name, phase)), monitor="val_loss", save_best_only=True,
+                initial_value_threshold=best_logged(history_csv, from_epoch=initial_epoch)),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                          restore_best_weights=True),
+            EpochTiming(self.training_images),  # before PreciseBatchNorm: times training
+        ]
+        if precise_batchnorm_images:
+            callbacks.append(PreciseBatchNorm(self.training_data, batches))
+        if probe_batchnorm_images:
+            callbacks.append(BatchNormStatisticsProbe(
+                self.training_data, self.validation_data,
+                math.ceil(probe_batchnorm_images / self.global_batch_size)))
+        callbacks.append(keras.callbacks.CSVLogger(str(history_csv), append=True))
+        if stop_after_epoch:
+            callbacks.append(StopAfterEpoch(stop_after_epoch))
+        return callbacks
+
+    def epochs_done(self) -> int:
+        """Epochs in the history so far (every phase)."""
+        history_csv = self.run.history(self.name)
+        if not history_csv.exists() or history_csv.stat().st_size == 0:
+            return 0
+        return len(pd.read_csv(history_csv))
+
+    def phase_finished(self, phase: str) -> bool:
+        """Whether ``end_phase(phase)`` ran (a rerun then skips that phase)."""
+        return phase in self.run.finished_phases(self.name)
+
+    def end_phase(self, phase: str) -> int:
+        """Record that training phase ``phase`` finished; returns the epochs done so far."""
+        finished = {**self.run.finished_phases(self.name), phase: self.epochs_done()}
+        files.write_json(finished, self.run.phases(self.name))
+        return finished[phase]
+
+    def finish(self) -> dict:
+        """Write the kept model's sidecar and validation metrics; return the metrics.
+
+        The kept model is the last phase's best checkpoint, ``models/NAME.keras``; when the
+        last phase trained no epoch (e.g. no fine-tuning), the last closed phase's best.
+        """
+        model_path = self.run.model(self.name)
+        if not model_path.exists():
+            closed = list(self.run.finished_phases(self.name))
+            if not closed or not self.run.model(self.name, closed[-1]).exists():
+                raise RuntimeError(f"No checkpoint of {self.name} to keep: did fit() run?")
+            files.copy_atomically(self.run.model(self.name, closed[-1]), model_path)
+        inference.write_sidecar(model_path, label=self.label, **self.image_settings)
+        best = keras.saving.load_model(model_path)
+        true = np.concatenate([labels.numpy() for _, labels in self.validation_data])
+        probabilities = best.predict(self.validation_data.map(lambda images, _: images),
+                                     verbose=0)
+        predicted = np.argmax(probabilities, axis=1)
+        result = {"n_images": int(len(true)), "accuracy": metrics.accuracy(true, predicted),
+                  "macro_f1": metrics.macro_f1(true, predicted)}
+        files.write_json(result, self.run.validation_metrics(self.name))
+        return result

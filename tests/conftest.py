@@ -5,9 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import keras
 import pytest
 
-from helpers import audit, synthetic
+from helpers import audit, models, synthetic
+from helpers.labels import CLASS_NAMES
+from helpers.runfolder import RunFolder
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 # The real images lie beside the checkout on the development machines, never inside it.
@@ -44,9 +47,55 @@ def real_data(folder: str) -> Path:
     return path
 
 
+def _is_notebook(item) -> bool:
+    return str(item.path).endswith(".ipynb")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """nbval's notebooks first: the smoke run they leave behind is what ``smoke_run`` reads."""
+    items.sort(key=lambda item: not _is_notebook(item))  # stable: keeps the order otherwise
+
+
 def pytest_collection_finish(session):
     """nbval's notebooks share one run folder: start it empty, so no earlier run is resumed."""
-    from helpers import notebooks, project
+    from helpers import project
+    from helpers.tools import notebooks
 
-    if any(str(item.path).endswith(".ipynb") for item in session.items):
+    notebook_items = [item for item in session.items if _is_notebook(item)]
+    session.config.stash[NBVAL_RUNS_STUDY] = len(notebook_items) > 0 and {
+        item.path.stem for item in notebook_items} == set(notebooks.study.NOTEBOOKS)
+    if notebook_items:
         shutil.rmtree(project.resolve(notebooks.CHECKED_RUN_DIR), ignore_errors=True)
+
+
+NBVAL_RUNS_STUDY = pytest.StashKey[bool]()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(request, tmp_path_factory) -> RunFolder:
+    """The run folder of the whole study run with the smoke profile (synthetic data).
+
+    When nbval executed all five notebooks in this session (it runs them first), their run
+    folder is used; otherwise (a test file run on its own) the study runs here with papermill.
+    """
+    from helpers import project
+    from helpers.tools import notebooks, study
+
+    checked = RunFolder(project.resolve(notebooks.CHECKED_RUN_DIR))
+    if request.config.stash.get(NBVAL_RUNS_STUDY, False) and checked.comparison_table.exists():
+        return checked
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    study.run_study(study.load_profile("smoke"), str(run_dir), log=lambda message: None)
+    return RunFolder(run_dir)
+
+
+def small_resnet50(image_size: int = 32) -> keras.Model:
+    """Notebook 4's phase-1 model, from random weights: preprocessing, the frozen base called
+    in inference mode, a softmax head."""
+    base = models.resnet50_base(image_size, weights=None)
+    base.trainable = False
+    inputs = keras.Input((image_size, image_size, 3))
+    x = models.ResNetPreprocess(name="resnet_preprocess")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(base(x, training=False))
+    outputs = keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs)

@@ -32,6 +32,10 @@ def test_each_planted_quirk_is_reported(synthetic_source, synthetic_audit):
     assert summary["not_images"] == [planted["not_image"]]
     assert summary["corrupt"] == [planted["corrupt"]]
     assert "truncated" in summary["problems"][planted["corrupt"]].lower()
+    # The header was readable: the full decode, not the opening, found the damage.
+    corrupt = synthetic_audit.index.set_index("path").loc[planted["corrupt"]]
+    assert corrupt["is_image"] and (corrupt["width"], corrupt["height"]) == (48, 48)
+    assert not corrupt["decodable"]
     assert summary["non_rgb"] == {planted["grayscale"]: "L", planted["rgba"]: "RGBA"}
     assert summary["duplicate_groups"] == [sorted([planted["duplicate"], planted["duplicate_of"]])]
     assert summary["cross_class_conflicts"] == [

@@ -2,7 +2,7 @@
 
 import json
 
-from helpers import bench
+from helpers.tools import bench
 
 
 def test_bench_reports_every_ratio_with_the_raw_figures(synthetic_source, tmp_path):

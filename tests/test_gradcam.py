@@ -6,6 +6,7 @@ import pytest
 from keras import layers
 
 from helpers import gradcam, models
+from tests.conftest import small_resnet50
 
 
 def _corner_detector() -> keras.Model:
@@ -37,7 +38,7 @@ def test_heat_map_lies_on_the_bright_corner():
 def test_target_layers_of_the_study_models():
     cnn = models.build_cnn(32, filters=(4, 8), seed=0)
     assert gradcam.target_layer(cnn).name == "block2_relu2"
-    resnet = models.build_resnet50(32, weights=None)
+    resnet = small_resnet50(32)
     assert gradcam.target_layer(resnet).name == "resnet50"
     images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     for model in (cnn, resnet):

@@ -90,6 +90,24 @@ def test_ece_measures_overconfidence():
     assert np.isnan(table["accuracy"][0])
 
 
+def test_ece_weights_each_bin_by_its_images_and_takes_absolute_gaps():
+    # Ten bins. Bin (0.5, 0.6]: 2 images at 0.55, both right (gap 0.45). Bin (0.7, 0.8]:
+    # 4 at 0.75, one right (gap 0.5). Bin (0.9, 1]: 4 at 0.95, all right (gap 0.05, under-
+    # rather than overconfident). ECE = (2 * 0.45 + 4 * 0.5 + 4 * 0.05) / 10 = 0.31; an
+    # unweighted mean over bins would give 0.333, signed gaps 0.09.
+    predicted = np.zeros(10, dtype=int)
+    probabilities = np.concatenate([confident(predicted[:2], top=0.55),
+                                    confident(predicted[2:6], top=0.75),
+                                    confident(predicted[6:], top=0.95)])
+    y_true = np.array([0, 0, 0, 1, 1, 2, 0, 0, 0, 0])
+    assert metrics.expected_calibration_error(y_true, probabilities, n_bins=10) == (
+        pytest.approx(0.31))
+    table = metrics.reliability_table(y_true, probabilities, n_bins=10)
+    assert table["count"].tolist() == [0, 0, 0, 0, 0, 2, 0, 4, 0, 4]
+    np.testing.assert_allclose(table["accuracy"][[5, 7, 9]], [1.0, 0.25, 1.0])
+    np.testing.assert_allclose(table["confidence"][[5, 7, 9]], [0.55, 0.75, 0.95])
+
+
 def test_temperature_scaling_lowers_nll_and_keeps_predictions():
     generator = np.random.default_rng(3)
     y_true = generator.integers(0, 3, 300)

@@ -1,4 +1,8 @@
-"""The model checks that would have caught the earlier study's 66% ResNet50."""
+"""The models' building blocks: preprocessing, augmentation, the CNN, the ResNet50 base.
+
+What notebook 4 does with them (freezing, unfreezing, BatchNorm kept frozen, preprocessing
+inside the saved model) is checked on the smoke study's run folder: test_smoke_study.py.
+"""
 
 import keras
 import numpy as np
@@ -6,14 +10,9 @@ import pytest
 
 from helpers import inference, models
 from helpers.labels import CLASS_NAMES
+from tests.conftest import small_resnet50
 
 SIZE = 32  # small inputs keep ResNet50 (random weights) fast on a CPU
-
-
-@pytest.fixture(scope="module")
-def resnet():
-    keras.utils.set_random_seed(0)
-    return models.build_resnet50(SIZE, weights=None)
 
 
 def _batch(n=4, seed=0):
@@ -30,60 +29,9 @@ def test_preprocessing_layer_maps_rgb_0_255_to_caffe_bgr():
                                atol=1e-3)
 
 
-def test_phase_one_trains_only_the_head(resnet):
-    base = resnet.get_layer("resnet50")
-    assert not base.trainable
-    head = resnet.get_layer("probabilities")
-    assert [id(w) for w in resnet.trainable_weights] == [id(w) for w in head.trainable_weights]
-
-
-def test_phase_two_unfreezes_top_blocks_but_keeps_batchnorm_frozen():
-    keras.utils.set_random_seed(0)
-    model = models.build_resnet50(SIZE, weights=None)
-    chosen = models.unfreeze_top_blocks(model, 3)
-    assert chosen == ["conv5_block1", "conv5_block2", "conv5_block3"]
-    base = model.get_layer("resnet50")
-    trainable = [layer for layer in base.layers if layer.trainable_weights]
-    assert trainable and all(layer.name.startswith("conv5_") for layer in trainable)
-    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
-
-    moving = [w for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)
-              for w in layer.non_trainable_weights]
-    before = [w.numpy() for w in moving]
-    conv_before = base.get_layer("conv5_block3_3_conv").kernel.numpy()
-    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="sparse_categorical_crossentropy")
-    model.train_on_batch(*_batch())
-    assert model.optimizer.learning_rate.numpy() == pytest.approx(1e-5)
-    for old, new in zip(before, moving, strict=True):
-        np.testing.assert_array_equal(old, new.numpy())  # BatchNorm statistics unchanged
-    assert not np.array_equal(conv_before, base.get_layer("conv5_block3_3_conv").kernel.numpy())
-
-
-def test_batchnorm_statistics_survive_unfreezing_every_block():
-    # Keras 3's fit() calls the model with training=True, which overrides the training=False
-    # the base was called with; only trainable=False keeps BatchNorm in inference mode.
-    # Unfreezing all 16 blocks must still leave every BatchNorm layer frozen.
-    keras.utils.set_random_seed(0)
-    model = models.build_resnet50(SIZE, weights=None)
-    models.unfreeze_top_blocks(model, len(models.RESNET50_BLOCKS))
-    batchnorms = [layer for layer in model.get_layer("resnet50").layers
-                  if isinstance(layer, keras.layers.BatchNormalization)]
-    assert batchnorms and not any(layer.trainable for layer in batchnorms)
-    before = [layer.moving_mean.numpy() for layer in batchnorms]
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    model.train_on_batch(*_batch())
-    for old, layer in zip(before, batchnorms, strict=True):
-        np.testing.assert_array_equal(old, layer.moving_mean.numpy())
-
-
-def test_bad_block_count_is_an_error(resnet):
-    with pytest.raises(ValueError, match="n_blocks"):
-        models.unfreeze_top_blocks(resnet, 17)
-
-
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(models.WeightsUnavailableError, match="not found"):
-        models.build_resnet50(SIZE, weights=str(tmp_path / "nope.h5"))
+        models.resnet50_base(SIZE, weights=str(tmp_path / "nope.h5"))
 
 
 def test_unreachable_imagenet_weights_never_fall_back_to_random(monkeypatch):
@@ -92,12 +40,12 @@ def test_unreachable_imagenet_weights_never_fall_back_to_random(monkeypatch):
 
     monkeypatch.setattr(keras.applications, "ResNet50", offline)
     with pytest.raises(models.WeightsUnavailableError, match="Colab"):
-        models.build_resnet50(SIZE, weights="imagenet")
+        models.resnet50_base(SIZE, weights="imagenet")
 
 
 @pytest.mark.parametrize("build", [
     lambda: models.build_cnn(SIZE, filters=(8, 16)),
-    lambda: models.build_resnet50(SIZE, weights=None),
+    lambda: small_resnet50(SIZE),
 ], ids=["cnn", "resnet50"])
 def test_saved_model_loads_in_safe_mode_and_predicts_the_same(build, tmp_path):
     keras.utils.set_random_seed(0)

@@ -1,8 +1,9 @@
 """The notebooks' shape (lint), their nbval copies, the Colab links and the batch runner.
 
-The notebooks themselves run under nbval: tests/notebooks/*.ipynb (see helpers/notebooks.py).
+The notebooks themselves run under nbval: tests/notebooks/*.ipynb (see helpers/tools/notebooks.py).
 """
 
+import ast
 import json
 import shutil
 
@@ -11,7 +12,8 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from helpers import notebooks, project, study
+from helpers import project
+from helpers.tools import notebooks, study
 
 SOURCES = notebooks.source_paths()
 
@@ -25,14 +27,26 @@ def test_source_notebook_passes_lint(path):
 def test_checked_copy_runs_the_same_code_with_the_smoke_profile(path):
     copy = nbformat.read(notebooks.CHECKED_DIR / path.name, as_version=4)
     assert notebooks.code_cells(copy) == notebooks.code_cells(
-        nbformat.read(path, as_version=4)), "run `python -m helpers.notebooks refresh`"
+        nbformat.read(path, as_version=4)), "run `python -m helpers.tools.notebooks refresh`"
     injected = [cell for cell in copy.cells
                 if "injected-parameters" in cell.metadata.get("tags", [])]
     assert len(injected) == 1
-    assert f'RUN_DIR = "{notebooks.CHECKED_RUN_DIR}"' in injected[0].source
+    # What papermill injected is the smoke profile, as the notebook declares it.
+    values = {node.targets[0].id: ast.literal_eval(node.value)
+              for node in ast.parse(injected[0].source).body}
+    declared = study.notebook_parameters(path)
+    smoke = {key: value for key, value in study.load_profile("smoke").items() if key in declared}
+    assert values == {**smoke, "RUN_DIR": notebooks.CHECKED_RUN_DIR}, (
+        "the smoke profile changed: run `python -m helpers.tools.notebooks refresh`")
     checked = [cell for cell in copy.cells
                if notebooks.CHECK_TAG in cell.metadata.get("tags", [])]
-    assert checked and all(cell.outputs for cell in checked)
+    assert all(cell.outputs for cell in checked)
+    # Library start-up lines on stderr come and go between runs: never part of a checked output.
+    assert not [output for cell in checked for output in cell.outputs
+                if output.get("name") == "stderr"]
+    # Exact outputs (counts, sizes, parameter totals) are checked in notebooks 1-4; trained
+    # results are checked with tolerances in test_smoke_study.py.
+    assert checked or path.stem == "05_compare"
 
 
 def test_lint_finds_each_kind_of_problem(tmp_path, monkeypatch):
@@ -74,11 +88,29 @@ def test_badges_and_install_cells_derive_from_the_one_repository_url(tmp_path, m
     assert notebooks.sync(path) is False
 
 
-def test_profiles_only_set_parameters_the_notebooks_declare():
-    declared = set().union(*(study.notebook_parameters(path) for path in SOURCES))
-    for profile in ("smoke", "cpu", "full"):
-        parameters = study.load_profile(profile)
-        assert set(parameters) <= declared, profile
+PROFILES = sorted(path.stem for path in study.PROFILE_DIR.glob("*.yaml"))
+
+
+def test_notebook_defaults_are_the_colab_profile():
+    """The parameters cells are the one configuration: colab.yaml says what they hold."""
+    defaults = {}
+    for path in SOURCES:
+        for name, (_, value) in study.declared_parameters(path).items():
+            assert defaults.setdefault(name, value) == value, f"{name} differs in {path.name}"
+    del defaults["RUN_DIR"]  # where to write, not how to run the study
+    colab = study.load_profile("colab")
+    assert colab == defaults
+    assert {name: type(value) for name, value in colab.items()} == {
+        name: type(value) for name, value in defaults.items()}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_profiles_only_override_declared_parameters_with_their_types(profile):
+    assert {"colab", "cpu", "full", "smoke"} <= set(PROFILES)
+    study.check_parameters(study.load_profile(profile), study.all_declared_parameters())
+
+
+def test_profile_choices():
     assert study.load_profile("smoke")["DATA_SOURCE"] == "synthetic"
     assert study.load_profile("cpu")["RESNET_WEIGHTS"] == "none"  # labelled random init
     assert study.load_profile("full")["RESNET_WEIGHTS"] == "imagenet"
@@ -126,5 +158,13 @@ def test_study_command_rejects_unknown_profiles_and_bad_overrides(capsys):
     assert "No profile 'nope'" in capsys.readouterr().err
     assert study.main(["--profile", "smoke", "--set", "lower=1"]) == 1
     assert "UPPER_CASE" in capsys.readouterr().err
+    assert study.main(["--profile", "smoke", "--set", "SPLIT_SEEED=7"]) == 1
+    assert "No notebook declares the parameter SPLIT_SEEED; did you mean SPLIT_SEED?" in (
+        capsys.readouterr().err)
+    assert study.main(["--profile", "smoke", "--set", "CNN_EPOCHS=many"]) == 1
+    assert "CNN_EPOCHS must be of type int, got 'many'" in capsys.readouterr().err
+    assert study.main(["--profile", "smoke", "--set", "DETERMINISTIC=1"]) == 1
+    assert "DETERMINISTIC must be of type bool" in capsys.readouterr().err
+    study.check_parameters({"CNN_LEARNING_RATE": 1}, study.all_declared_parameters())
     assert study.parse_override("CNN_EPOCHS=3") == ("CNN_EPOCHS", 3)
     assert yaml.safe_load("[a, b]") == study.parse_override("X=[a, b]")[1]

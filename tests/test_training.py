@@ -1,17 +1,17 @@
+import filecmp
 import hashlib
 import json
-import subprocess
-import sys
+import shutil
 
 import keras
 import numpy as np
-import pandas as pd
 import pytest
 import tensorflow as tf
 
-from helpers import data, training
+from helpers import data, inference, models, training
+from helpers.errors import DataError
 from helpers.labels import CLASS_NAMES
-from tests.conftest import REPOSITORY
+from helpers.runfolder import RunFolder
 
 
 @pytest.mark.parametrize("gpus, tpu, kind", [
@@ -47,132 +47,135 @@ def test_this_cpu_machine_gets_the_default_strategy_and_float32():
 
 
 def test_schedule_warms_up_then_decays_to_zero():
-    schedule = training.learning_rate("schedule", 1e-3, steps_per_epoch=10, epochs=5)
+    schedule = training.warmup_cosine(1e-3, steps_per_epoch=10, epochs=5)
     rates = [float(schedule(step)) for step in [0, 5, 10, 30, 50]]
     assert rates[0] == pytest.approx(1e-4)
     assert rates[0] < rates[1] < rates[2] == pytest.approx(1e-3)
     assert rates[2] > rates[3] > rates[4] and rates[4] == pytest.approx(0, abs=1e-9)
-    assert training.learning_rate("constant", 1e-3, 10, 5) == 1e-3
-    with pytest.raises(ValueError, match="strategy"):
-        training.learning_rate("cyclic", 1e-3, 10, 5)
 
 
-def test_callbacks_cover_checkpoint_early_stopping_history_backup(tmp_path):
-    kinds = {type(c).__name__ for c in training.make_callbacks(
-        tmp_path, "cnn", lr_strategy="plateau", images_per_epoch=10, tensorboard=True)}
-    assert {"ModelCheckpoint", "EarlyStopping", "ReduceLROnPlateau", "CSVLogger",
-            "BackupAndRestore", "EpochTiming", "TensorBoard"} <= kinds
-    kinds = {type(c).__name__ for c in training.make_callbacks(
-        tmp_path, "cnn", lr_strategy="schedule", images_per_epoch=10)}
-    assert "ReduceLROnPlateau" not in kinds and "TensorBoard" not in kinds
-
-
-def test_history_has_timing_and_learning_rate_columns(tmp_path):
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
-    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
-    y = (x[:, 0] > 0).astype("int32")
-    model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0, callbacks=training.make_callbacks(
-        tmp_path, "tiny", lr_strategy="constant", images_per_epoch=32))
-    history = pd.read_csv(tmp_path / "history" / "tiny.csv")
-    assert len(history) == 2
-    assert (history["epoch_seconds"] > 0).all() and (history["images_per_second"] > 0).all()
-    assert history["learning_rate"].tolist() == pytest.approx([0.01, 0.01])
-    assert (tmp_path / "models" / "tiny.keras").exists()
-    assert training.best_logged(tmp_path / "history" / "tiny.csv") == history["val_loss"].min()
-
-
-def _train(run_dir, *extra):
-    command = [sys.executable, "-m", "helpers.train", "cnn", "--run-dir", str(run_dir),
-               "--image-size", "16", "--batch-size", "8", "--epochs", "3", "--max-images", "48",
-               "--deterministic", "--patience", "9", "--cache", "none", *extra]
-    return subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, timeout=300)
-
-
-def test_a_killed_run_resumes_to_the_same_weights(synthetic_source, tmp_path):
+@pytest.fixture()
+def run(synthetic_source, tmp_path) -> RunFolder:
+    """A run folder with the synthetic dataset's split (notebook 1's output)."""
     root, _ = synthetic_source
-    runs = {name: tmp_path / name for name in ("straight", "resumed")}
-    for run_dir in runs.values():
-        assert data.main(["prepare", "--source", "local", "--data-dir", str(root),
-                          "--run-dir", str(run_dir)]) == 0
-    assert _train(runs["straight"]).returncode == 0
-    stopped = _train(runs["resumed"], "--stop-after-epoch", "2")
-    assert stopped.returncode == 3, stopped.stderr[-2000:]
-    assert "resume" in stopped.stderr
-    assert len(pd.read_csv(runs["resumed"] / "history" / "cnn.csv")) == 2
-    finished = _train(runs["resumed"])
-    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert data.main(["prepare", "--source", "local", "--data-dir", str(root),
+                      "--run-dir", str(tmp_path)]) == 0
+    return RunFolder(tmp_path)
 
-    histories = {name: pd.read_csv(run_dir / "history" / "cnn.csv")
-                 for name, run_dir in runs.items()}
+
+def _train_tiny(run, name="tiny", epochs=3, phase=None, initial_epoch=0, **callback_options):
+    """A small recipe as a notebook writes it, on the plumbing of TrainingRun."""
+    training_run = training.TrainingRun(run, name, label="Tiny CNN", seed=7, deterministic=True,
+                                        parameters={"EPOCHS": epochs})
+    train_data, validation_data = training_run.datasets(image_size=16, batch_size=8,
+                                                        max_images=48, cache=None)
+    model = models.build_cnn(16, filters=(4, 8), seed=7)
+    model.compile(optimizer=keras.optimizers.AdamW(
+                      training.warmup_cosine(2e-3, training_run.steps_per_epoch, epochs)),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train_data, validation_data=validation_data, epochs=epochs, verbose=0,
+              initial_epoch=initial_epoch,
+              callbacks=training_run.callbacks(phase, patience=9, initial_epoch=initial_epoch,
+                                               precise_batchnorm_images=16, **callback_options))
+    return training_run, model
+
+
+def test_callbacks_need_the_data_and_cover_the_standard_set(run):
+    training_run = training.TrainingRun(run, "tiny", label="Tiny", seed=0)
+    with pytest.raises(RuntimeError, match="datasets"):
+        training_run.callbacks()
+    training_run.datasets(image_size=16, batch_size=8)
+    kinds = [type(callback).__name__ for callback in training_run.callbacks(
+        probe_batchnorm_images=16, stop_after_epoch=2)]
+    assert kinds == ["BackupAndRestore", "EpochSeeds", "ModelCheckpoint", "EarlyStopping",
+                     "EpochTiming", "PreciseBatchNorm", "BatchNormStatisticsProbe",
+                     "CSVLogger", "StopAfterEpoch"]
+
+
+def test_a_killed_run_resumes_to_the_same_weights(run, tmp_path_factory):
+    straight = RunFolder(tmp_path_factory.mktemp("straight"))
+    shutil.copytree(run.root / "data", straight.root / "data")
+    _, model = _train_tiny(straight)
+    expected = model.get_weights()
+    with pytest.raises(training.TrainingStoppedError):
+        _train_tiny(run, stop_after_epoch=2)
+    assert len(run.read_history("tiny")) == 2
+    assert not run.validation_metrics("tiny").exists()
+    _train_tiny(run)  # the same recipe again: resumes at epoch 3
+
+    histories = {"straight": straight.read_history("tiny"), "resumed": run.read_history("tiny")}
     assert histories["resumed"]["epoch"].tolist() == [0, 1, 2]
     for column in ["loss", "accuracy", "val_loss", "val_accuracy"]:
         np.testing.assert_allclose(histories["resumed"][column], histories["straight"][column],
                                    rtol=1e-6, err_msg=column)
-    weights = {name: keras.saving.load_model(run_dir / "models" / "cnn.keras").get_weights()
-               for name, run_dir in runs.items()}
-    for straight, resumed in zip(weights["straight"], weights["resumed"], strict=True):
-        np.testing.assert_allclose(straight, resumed, rtol=1e-6, atol=1e-7)
+    resumed = keras.saving.load_model(run.model("tiny")).get_weights()
+    best_straight = keras.saving.load_model(straight.model("tiny")).get_weights()
+    for straight_weights, resumed_weights in zip(best_straight, resumed, strict=True):
+        np.testing.assert_allclose(straight_weights, resumed_weights, rtol=1e-6, atol=1e-7)
+    assert len(expected) == len(resumed)
 
 
-def test_run_folder_records_config_and_model_sidecar(synthetic_source, tmp_path):
-    root, _ = synthetic_source
-    assert data.main(["prepare", "--source", "local", "--data-dir", str(root),
-                      "--run-dir", str(tmp_path)]) == 0
-    result = _train(tmp_path, "--epochs", "1", "--xla")
-    assert result.returncode == 0, result.stderr[-2000:]
-    info = json.loads((tmp_path / "models" / "cnn.json").read_text())
-    assert info["class_names"] == list(CLASS_NAMES)
-    assert (info["image_size"], info["resize_method"]) == (16, "bilinear")
-    record = json.loads((tmp_path / "config" / "cnn.json").read_text())
-    assert record["config"]["xla"] is True
-    split_csv = tmp_path / "data" / "split.csv"
-    assert record["split_sha256"] == hashlib.sha256(split_csv.read_bytes()).hexdigest()
-    assert record["config"]["image_size"] == 16 and record["config"]["deterministic"]
+def test_finish_records_the_run_the_sidecar_and_validation_metrics(run):
+    training_run, _ = _train_tiny(run, epochs=1)
+    result = training_run.finish()
+    info = json.loads(inference.sidecar_path(run.model("tiny")).read_text())
+    assert info["label"] == "Tiny CNN" and info["class_names"] == list(CLASS_NAMES)
+    assert (info["image_size"], info["resize_method"], info["crop_fraction"]) == (
+        16, "bilinear", 1.0)
+    record = run.read_run_record("tiny")
+    assert record["split_sha256"] == hashlib.sha256(run.split_csv.read_bytes()).hexdigest()
+    assert record["parameters"] == {"EPOCHS": 1} and record["deterministic"]
+    assert record["data"]["training_images"] == 48 and record["data"]["image_size"] == 16
     assert record["versions"]["tensorflow"] == tf.__version__
-    assert record["devices"] and record["git_commit"]
-    metrics = json.loads((tmp_path / "metrics" / "cnn_validation.json").read_text())
-    assert 0 <= metrics["accuracy"] <= 1 and metrics["n_images"] > 0
-    # Run again once finished: a new run replaces it, nothing is appended to the old one.
-    again = _train(tmp_path, "--epochs", "1")
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "training it again from scratch" in again.stdout
-    assert pd.read_csv(tmp_path / "history" / "cnn.csv")["epoch"].tolist() == [0]
+    assert record["devices"] and record["git_commit"] and record["precision"] == "float32"
+    assert json.loads(run.validation_metrics("tiny").read_text()) == result
+    assert 0 <= result["accuracy"] <= 1 and result["n_images"] > 0
 
 
-def _train_resnet(run_dir, *extra):
-    command = [sys.executable, "-m", "helpers.train", "resnet50", "--run-dir", str(run_dir),
-               "--image-size", "32", "--batch-size", "8", "--epochs", "2", "--max-images", "32",
-               "--fine-tune-epochs", "1", "--fine-tune-blocks", "2", *extra]
-    return subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, timeout=300)
+def test_a_finished_run_trained_again_starts_afresh(run, capsys):
+    _train_tiny(run, epochs=2)[0].finish()
+    _train_tiny(run, epochs=1)
+    assert "training it again from scratch" in capsys.readouterr().out
+    assert run.read_history("tiny")["epoch"].tolist() == [0]
 
 
-def test_resnet50_trains_frozen_then_fine_tuned_and_labels_random_init(synthetic_source,
-                                                                       tmp_path):
+def test_history_has_timing_learning_rate_and_the_batchnorm_probe(run):
+    _train_tiny(run, epochs=2, probe_batchnorm_images=16)
+    history = run.read_history("tiny")
+    assert len(history) == 2
+    assert (history["epoch_seconds"] > 0).all() and (history["images_per_second"] > 0).all()
+    assert history["learning_rate"].iloc[1] < history["learning_rate"].iloc[0]
+    assert history["val_accuracy_recomputed_bn"].between(0, 1).all()
+    assert run.model("tiny").exists()
+
+
+def test_the_batchnorm_probe_leaves_training_unchanged(run, tmp_path_factory):
+    other = RunFolder(tmp_path_factory.mktemp("probed"))
+    shutil.copytree(run.root / "data", other.root / "data")
+    _, plain = _train_tiny(run, epochs=2)
+    _, probed = _train_tiny(other, epochs=2, probe_batchnorm_images=16)
+    for a, b in zip(plain.weights, probed.weights, strict=True):  # moving statistics included
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
+
+
+def test_a_run_resumes_only_on_the_split_it_started_with(run, synthetic_source):
+    with pytest.raises(training.TrainingStoppedError):
+        _train_tiny(run, stop_after_epoch=1)
     root, _ = synthetic_source
-    assert data.main(["prepare", "--source", "local", "--data-dir", str(root),
-                      "--run-dir", str(tmp_path)]) == 0
-    result = _train_resnet(tmp_path, "--weights", "none")
-    assert result.returncode == 0, result.stderr[-2000:]
-    history = pd.read_csv(tmp_path / "history" / "resnet50.csv")
-    phases = json.loads((tmp_path / "history" / "resnet50_phases.json").read_text())
-    assert phases["frozen_epochs"] == 2
-    assert history["epoch"].tolist() == [0, 1, 2]  # phase 2 continues the epoch count
-    assert history["learning_rate"].iloc[2] < history["learning_rate"].iloc[:2].max() / 10
-    assert (tmp_path / "models" / "resnet50_frozen.keras").exists()
-    info = json.loads((tmp_path / "models" / "resnet50.json").read_text())
-    assert info["label"] == "ResNet50, random init"
+    assert data.main(["prepare", "--source", "local", "--data-dir", str(root), "--run-dir",
+                      str(run.root), "--seed", "3", "--force"]) == 0
+    with pytest.raises(DataError, match="started on another split"):
+        training.TrainingRun(run, "tiny", label="Tiny CNN", seed=7)
 
 
-def test_resnet50_without_imagenet_weights_stops_with_what_to_do(synthetic_source, tmp_path):
-    root, _ = synthetic_source
-    assert data.main(["prepare", "--source", "local", "--data-dir", str(root),
-                      "--run-dir", str(tmp_path)]) == 0
-    result = _train_resnet(tmp_path, "--weights", str(tmp_path / "missing.h5"))
-    assert result.returncode == 1
-    assert "weights file not found" in result.stderr
-    assert not (tmp_path / "models" / "resnet50.keras").exists()
+def test_phases_keep_their_own_best_and_a_skipped_last_phase_keeps_the_first(run):
+    training_run, _ = _train_tiny(run, epochs=2, phase="first")
+    assert training_run.end_phase("first") == 2
+    assert run.phase_boundary("tiny") == 2 and training_run.phase_finished("first")
+    assert run.model("tiny", "first").exists() and not run.model("tiny").exists()
+    training_run.finish()  # no epoch in the last phase: phase 1's best is the model kept
+    assert filecmp.cmp(run.model("tiny", "first"), run.model("tiny"), shallow=False)
+    assert run.finished_phases("tiny") == {"first": 2}
 
 
 def test_recalibration_sets_exact_batch_statistics_and_leaves_weights_alone():

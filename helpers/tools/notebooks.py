@@ -1,8 +1,8 @@
 """Keep the notebooks consistent: Colab links, lint, and the nbval reference copies.
 
-    python -m helpers.notebooks sync      # badges and install cells from helpers.project
-    python -m helpers.notebooks lint      # the checks tests/test_notebooks.py runs
-    python -m helpers.notebooks refresh   # re-execute the smoke copies nbval checks against
+    python -m helpers.tools.notebooks sync      # badges and install cells from helpers.project
+    python -m helpers.tools.notebooks lint      # the checks tests/test_notebooks.py runs
+    python -m helpers.tools.notebooks refresh   # re-execute the smoke copies nbval checks against
 
 The sources in ``notebooks/`` carry no outputs (strip them with ``nbstripout``, which keeps
 cell tags). nbval re-runs the executed copies in ``tests/notebooks/`` (smoke profile) and
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import nbformat
 
-from helpers import project, study
+from helpers import project
+from helpers.tools import study
 
 SOURCE_DIR = project.ROOT / "notebooks"
 CHECKED_DIR = project.ROOT / "tests" / "notebooks"
@@ -81,7 +82,7 @@ def lint(path: Path) -> list[str]:
     badges = BADGE.findall(cells[0].source) if cells else []
     if badges != [project.colab_url(relative(path))]:
         problems.append(f"the Colab badge must point at {project.colab_url(relative(path))}, "
-                        f"found {badges} (run python -m helpers.notebooks sync)")
+                        f"found {badges} (run python -m helpers.tools.notebooks sync)")
     setup = cells[1].source if len(cells) > 1 else ""
     for needed in ('IS_COLAB = "google.colab" in sys.modules', f'"{project.REPOSITORY_URL}"',
                    "runtime.report_accelerator(IS_COLAB)"):
@@ -132,7 +133,7 @@ def refresh() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.notebooks", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m helpers.tools.notebooks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["sync", "lint", "refresh"])
     args = parser.parse_args(argv)

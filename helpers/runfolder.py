@@ -1,0 +1,145 @@
+"""The run folder: the one place that knows where a study's files live.
+
+The notebooks pass results to each other only through this folder, so its layout is their
+contract. Every path is asked of a ``RunFolder``; nothing else builds one by hand.
+
+    data/split.csv, split.json              the split (notebook 1) and what it was made from
+    data/audit.json, audit_index.csv        the audit of every file
+    models/NAME.keras, NAME.json            the kept model and its sidecar (label, classes,
+                                            input size, resize method, crop; the sidecar's
+                                            path is ``inference.sidecar_path``)
+    models/NAME_PHASE.keras                 the best model of an earlier training phase
+    history/NAME.csv                        one row per epoch, across resumes and phases
+    history/NAME_phases.json                epochs of each finished phase
+    backup/NAME_PHASE/                      BackupAndRestore's state while a phase runs
+    config/NAME.json                        the run record: parameters, split hash, versions
+    metrics/NAME_validation.json            validation metrics of the kept model
+    metrics/NAME_test.json                  the test report (notebook 5)
+    metrics/comparison.csv                  the comparison table (notebook 5)
+    predictions/NAME_SUBSET[_tta].csv       per-image predictions
+    figures/NAME.png                        figures
+    notebooks/                              executed notebooks of a headless study
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from helpers import split
+from helpers.errors import DataError
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths and small readers of one run folder (``root``)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # -- data ------------------------------------------------------------------------------
+    @property
+    def split_csv(self) -> Path:
+        return self.root / "data" / "split.csv"
+
+    @property
+    def split_metadata(self) -> Path:
+        """``split.json`` beside the split: seed, counts and the data root."""
+        return self.split_csv.with_suffix(".json")
+
+    @property
+    def audit_json(self) -> Path:
+        return self.root / "data" / "audit.json"
+
+    @property
+    def audit_index(self) -> Path:
+        return self.root / "data" / "audit_index.csv"
+
+    def load_split(self) -> tuple[pd.DataFrame, Path]:
+        """The split (one row per image) and the data root its paths are relative to.
+
+        Raises DataError when notebook 1 has not made the split yet.
+        """
+        if not self.split_csv.exists():
+            raise DataError(f"No split in {self.root}: run notebook 01 or `python -m helpers.data "
+                            f"prepare --run-dir {self.root}` first.")
+        metadata = json.loads(self.split_metadata.read_text())
+        return split.read_split(self.split_csv), Path(metadata["data_root"])
+
+    def read_audit(self) -> dict:
+        return json.loads(self.audit_json.read_text())
+
+    # -- models ----------------------------------------------------------------------------
+    def model(self, name: str, phase: str | None = None) -> Path:
+        """``models/NAME.keras``, or the best model of training phase ``phase``."""
+        return self.root / "models" / (f"{name}_{phase}.keras" if phase else f"{name}.keras")
+
+    # -- training --------------------------------------------------------------------------
+    def history(self, name: str) -> Path:
+        return self.root / "history" / f"{name}.csv"
+
+    def read_history(self, name: str) -> pd.DataFrame:
+        """The per-epoch history of run NAME (every phase)."""
+        return pd.read_csv(self.history(name))
+
+    def history_names(self) -> list[str]:
+        """The names of every run with a history, sorted."""
+        return sorted(path.stem for path in (self.root / "history").glob("*.csv"))
+
+    def phases(self, name: str) -> Path:
+        return self.root / "history" / f"{name}_phases.json"
+
+    def finished_phases(self, name: str) -> dict[str, int]:
+        """Finished training phases of run NAME and the epoch count at each one's end."""
+        path = self.phases(name)
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def phase_boundary(self, name: str) -> int | None:
+        """Epochs of the first of two phases (where fine-tuning starts), or None."""
+        finished = list(self.finished_phases(name).values())
+        return finished[0] if finished else None
+
+    def backup(self, name: str, phase: str | None = None) -> Path:
+        return self.root / "backup" / (f"{name}_{phase}" if phase else name)
+
+    def run_record(self, name: str) -> Path:
+        return self.root / "config" / f"{name}.json"
+
+    def read_run_record(self, name: str) -> dict:
+        """What run NAME was trained with: parameters, data settings, split hash, versions."""
+        return json.loads(self.run_record(name).read_text())
+
+    # -- results ---------------------------------------------------------------------------
+    def validation_metrics(self, name: str) -> Path:
+        return self.root / "metrics" / f"{name}_validation.json"
+
+    def test_metrics(self, name: str) -> Path:
+        return self.root / "metrics" / f"{name}_test.json"
+
+    @property
+    def comparison_table(self) -> Path:
+        return self.root / "metrics" / "comparison.csv"
+
+    def predictions(self, name: str, subset: str, tta: bool = False) -> Path:
+        return self.root / "predictions" / f"{name}_{subset}{'_tta' if tta else ''}.csv"
+
+    def figure(self, name: str) -> Path:
+        return self.root / "figures" / f"{name}.png"
+
+    @property
+    def notebooks(self) -> Path:
+        """Where a headless study puts the executed notebooks."""
+        return self.root / "notebooks"
+
+
+def open_folder(path: str | os.PathLike) -> RunFolder:
+    """A RunFolder at ``path`` (relative paths are relative to the repository root)."""
+    from helpers import project
+
+    return RunFolder(project.resolve(path))

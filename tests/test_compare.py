@@ -1,0 +1,116 @@
+"""The comparison of notebook 5: test-time evaluation, calibration fitted on validation,
+learning dynamics and the comparison table."""
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import compare, data, evaluate, inference, metrics, models
+from helpers.runfolder import RunFolder
+
+
+@pytest.fixture(scope="module")
+def scored_run(synthetic_source, tmp_path_factory):
+    """A run folder with the synthetic split, an untrained small CNN as ``cnn``, and its
+    test report."""
+    root, _ = synthetic_source
+    run = RunFolder(tmp_path_factory.mktemp("run"))
+    assert data.main(["prepare", "--source", "local", "--data-dir", str(root),
+                      "--run-dir", str(run.root)]) == 0
+    keras.utils.set_random_seed(0)
+    run.model("cnn").parent.mkdir()
+    models.build_cnn(16, filters=(4, 8), augment=False, seed=0).save(run.model("cnn"))
+    inference.write_sidecar(run.model("cnn"), label="Baseline CNN", image_size=16,
+                            resize_method="bilinear", crop_fraction=1.0)
+    loaded = inference.load_model(run.model("cnn"))
+    report = compare.evaluate_on_test(run, "cnn", loaded, tta=True, n_resamples=50)
+    return run, loaded, report
+
+
+def test_test_report_scores_the_test_split_and_is_saved(scored_run):
+    run, _, report = scored_run
+    split_frame, _ = run.load_split()
+    assert report["n_images"] == int((split_frame["split"] == "test").sum())
+    saved = json.loads(run.test_metrics("cnn").read_text())
+    assert saved["accuracy"] == report["accuracy"] and saved.keys() == report.keys()
+    test = pd.read_csv(run.predictions("cnn", "test"))
+    assert test["path"].tolist() == sorted(split_frame.loc[split_frame["split"] == "test",
+                                                           "path"])
+    assert run.predictions("cnn", "test", tta=True).exists()
+    assert report["label"] == "Baseline CNN"
+
+
+def test_temperature_is_fitted_on_validation_and_applied_to_test(scored_run):
+    run, loaded, report = scored_run
+    frames = {subset: pd.read_csv(run.predictions("cnn", subset))
+              for subset in ("validation", "test")}
+    y = {subset: evaluate.true_indices(frame, loaded.class_names)
+         for subset, frame in frames.items()}
+    probabilities = {subset: evaluate.probabilities_of(frame, loaded.class_names)
+                     for subset, frame in frames.items()}
+    calibration = report["calibration"]
+    assert calibration["temperature"] == pytest.approx(
+        metrics.fit_temperature(y["validation"], probabilities["validation"]), rel=1e-4)
+    assert calibration["temperature"] != pytest.approx(
+        metrics.fit_temperature(y["test"], probabilities["test"]), rel=1e-2)
+    scaled = metrics.apply_temperature(probabilities["test"], calibration["temperature"])
+    assert calibration["nll_after"] == pytest.approx(
+        metrics.negative_log_likelihood(y["test"], scaled))
+    assert calibration["ece_before"] == pytest.approx(
+        metrics.expected_calibration_error(y["test"], probabilities["test"]))
+    assert report["validation_accuracy"] == pytest.approx(
+        float((frames["validation"]["label"] == frames["validation"]["predicted"]).mean()))
+
+
+HISTORY = pd.DataFrame({
+    "epoch": [0, 1, 2, 3],
+    "loss": [1.0, 0.6, 0.4, 0.3],
+    "accuracy": [0.6, 0.8, 0.9, 0.97],
+    "val_loss": [0.9, 0.5, 0.6, 0.7],
+    "val_accuracy": [0.7, 0.96, 0.94, 0.93],
+    "epoch_seconds": [60.0, 60.0, 60.0, 60.0],
+    "images_per_second": [100.0, 200.0, 220.0, 210.0],
+})
+
+
+def test_learning_dynamics_from_a_history():
+    dynamics = compare.learning_dynamics(HISTORY, threshold=0.95)
+    assert dynamics == pytest.approx({
+        "epochs": 4, "best_epoch": 2, "best_val_accuracy": 0.96,
+        "overfitting_from": 3,  # validation loss rose while training loss fell
+        "gap_at_best": 0.8 - 0.96, "epochs_to_threshold": 2, "minutes_to_threshold": 2.0})
+    never = compare.learning_dynamics(HISTORY, threshold=0.99)
+    assert never["epochs_to_threshold"] is None and never["minutes_to_threshold"] is None
+    last_best = HISTORY.assign(val_loss=[0.9, 0.8, 0.7, 0.6])
+    assert compare.learning_dynamics(last_best)["overfitting_from"] is None
+
+
+def test_training_cost_and_comparison_table(scored_run, tmp_path):
+    _, loaded, report = scored_run
+    run = RunFolder(tmp_path)
+    run.history("cnn").parent.mkdir()
+    HISTORY.to_csv(run.history("cnn"), index=False)
+    cost = compare.training_cost(run, "cnn", loaded.model)
+    assert cost["training_minutes"] == 4.0 and cost["images_per_second"] == 205.0
+    assert cost["parameters"] == loaded.model.count_params()
+    table = compare.comparison_table({"Baseline CNN": report}, {"Baseline CNN": cost})
+    row = table.loc["Baseline CNN"]
+    assert row["test accuracy"] == report["accuracy"]
+    low, high = report["accuracy_ci95"]
+    assert row["accuracy 95% CI"] == f"{low:.4f}-{high:.4f}"
+    assert row["validation - test"] == pytest.approx(report["validation_accuracy"]
+                                                     - report["accuracy"])
+    assert row["test accuracy with TTA"] == report["tta"]["accuracy"]
+    assert row["training minutes"] == 4.0
+
+
+def test_batchnorm_probe_table_counts_update_steps_and_the_share_absorbed():
+    history = HISTORY.assign(val_accuracy_recomputed_bn=[0.8, 0.97, 0.95, 0.96])
+    table = compare.batchnorm_probe_table(history, steps_per_epoch=100, momentum=0.99)
+    assert table.index.tolist() == [1, 2, 3, 4]
+    assert table["update steps"].tolist() == [100, 200, 300, 400]
+    assert table["share absorbed"].iloc[0] == pytest.approx(1 - 0.99 ** 100)
+    np.testing.assert_allclose(table["gap"], [0.1, 0.01, 0.01, 0.03], atol=1e-12)

@@ -1,0 +1,109 @@
+"""The whole study run with the smoke profile: what its run folder must hold.
+
+Trained results are checked with tolerances (they move with TensorFlow, Keras and NumPy
+versions, and Colab runs other versions than CI); exact things (counts, labels, which
+weights may change in which phase) exactly. nbval checks the notebooks' exact outputs.
+"""
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import inference, models
+from helpers.labels import CLASS_NAMES
+from helpers.tools import study
+
+SMOKE = study.load_profile("smoke")
+
+
+def test_every_model_is_labelled_and_scored_on_the_whole_validation_split(smoke_run):
+    split_frame, _ = smoke_run.load_split()
+    n_validation = int((split_frame["split"] == "validation").sum())
+    for name, label in [("cnn", "Baseline CNN"), ("resnet50", "ResNet50, random init")]:
+        # Random init never says ImageNet.
+        assert inference.load_model(smoke_run.model(name)).label == label
+        scores = json.loads(smoke_run.validation_metrics(name).read_text())
+        assert scores["n_images"] == n_validation
+        record = smoke_run.read_run_record(name)
+        assert record["label"] == label and record["seed"] == SMOKE["SEED"]
+        assert record["deterministic"] is True
+
+
+def test_cnn_learns_the_synthetic_cells_and_random_init_resnet_stays_near_chance(smoke_run):
+    reports = {name: json.loads(smoke_run.test_metrics(name).read_text())
+               for name in ("cnn", "resnet50")}
+    split_frame, _ = smoke_run.load_split()
+    n_test = int((split_frame["split"] == "test").sum())
+    assert reports["cnn"]["n_images"] == reports["resnet50"]["n_images"] == n_test
+    # Two epochs on 96 images: far above chance (1/8), far from perfect.
+    assert reports["cnn"]["accuracy"] == pytest.approx(0.6, abs=0.25)
+    assert reports["resnet50"]["accuracy"] == pytest.approx(1 / len(CLASS_NAMES), abs=0.15)
+    for report in reports.values():
+        low, high = report["accuracy_ci95"]
+        assert low <= report["accuracy"] <= high
+        assert report["calibration"]["temperature"] > 0
+        assert "tta" in report  # the smoke profile asks for TTA
+    table = pd.read_csv(smoke_run.comparison_table, index_col="model")
+    assert list(table.index) == ["Baseline CNN", "ResNet50, random init"]
+    assert table.loc["Baseline CNN", "test accuracy"] == pytest.approx(
+        reports["cnn"]["accuracy"])
+
+
+def test_each_strategy_and_the_batchnorm_demonstration_left_a_history(smoke_run):
+    for strategy in SMOKE["CNN_LR_STRATEGIES"]:
+        history = smoke_run.read_history(f"cnn_{strategy}")
+        assert history["epoch"].tolist() == list(range(SMOKE["CNN_COMPARE_EPOCHS"]))
+    demo = smoke_run.read_history("cnn_keras_defaults")
+    assert len(demo) == SMOKE["CNN_DEMO_EPOCHS"]
+    assert demo["val_accuracy_recomputed_bn"].between(0, 1).all()
+    assert smoke_run.read_run_record("cnn_keras_defaults")["parameters"][
+        "batchnorm_momentum"] == 0.99
+
+
+def test_resnet50_history_spans_both_phases(smoke_run):
+    boundary = smoke_run.phase_boundary("resnet50")
+    history = smoke_run.read_history("resnet50")
+    assert boundary == SMOKE["RESNET_FROZEN_EPOCHS"]
+    assert history["epoch"].tolist() == list(
+        range(SMOKE["RESNET_FROZEN_EPOCHS"] + SMOKE["RESNET_FINE_TUNE_EPOCHS"]))
+    # Phase 2 runs at RESNET_FINE_TUNE_LEARNING_RATE, 20x below phase 1's.
+    assert history["learning_rate"].iloc[boundary:].max() < (
+        history["learning_rate"].iloc[:boundary].max() / 10)
+
+
+def _weights_by_path(model: keras.Model) -> dict[str, np.ndarray]:
+    return {variable.path: variable.numpy() for variable in model.weights}
+
+
+def test_fine_tuning_changed_only_the_top_blocks_convolutions(smoke_run):
+    """Phase 2 must unfreeze the top blocks (their kernels move) and nothing else: lower
+    blocks keep phase 1's weights and every BatchNorm statistic stays ImageNet's."""
+    frozen = _weights_by_path(keras.saving.load_model(smoke_run.model("resnet50", "frozen")))
+    tuned = _weights_by_path(keras.saving.load_model(smoke_run.model("resnet50")))
+    assert frozen.keys() == tuned.keys()
+    top = tuple(f"{block}_" for block in models.RESNET50_BLOCKS[-3:])  # the default 3 blocks
+    changed = {path for path in frozen if not np.array_equal(frozen[path], tuned[path])}
+    base = {path for path in frozen if path.startswith("conv")}  # the base's layers
+    top_convolutions = {path for path in base if path.startswith(top) and "_conv/" in path}
+    assert top_convolutions and top_convolutions <= changed, "the top blocks were not tuned"
+    batchnorm = {path for path in base if "_bn/" in path}  # statistics, scale and offset
+    assert batchnorm and not batchnorm & changed, "BatchNorm changed in phase 2"
+    lower = base - {path for path in base if path.startswith(top)}
+    assert lower and not lower & changed, "blocks below the top ones changed"
+
+
+@pytest.mark.parametrize("phase", ["frozen", None], ids=["phase-1", "final"])
+def test_saved_resnet50_applies_preprocess_input_between_its_input_and_the_base(smoke_run,
+                                                                               phase):
+    model = inference.load_model(smoke_run.model("resnet50")).model if phase is None else (
+        keras.saving.load_model(smoke_run.model("resnet50", phase)))
+    size = model.input_shape[1]
+    images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    base = model.get_layer("resnet50")
+    features = base(keras.applications.resnet50.preprocess_input(images.copy()),
+                    training=False)
+    expected = model.get_layer("probabilities")(model.get_layer("pool")(features))
+    np.testing.assert_allclose(model(images, training=False), expected, rtol=1e-4, atol=1e-6)
