@@ -11,7 +11,9 @@ contract. Every path is asked of a ``RunFolder``; nothing else builds one by han
     models/NAME_PHASE.keras                 the best model of an earlier training phase
     history/NAME.csv                        one row per epoch, across resumes and phases
     history/NAME_phases.json                epochs of each finished phase
-    backup/NAME_PHASE/                      BackupAndRestore's state while a phase runs
+    work/NAME/                              a run in progress: its checkpoints, history,
+                                            phases, record and backups, moved into the
+                                            places above when it finishes
     config/NAME.json                        the run record: parameters, split hash, versions
     metrics/NAME_validation.json            validation metrics of the kept model
     metrics/NAME_test.json                  the test report (notebook 5)
@@ -105,8 +107,9 @@ class RunFolder:
         finished = list(self.finished_phases(name).values())
         return finished[0] if finished else None
 
-    def backup(self, name: str, phase: str | None = None) -> Path:
-        return self.root / "backup" / (f"{name}_{phase}" if phase else name)
+    def work(self, name: str) -> Path:
+        """Where run NAME trains until it finishes (``training.TrainingRun``)."""
+        return self.root / "work" / name
 
     def run_record(self, name: str) -> Path:
         return self.root / "config" / f"{name}.json"

@@ -7,15 +7,18 @@ notebooks; this module holds what every run needs besides it, so all runs behave
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import time
 import warnings
 from pathlib import Path
 
+import h5py
 import keras
 import numpy as np
 import pandas as pd
@@ -305,32 +308,125 @@ def git_commit() -> str:
         return "unknown"
 
 
+class ForgetRestoredEpoch(keras.callbacks.Callback):
+    """Clears the epoch a previous ``fit`` restored from a backup (put it first).
+
+    BackupAndRestore tells ``fit`` where to resume through ``model._initial_epoch``, which
+    Keras never resets: a second ``fit`` of the same model (phase 2 after a resumed phase 1)
+    would start at phase 1's resumed epoch instead of its own ``initial_epoch``.
+    """
+
+    def on_train_begin(self, logs=None):
+        if getattr(self.model, "_initial_epoch", None) is not None:
+            self.model._initial_epoch = None
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's BackupAndRestore, except that a finished ``fit`` leaves a backup that says
+    "all epochs done" instead of deleting it: a kill between the end of ``fit`` and
+    ``TrainingRun.finish`` (which removes it) then resumes at the end, rather than training
+    the whole run again (or past where early stopping ended it). Where Keras can (3.7 and
+    newer) the previous backup is kept too, so one damaged by a kill mid-write falls back."""
+
+    def __init__(self, backup_dir: Path):
+        options = {"delete_checkpoint": False}
+        if "double_checkpoint" in inspect.signature(
+                keras.callbacks.BackupAndRestore).parameters:
+            options["double_checkpoint"] = True
+        super().__init__(str(backup_dir), **options)
+        self.metadata_path = Path(backup_dir) / "training_metadata.json"
+
+    def on_train_end(self, logs=None):
+        if self.metadata_path.exists():
+            metadata = json.loads(self.metadata_path.read_text())
+            files.write_json({**metadata, "epoch": self.params["epochs"]}, self.metadata_path)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the model after each epoch with a lower validation loss than ``best`` (the best
+    of this phase so far, from the history when resumed), through a temporary file and a
+    rename: a kill mid-save leaves the previous best whole."""
+
+    def __init__(self, path: Path, best: float | None):
+        super().__init__()
+        self.path = Path(path)
+        self.best = math.inf if best is None else best
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs and logs.get("val_loss", math.inf) < self.best:
+            self.best = logs["val_loss"]
+            temporary = self.path.with_name(f".{self.path.stem}.tmp.keras")
+            self.model.save(temporary)
+            os.replace(temporary, self.path)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping on validation loss that, resumed, counts the epochs already in the
+    history since ``from_epoch`` (Keras's starts counting afresh at every ``fit``, so each
+    resume would grant ``patience`` more epochs). The kept model is the best checkpoint, so
+    the weights are not restored here."""
+
+    def __init__(self, history_csv: Path, from_epoch: int, patience: int):
+        super().__init__(monitor="val_loss", patience=patience)
+        self.history_csv, self.from_epoch = history_csv, from_epoch
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if not self.history_csv.exists() or self.history_csv.stat().st_size == 0:
+            return
+        history = pd.read_csv(self.history_csv)
+        losses = history.loc[history["epoch"] >= self.from_epoch, "val_loss"].to_numpy()
+        if len(losses):
+            best_at = int(np.argmin(losses))
+            self.best = float(losses[best_at])
+            self.wait = len(losses) - 1 - best_at
+
+
+def _readable_weights(path: Path) -> bool:
+    """Whether a ``.weights.h5`` file opens (a kill mid-write leaves one that does not)."""
+    try:
+        with h5py.File(path, "r"):
+            return True
+    except OSError:
+        return False
+
+
+def _normalized(data: dict) -> dict:
+    """``data`` as JSON would give it back (tuples as lists...), for comparing records."""
+    return json.loads(json.dumps(data))
+
+
 class TrainingRun:
     """The plumbing of one training run named NAME in a run folder: what makes a run
     reproducible, resumable and recorded. The recipe (model, optimizer, ``compile``,
     ``fit``) stays with the caller, i.e. in the notebooks.
 
-    Creating it seeds everything, picks the distribution strategy and precision, and checks
-    the run folder: a finished run of the same name is replaced by the new one; an unfinished
-    one is resumed (by the BackupAndRestore callback of ``callbacks``), which is refused when
-    the split changed since it started. ``datasets`` builds the training and validation data
-    and writes the run record; ``callbacks`` gives the standard callbacks for ``fit``;
-    ``end_phase`` closes a training phase; ``finish`` writes the sidecar and validation
-    metrics of the kept model.
+    A run trains in its work folder (``work/NAME/``: checkpoints, history, backups, record)
+    and ``finish`` moves its results into place (``models/``, ``history/``, ``config/``,
+    ``metrics/``). So finished results of an earlier run of NAME are replaced only by a
+    finished new one; a failed or interrupted run leaves them whole. An unfinished run is
+    resumed (by BackupAndRestore) when its notebook runs again, and refused when the split or
+    its parameters changed since it started.
+
+    Creating it seeds everything and picks the distribution strategy and precision.
+    ``datasets`` builds the training and validation data and writes the run record;
+    ``callbacks`` gives the standard callbacks for ``fit``; ``end_phase`` closes a training
+    phase; ``finish`` keeps the best model with its sidecar and validation metrics.
     """
 
     def __init__(self, run: RunFolder, name: str, *, label: str, seed: int,
                  deterministic: bool = False, parameters: dict | None = None):
         self.run, self.name, self.label, self.seed = run, name, label, seed
         self.deterministic = deterministic
-        self.parameters = dict(parameters or {})
+        self.parameters = _normalized(parameters or {})
+        self.work = run.work(name)
         self.split_frame, self.data_root = run.load_split()
         self.split_sha256 = files.file_sha256(run.split_csv)
-        if run.validation_metrics(name).exists():
-            self._clear()
-            print(f"{name} finished before in {run.root}: training it again from scratch")
-        else:
+        if self.work.exists():
             self._check_resumable()
+        elif run.validation_metrics(name).exists():
+            print(f"{name} finished before in {run.root}: training it again; the finished "
+                  "results stay in place until this run finishes.")
         set_seed(seed, deterministic)
         self.strategy = select_strategy()
         self.precision = configure_precision(self.strategy)
@@ -339,29 +435,42 @@ class TrainingRun:
         self.epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.image_settings: dict | None = None
 
-    def _clear(self) -> None:
-        """Remove the files of the finished run NAME, so the new one starts afresh."""
-        for path in [self.run.history(self.name), self.run.phases(self.name),
-                     inference.sidecar_path(self.run.model(self.name)),
-                     self.run.validation_metrics(self.name),
-                     *self.run.root.glob(f"models/{self.name}.keras"),
-                     *self.run.root.glob(f"models/{self.name}_*.keras")]:
-            path.unlink(missing_ok=True)
+    # -- the work folder -----------------------------------------------------------------
+    @property
+    def history_csv(self) -> Path:
+        return self.work / "history.csv"
+
+    def checkpoint(self, phase: str | None = None) -> Path:
+        """The best model so far of this run (of training phase ``phase``)."""
+        return self.work / (f"{self.name}_{phase}.keras" if phase else f"{self.name}.keras")
+
+    def _record_path(self) -> Path:
+        return self.work / "record.json"
+
+    def _phases_path(self) -> Path:
+        return self.work / "phases.json"
+
+    def _start_again(self) -> str:
+        return f"To start {self.name!r} afresh, delete {self.work}."
 
     def _check_resumable(self) -> None:
-        """An unfinished run may only resume on the split it started with."""
-        record_path = self.run.run_record(self.name)
-        started = self.run.history(self.name).exists() or any(
-            self.run.root.glob(f"backup/{self.name}*"))
-        if not (started and record_path.exists()):
-            return
-        recorded = json.loads(record_path.read_text()).get("split_sha256")
-        if recorded and recorded != self.split_sha256:
+        """An unfinished run resumes only with the split and parameters it started with."""
+        if not self._record_path().exists():
+            return  # killed before its record was written: nothing trained yet
+        record = json.loads(self._record_path().read_text())
+        if record["split_sha256"] != self.split_sha256:
             raise DataError(
-                f"Run {self.name!r} in {self.run.root} started on another split than "
-                f"{self.run.split_csv} holds now; resuming would train on images that are now "
-                f"validation or test images. Restore that split, or start {self.name!r} afresh "
-                f"by deleting its history/{self.name}.csv and backup/{self.name}* files.")
+                f"The unfinished run {self.name!r} in {self.run.root} started on another split "
+                f"than {self.run.split_csv} holds now; resuming would train on images that are "
+                f"now validation or test images. Restore that split, or "
+                f"{self._start_again()[0].lower()}{self._start_again()[1:]}")
+        if record["parameters"] != self.parameters:
+            changed = sorted(key for key in {*record["parameters"], *self.parameters}
+                             if record["parameters"].get(key) != self.parameters.get(key))
+            raise DataError(
+                f"The unfinished run {self.name!r} in {self.run.root} started with other "
+                f"parameters ({', '.join(changed)} changed); resuming would mix two runs. "
+                f"Set them back to resume it. {self._start_again()}")
 
     def datasets(self, *, image_size: int, batch_size: int, crop_fraction: float = 1.0,
                  resize_method: str = "bilinear", max_images: int = 0,
@@ -370,7 +479,7 @@ class TrainingRun:
 
         ``batch_size`` is per replica. ``max_images`` > 0 keeps that many training images
         (a fixed sample by ``seed``; validation stays whole). Also writes the run record
-        (``config/NAME.json``) and sets ``steps_per_epoch`` and ``training_images``.
+        and sets ``steps_per_epoch`` and ``training_images``.
         """
         frame = self.split_frame
         if max_images:
@@ -383,6 +492,10 @@ class TrainingRun:
         self.steps_per_epoch = math.ceil(self.training_images / self.global_batch_size)
         self.image_settings = {"image_size": image_size, "resize_method": resize_method,
                                "crop_fraction": crop_fraction}
+        self.data_settings = {**self.image_settings, "max_images": max_images,
+                              "batch_size": batch_size, "training_images": self.training_images,
+                              "steps_per_epoch": self.steps_per_epoch}
+        self._write_record()
         self.training_data, self.validation_data = (
             pipeline.make_dataset(frame, self.data_root, subset,
                                   batch_size=self.global_batch_size, cache=cache,
@@ -390,57 +503,62 @@ class TrainingRun:
                                   epoch_counter=self.epoch_counter if subset == "train" else None,
                                   **self.image_settings)
             for subset in ("train", "validation"))
-        self._write_record(max_images=max_images, batch_size=batch_size)
         return self.training_data, self.validation_data
 
-    def _write_record(self, **data_settings) -> None:
+    def _write_record(self) -> None:
+        if self._record_path().exists():
+            recorded = json.loads(self._record_path().read_text())["data"]
+            if recorded != _normalized(self.data_settings):
+                raise DataError(
+                    f"The unfinished run {self.name!r} in {self.run.root} started with other "
+                    f"data settings ({recorded}); resuming would mix two runs. "
+                    f"{self._start_again()}")
+            return
         files.write_json({
             "name": self.name, "label": self.label, "seed": self.seed,
             "deterministic": self.deterministic, "parameters": self.parameters,
-            "data": {**self.image_settings, **data_settings,
-                     "training_images": self.training_images,
-                     "steps_per_epoch": self.steps_per_epoch},
+            "data": self.data_settings,
             "split_csv": str(self.run.split_csv), "split_sha256": self.split_sha256,
             "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                          "keras": keras.__version__, "numpy": np.__version__},
             "platform": platform.platform(), "devices": device_names(),
             "precision": self.precision, "git_commit": git_commit(),
-        }, self.run.run_record(self.name))
+        }, self._record_path())
 
     def callbacks(self, phase: str | None = None, *, initial_epoch: int = 0, patience: int = 6,
                   precise_batchnorm_images: int = 1024, probe_batchnorm_images: int = 0,
                   stop_after_epoch: int = 0) -> list[keras.callbacks.Callback]:
         """The standard callbacks for ``fit`` of this run (of training phase ``phase``).
 
-        - BackupAndRestore in ``backup/NAME[_PHASE]``: a killed run resumes where it stopped.
         - EpochSeeds: shuffle order and random layers follow the seed and the epoch number,
           so a resumed run matches an uninterrupted one.
-        - ModelCheckpoint of the best epoch by validation loss: ``models/NAME.keras``, or
-          ``models/NAME_PHASE.keras`` for a phase that ``end_phase`` closes. A resumed phase
-          replaces it only with a better epoch than the history's best since
+        - BestCheckpoint: the best epoch by validation loss (``checkpoint(phase)``); a
+          resumed phase replaces it only with a better epoch than the history's best since
           ``initial_epoch``.
-        - EarlyStopping on validation loss after ``patience`` epochs, restoring the best.
+        - ResumableEarlyStopping on validation loss after ``patience`` epochs without a
+          better one, counted across resumes.
         - EpochTiming: epoch seconds, images/s and the learning rate in the history.
         - PreciseBatchNorm: BatchNorm statistics recomputed on ``precise_batchnorm_images``
           training images before each validation (0: off, Keras's moving averages).
         - BatchNormStatisticsProbe on ``probe_batchnorm_images`` images (0: off).
-        - CSVLogger: ``history/NAME.csv``, appended across resumes and phases.
+        - CSVLogger: the history, appended across resumes and phases.
+        - BackupAndRestore, last: an epoch is backed up only once checkpoint and history have
+          it, so a killed run resumes after the last epoch that is fully recorded.
         - StopAfterEpoch(``stop_after_epoch``) when given: a deliberate crash, to try resuming.
         """
         if self.image_settings is None:
             raise RuntimeError("Call datasets() before callbacks(): they need the data.")
-        for folder in ("models", "history", "backup"):
-            (self.run.root / folder).mkdir(parents=True, exist_ok=True)
-        history_csv = self.run.history(self.name)
+        self.work.mkdir(parents=True, exist_ok=True)
+        backup_dir = self.work / (f"backup_{phase}" if phase else "backup")
+        self._check_backup(backup_dir)
+        self._drop_unbacked_history(backup_dir, initial_epoch)
         batches = math.ceil(precise_batchnorm_images / self.global_batch_size)
         callbacks = [
-            keras.callbacks.BackupAndRestore(str(self.run.backup(self.name, phase))),
+            ForgetRestoredEpoch(),
             EpochSeeds(self.epoch_counter, self.seed),
-            keras.callbacks.ModelCheckpoint(
-                str(self.run.model(self.name, phase)), monitor="val_loss", save_best_only=True,
-                initial_value_threshold=best_logged(history_csv, from_epoch=initial_epoch)),
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                          restore_best_weights=True),
+            BestCheckpoint(self.checkpoint(phase),
+                           best_logged(self.history_csv, from_epoch=initial_epoch)),
+            ResumableEarlyStopping(self.history_csv, initial_epoch, patience),
             EpochTiming(self.training_images),  # before PreciseBatchNorm: times training
         ]
         if precise_batchnorm_images:
@@ -449,47 +567,115 @@ class TrainingRun:
             callbacks.append(BatchNormStatisticsProbe(
                 self.training_data, self.validation_data,
                 math.ceil(probe_batchnorm_images / self.global_batch_size)))
-        callbacks.append(keras.callbacks.CSVLogger(str(history_csv), append=True))
+        callbacks.append(keras.callbacks.CSVLogger(str(self.history_csv), append=True))
+        callbacks.append(BackupAndRestore(backup_dir))
         if stop_after_epoch:
             callbacks.append(StopAfterEpoch(stop_after_epoch))
         return callbacks
 
+    def _check_backup(self, backup_dir: Path) -> None:
+        """A backup damaged by a kill mid-write: resume from the one before when Keras kept
+        it (it falls back by itself), else start this phase again; say which."""
+        latest = backup_dir / "latest.weights.h5"
+        if not latest.exists() or _readable_weights(latest):
+            return
+        previous = latest.with_name(latest.name + ".bkp")
+        previous_metadata = backup_dir / "training_metadata.json.bkp"
+        if previous.exists() and _readable_weights(previous) and previous_metadata.exists():
+            print(f"The backup of {self.name} in {backup_dir} is damaged (a kill while it was "
+                  "written): resuming from the one before it.")
+            files.copy_atomically(previous, latest)
+            files.copy_atomically(previous_metadata, backup_dir / "training_metadata.json")
+            return
+        print(f"The backup of {self.name} in {backup_dir} is damaged (a kill while it was "
+              "written) and there is no earlier one: this phase starts again from its "
+              "first epoch.")
+        shutil.rmtree(backup_dir)
+
+    def _drop_unbacked_history(self, backup_dir: Path, initial_epoch: int) -> None:
+        """Remove history rows of epochs the backup does not hold (a kill between the row
+        and the backup), which the resumed ``fit`` trains again."""
+        if not self.history_csv.exists() or self.history_csv.stat().st_size == 0:
+            return
+        metadata = backup_dir / "training_metadata.json"
+        resume_at = (json.loads(metadata.read_text())["epoch"] if metadata.exists()
+                     else initial_epoch)
+        history = pd.read_csv(self.history_csv)
+        if (history["epoch"] >= resume_at).any():
+            files.write_text_atomically(
+                history[history["epoch"] < resume_at].to_csv(index=False), self.history_csv)
+
     def epochs_done(self) -> int:
         """Epochs in the history so far (every phase)."""
-        history_csv = self.run.history(self.name)
-        if not history_csv.exists() or history_csv.stat().st_size == 0:
+        if not self.history_csv.exists() or self.history_csv.stat().st_size == 0:
             return 0
-        return len(pd.read_csv(history_csv))
+        return len(pd.read_csv(self.history_csv))
+
+    def finished_phases(self) -> dict[str, int]:
+        path = self._phases_path()
+        return json.loads(path.read_text()) if path.exists() else {}
 
     def phase_finished(self, phase: str) -> bool:
         """Whether ``end_phase(phase)`` ran (a rerun then skips that phase)."""
-        return phase in self.run.finished_phases(self.name)
+        return phase in self.finished_phases()
 
     def end_phase(self, phase: str) -> int:
-        """Record that training phase ``phase`` finished; returns the epochs done so far."""
-        finished = {**self.run.finished_phases(self.name), phase: self.epochs_done()}
-        files.write_json(finished, self.run.phases(self.name))
+        """Record that training phase ``phase`` finished; returns the epochs done so far.
+
+        Raises RuntimeError when the phase kept no checkpoint (it trained no epoch).
+        """
+        if not self.checkpoint(phase).exists():
+            raise RuntimeError(f"Phase {phase!r} of {self.name} kept no model: it trained no "
+                               "epoch (check its number of epochs).")
+        finished = {**self.finished_phases(), phase: self.epochs_done()}
+        files.write_json(finished, self._phases_path())
         return finished[phase]
 
-    def finish(self) -> dict:
-        """Write the kept model's sidecar and validation metrics; return the metrics.
+    def phase_boundary(self, phase: str) -> int:
+        """The epoch count at the end of finished phase ``phase`` (where the next begins)."""
+        return self.finished_phases()[phase]
 
-        The kept model is the last phase's best checkpoint, ``models/NAME.keras``; when the
-        last phase trained no epoch (e.g. no fine-tuning), the last closed phase's best.
-        """
-        model_path = self.run.model(self.name)
-        if not model_path.exists():
-            closed = list(self.run.finished_phases(self.name))
-            if not closed or not self.run.model(self.name, closed[-1]).exists():
+    def finish(self) -> dict:
+        """Keep the run: its best model (the last phase's best checkpoint; when the last
+        phase trained no epoch, the last closed phase's best) with its sidecar and
+        validation metrics, its history, phases and record, moved into the run folder in
+        place of an earlier run's. Returns the validation metrics."""
+        kept = self.checkpoint()
+        if not kept.exists():
+            closed = list(self.finished_phases())
+            if not closed:
                 raise RuntimeError(f"No checkpoint of {self.name} to keep: did fit() run?")
-            files.copy_atomically(self.run.model(self.name, closed[-1]), model_path)
-        inference.write_sidecar(model_path, label=self.label, **self.image_settings)
-        best = keras.saving.load_model(model_path)
+            files.copy_atomically(self.checkpoint(closed[-1]), kept)
+        best = keras.saving.load_model(kept)
         true = np.concatenate([labels.numpy() for _, labels in self.validation_data])
         probabilities = best.predict(self.validation_data.map(lambda images, _: images),
                                      verbose=0)
         predicted = np.argmax(probabilities, axis=1)
         result = {"n_images": int(len(true)), "accuracy": metrics.accuracy(true, predicted),
                   "macro_f1": metrics.macro_f1(true, predicted)}
-        files.write_json(result, self.run.validation_metrics(self.name))
+        self._keep(result)
         return result
+
+    def _keep(self, result: dict) -> None:
+        """Copy the run's results into place, then remove its work folder. A kill midway
+        leaves the work folder whole, and running the notebook again (which trains no epoch
+        then) finishes the copy; the earlier run's metrics go first and the new ones come
+        last, so a half-copied run never counts as finished."""
+        run, name = self.run, self.name
+        run.validation_metrics(name).unlink(missing_ok=True)
+        # An earlier run's phases, which this one may not have (not a glob: models/cnn_*
+        # would also match the runs cnn_constant, cnn_schedule...).
+        for phase in run.finished_phases(name):
+            if phase not in self.finished_phases():
+                run.model(name, phase).unlink(missing_ok=True)
+        run.phases(name).unlink(missing_ok=True)
+        for phase in self.finished_phases():
+            files.copy_atomically(self.checkpoint(phase), run.model(name, phase))
+        files.copy_atomically(self.checkpoint(), run.model(name))
+        inference.write_sidecar(run.model(name), label=self.label, **self.image_settings)
+        files.copy_atomically(self.history_csv, run.history(name))
+        files.copy_atomically(self._record_path(), run.run_record(name))
+        if self._phases_path().exists():
+            files.copy_atomically(self._phases_path(), run.phases(name))
+        files.write_json(result, run.validation_metrics(name))
+        shutil.rmtree(self.work)

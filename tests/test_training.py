@@ -1,10 +1,14 @@
-import filecmp
 import hashlib
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -12,6 +16,10 @@ from helpers import data, inference, models, training
 from helpers.errors import DataError
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
+from tests.conftest import REPOSITORY
+
+# Kills of the fault-injection test: about 10 s each on 2 cores.
+KILLS = 4
 
 
 @pytest.mark.parametrize("gpus, tpu, kind", [
@@ -63,21 +71,33 @@ def run(synthetic_source, tmp_path) -> RunFolder:
     return RunFolder(tmp_path)
 
 
-def _train_tiny(run, name="tiny", epochs=3, phase=None, initial_epoch=0, **callback_options):
-    """A small recipe as a notebook writes it, on the plumbing of TrainingRun."""
-    training_run = training.TrainingRun(run, name, label="Tiny CNN", seed=7, deterministic=True,
-                                        parameters={"EPOCHS": epochs})
-    train_data, validation_data = training_run.datasets(image_size=16, batch_size=8,
-                                                        max_images=48, cache=None)
+def _tiny_model(epochs: int, steps_per_epoch: int) -> keras.Model:
     model = models.build_cnn(16, filters=(4, 8), seed=7)
     model.compile(optimizer=keras.optimizers.AdamW(
-                      training.warmup_cosine(2e-3, training_run.steps_per_epoch, epochs)),
+                      training.warmup_cosine(2e-3, steps_per_epoch, epochs)),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _train_tiny(run, name="tiny", epochs=3, phase=None, initial_epoch=0, parameters=None,
+                **callback_options):
+    """A small recipe as a notebook writes it, on the plumbing of TrainingRun."""
+    training_run = training.TrainingRun(run, name, label="Tiny CNN", seed=7, deterministic=True,
+                                        parameters=parameters or {"EPOCHS": epochs})
+    train_data, validation_data = training_run.datasets(image_size=16, batch_size=8,
+                                                        max_images=48, cache=None)
+    model = _tiny_model(epochs, training_run.steps_per_epoch)
     model.fit(train_data, validation_data=validation_data, epochs=epochs, verbose=0,
               initial_epoch=initial_epoch,
               callbacks=training_run.callbacks(phase, patience=9, initial_epoch=initial_epoch,
                                                precise_batchnorm_images=16, **callback_options))
     return training_run, model
+
+
+def _copy_split(run, folder) -> RunFolder:
+    other = RunFolder(folder)
+    shutil.copytree(run.root / "data", other.root / "data")
+    return other
 
 
 def test_callbacks_need_the_data_and_cover_the_standard_set(run):
@@ -87,32 +107,90 @@ def test_callbacks_need_the_data_and_cover_the_standard_set(run):
     training_run.datasets(image_size=16, batch_size=8)
     kinds = [type(callback).__name__ for callback in training_run.callbacks(
         probe_batchnorm_images=16, stop_after_epoch=2)]
-    assert kinds == ["BackupAndRestore", "EpochSeeds", "ModelCheckpoint", "EarlyStopping",
-                     "EpochTiming", "PreciseBatchNorm", "BatchNormStatisticsProbe",
-                     "CSVLogger", "StopAfterEpoch"]
+    # BackupAndRestore after the checkpoint and the history: an epoch counts as done only
+    # once both have it.
+    assert kinds == ["ForgetRestoredEpoch", "EpochSeeds", "BestCheckpoint",
+                     "ResumableEarlyStopping", "EpochTiming", "PreciseBatchNorm",
+                     "BatchNormStatisticsProbe", "CSVLogger", "BackupAndRestore",
+                     "StopAfterEpoch"]
 
 
-def test_a_killed_run_resumes_to_the_same_weights(run, tmp_path_factory):
-    straight = RunFolder(tmp_path_factory.mktemp("straight"))
-    shutil.copytree(run.root / "data", straight.root / "data")
-    _, model = _train_tiny(straight)
-    expected = model.get_weights()
+def _assert_same_run(run, other, name="tiny"):
+    for column in ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]:
+        np.testing.assert_allclose(run.read_history(name)[column],
+                                   other.read_history(name)[column], rtol=1e-6, err_msg=column)
+    weights = [keras.saving.load_model(folder.model(name)).get_weights() for folder in (run, other)]
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_killed_run_resumes_to_the_same_result(run, tmp_path_factory):
+    straight = _copy_split(run, tmp_path_factory.mktemp("straight"))
+    _train_tiny(straight)[0].finish()
     with pytest.raises(training.TrainingStoppedError):
         _train_tiny(run, stop_after_epoch=2)
-    assert len(run.read_history("tiny")) == 2
-    assert not run.validation_metrics("tiny").exists()
-    _train_tiny(run)  # the same recipe again: resumes at epoch 3
+    assert not run.validation_metrics("tiny").exists() and not run.model("tiny").exists()
+    training_run, _ = _train_tiny(run)  # the same recipe again: resumes at epoch 3
+    training_run.finish()
+    assert run.read_history("tiny")["epoch"].tolist() == [0, 1, 2]
+    _assert_same_run(run, straight)
+    assert not run.work("tiny").exists()  # backups go once the run is kept
 
-    histories = {"straight": straight.read_history("tiny"), "resumed": run.read_history("tiny")}
-    assert histories["resumed"]["epoch"].tolist() == [0, 1, 2]
-    for column in ["loss", "accuracy", "val_loss", "val_accuracy"]:
-        np.testing.assert_allclose(histories["resumed"][column], histories["straight"][column],
-                                   rtol=1e-6, err_msg=column)
-    resumed = keras.saving.load_model(run.model("tiny")).get_weights()
-    best_straight = keras.saving.load_model(straight.model("tiny")).get_weights()
-    for straight_weights, resumed_weights in zip(best_straight, resumed, strict=True):
-        np.testing.assert_allclose(straight_weights, resumed_weights, rtol=1e-6, atol=1e-7)
-    assert len(expected) == len(resumed)
+
+def test_a_kill_between_the_history_row_and_the_backup_redoes_that_epoch(run,
+                                                                        tmp_path_factory):
+    straight = _copy_split(run, tmp_path_factory.mktemp("straight"))
+    _train_tiny(straight)[0].finish()
+    with pytest.raises(training.TrainingStoppedError):
+        training_run, _ = _train_tiny(run, stop_after_epoch=2)
+    # As if killed after epoch 3's row was written but before its backup.
+    history = pd.read_csv(run.work("tiny") / "history.csv")
+    history = pd.concat([history, history.tail(1).assign(epoch=2, val_loss=0.0)])
+    history.to_csv(run.work("tiny") / "history.csv", index=False)
+    _train_tiny(run)[0].finish()
+    _assert_same_run(run, straight)
+
+
+@pytest.mark.parametrize("damaged", ["latest", "both"])
+def test_a_damaged_backup_falls_back_or_starts_the_phase_again(run, tmp_path_factory, capsys,
+                                                               damaged):
+    straight = _copy_split(run, tmp_path_factory.mktemp("straight"))
+    _train_tiny(straight)[0].finish()
+    with pytest.raises(training.TrainingStoppedError):
+        _train_tiny(run, stop_after_epoch=2)
+    backup = run.work("tiny") / "backup"
+    has_previous = (backup / "latest.weights.h5.bkp").exists()  # Keras 3.7 and newer
+    for path in backup.glob("latest.weights.h5*"):  # as if killed while writing
+        if damaged == "both" or path.suffix == ".h5":
+            path.write_bytes(path.read_bytes()[:100])
+    _train_tiny(run)[0].finish()
+    said = capsys.readouterr().out
+    if damaged == "latest" and has_previous:
+        assert "resuming from the one before it" in said
+    else:
+        assert "starts again from its first epoch" in said
+    _assert_same_run(run, straight)
+
+
+def test_a_kill_after_fit_before_finish_trains_no_epoch_again(run):
+    training_run, _ = _train_tiny(run, epochs=2)  # fit ended; finish() never ran
+    assert not run.validation_metrics("tiny").exists()
+    training_run, model = _train_tiny(run, epochs=2)
+    assert len(pd.read_csv(training_run.history_csv)) == 2  # no epoch trained twice
+    training_run.finish()
+    assert run.read_history("tiny")["epoch"].tolist() == [0, 1]
+
+
+def test_early_stopping_counts_the_epochs_before_a_resume(tmp_path):
+    history_csv = tmp_path / "history.csv"
+    pd.DataFrame({"epoch": [0, 1, 2, 3], "val_loss": [0.9, 0.5, 0.6, 0.7]}).to_csv(
+        history_csv, index=False)
+    stopping = training.ResumableEarlyStopping(history_csv, from_epoch=0, patience=3)
+    stopping.on_train_begin()
+    assert (stopping.best, stopping.wait) == (0.5, 2)  # one more epoch without gain stops it
+    phase_two = training.ResumableEarlyStopping(history_csv, from_epoch=3, patience=3)
+    phase_two.on_train_begin()
+    assert (phase_two.best, phase_two.wait) == (0.7, 0)
 
 
 def test_finish_records_the_run_the_sidecar_and_validation_metrics(run):
@@ -132,26 +210,34 @@ def test_finish_records_the_run_the_sidecar_and_validation_metrics(run):
     assert 0 <= result["accuracy"] <= 1 and result["n_images"] > 0
 
 
-def test_a_finished_run_trained_again_starts_afresh(run, capsys):
+def test_finished_results_stay_until_a_new_run_of_the_same_name_finishes(run, capsys):
     _train_tiny(run, epochs=2)[0].finish()
-    _train_tiny(run, epochs=1)
-    assert "training it again from scratch" in capsys.readouterr().out
-    assert run.read_history("tiny")["epoch"].tolist() == [0]
+    _train_tiny(run, name="tiny_other", epochs=1)[0].finish()  # a run whose name extends it
+    kept = {path: path.read_bytes() for path in [
+        run.model("tiny"), run.history("tiny"), run.validation_metrics("tiny"),
+        run.run_record("tiny")]}
+    with pytest.raises(training.TrainingStoppedError):  # a new run, killed midway
+        _train_tiny(run, epochs=3, stop_after_epoch=1)
+    assert "stay in place until this run finishes" in capsys.readouterr().out
+    assert all(path.read_bytes() == content for path, content in kept.items())
+    with pytest.raises(DataError, match="other parameters .EPOCHS changed."):
+        _train_tiny(run, epochs=2)  # resuming it with other parameters would mix two runs
+    _train_tiny(run, epochs=3)[0].finish()  # resumed to the end: now it replaces the old one
+    assert run.read_history("tiny")["epoch"].tolist() == [0, 1, 2]
+    assert run.model("tiny_other").exists() and run.validation_metrics("tiny_other").exists()
 
 
 def test_history_has_timing_learning_rate_and_the_batchnorm_probe(run):
-    _train_tiny(run, epochs=2, probe_batchnorm_images=16)
+    _train_tiny(run, epochs=2, probe_batchnorm_images=16)[0].finish()
     history = run.read_history("tiny")
     assert len(history) == 2
     assert (history["epoch_seconds"] > 0).all() and (history["images_per_second"] > 0).all()
     assert history["learning_rate"].iloc[1] < history["learning_rate"].iloc[0]
     assert history["val_accuracy_recomputed_bn"].between(0, 1).all()
-    assert run.model("tiny").exists()
 
 
 def test_the_batchnorm_probe_leaves_training_unchanged(run, tmp_path_factory):
-    other = RunFolder(tmp_path_factory.mktemp("probed"))
-    shutil.copytree(run.root / "data", other.root / "data")
+    other = _copy_split(run, tmp_path_factory.mktemp("probed"))
     _, plain = _train_tiny(run, epochs=2)
     _, probed = _train_tiny(other, epochs=2, probe_batchnorm_images=16)
     for a, b in zip(plain.weights, probed.weights, strict=True):  # moving statistics included
@@ -166,16 +252,39 @@ def test_a_run_resumes_only_on_the_split_it_started_with(run, synthetic_source):
                       str(run.root), "--seed", "3", "--force"]) == 0
     with pytest.raises(DataError, match="started on another split"):
         training.TrainingRun(run, "tiny", label="Tiny CNN", seed=7)
+    shutil.rmtree(run.work("tiny"))  # what the message says to do to start afresh
+    _train_tiny(run, epochs=1)[0].finish()
+
+
+def test_a_second_phase_after_a_resumed_first_starts_at_its_own_epoch(run):
+    """Keras keeps the epoch BackupAndRestore restored in phase 1 for the next fit."""
+    training_run = training.TrainingRun(run, "two", label="Two phases", seed=7,
+                                        deterministic=True)
+    train_data, validation_data = training_run.datasets(image_size=16, batch_size=8,
+                                                        max_images=48, cache=None)
+    model = _tiny_model(3, training_run.steps_per_epoch)
+    with pytest.raises(training.TrainingStoppedError):
+        model.fit(train_data, validation_data=validation_data, epochs=3, verbose=0,
+                  callbacks=training_run.callbacks("first", stop_after_epoch=1))
+    model.fit(train_data, validation_data=validation_data, epochs=3, verbose=0,
+              callbacks=training_run.callbacks("first"))  # resumed at epoch 2
+    assert training_run.end_phase("first") == 3
+    model.fit(train_data, validation_data=validation_data, initial_epoch=3, epochs=4,
+              verbose=0, callbacks=training_run.callbacks(initial_epoch=3))
+    training_run.finish()
+    assert run.read_history("two")["epoch"].tolist() == [0, 1, 2, 3]
+    assert run.phase_boundary("two") == 3
 
 
 def test_phases_keep_their_own_best_and_a_skipped_last_phase_keeps_the_first(run):
     training_run, _ = _train_tiny(run, epochs=2, phase="first")
     assert training_run.end_phase("first") == 2
-    assert run.phase_boundary("tiny") == 2 and training_run.phase_finished("first")
-    assert run.model("tiny", "first").exists() and not run.model("tiny").exists()
+    assert training_run.phase_boundary("first") == 2 and training_run.phase_finished("first")
+    phase_model = training_run.checkpoint("first").read_bytes()
     training_run.finish()  # no epoch in the last phase: phase 1's best is the model kept
-    assert filecmp.cmp(run.model("tiny", "first"), run.model("tiny"), shallow=False)
-    assert run.finished_phases("tiny") == {"first": 2}
+    assert run.model("tiny", "first").read_bytes() == phase_model
+    assert run.model("tiny").read_bytes() == phase_model
+    assert run.finished_phases("tiny") == {"first": 2} and run.phase_boundary("tiny") == 2
 
 
 def test_recalibration_sets_exact_batch_statistics_and_leaves_weights_alone():
@@ -206,3 +315,32 @@ def test_recalibration_sets_exact_batch_statistics_and_leaves_weights_alone():
     np.testing.assert_array_equal(frozen.moving_mean.numpy(), frozen_before)
     assert learned.momentum == 0.99  # restored
     assert training.batchnorm_layers(model) == [learned]
+
+
+def test_killed_at_random_moments_a_run_ends_as_one_never_killed(run, tmp_path_factory):
+    """SIGKILL at random moments (inside epochs, checkpoint, history and backup writes, the
+    move into place), then run again until it finishes: same history, same models."""
+    script = [sys.executable, str(REPOSITORY / "tests" / "scripts" / "tiny_training.py")]
+    straight = _copy_split(run, tmp_path_factory.mktemp("straight"))
+    started = time.monotonic()
+    subprocess.run([*script, str(straight.root)], check=True, capture_output=True, timeout=300)
+    duration = time.monotonic() - started
+    generator = np.random.default_rng(0)
+    for _ in range(KILLS):
+        process = subprocess.Popen([*script, str(run.root)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            process.wait(timeout=generator.uniform(0.3, 1.0) * duration)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    for _ in range(2):  # a kill inside finish() can leave one more step to do
+        finished = subprocess.run([*script, str(run.root)], capture_output=True, text=True,
+                                  timeout=300)
+        if finished.returncode == 0 and run.validation_metrics("tiny").exists():
+            break
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    _assert_same_run(run, straight)
+    assert run.phase_boundary("tiny") == straight.phase_boundary("tiny") == 3
+    for phase in (None, "first"):
+        assert keras.saving.load_model(run.model("tiny", phase)).count_params() > 0
