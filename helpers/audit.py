@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from helpers import files
 from helpers.labels import CLASS_NAMES
 from helpers.locate import class_folders
 
@@ -44,13 +45,20 @@ class AuditResult:
 
 
 def inspect_file(path: Path) -> dict:
-    """Hash one file and try to decode it fully; never raises for bad content."""
-    data = path.read_bytes()
+    """Hash one file and try to decode it fully; never raises for bad content or for a file
+    that cannot be read (a dangling link, no permission, gone while reading)."""
     row = {
-        "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-        "is_image": False, "decodable": False, "format": "", "width": 0, "height": 0,
-        "mode": "", "problem": "",
+        "bytes": 0, "sha256": "", "is_image": False, "decodable": False, "format": "",
+        "width": 0, "height": 0, "mode": "", "problem": "",
     }
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        reason = ("a link to a file that does not exist" if path.is_symlink()
+                  and not path.exists() else error.strerror or type(error).__name__)
+        row["problem"] = f"unreadable: {reason}"
+        return row
+    row.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     if not data:
         row["problem"] = "not an image: empty file"
         return row
@@ -61,6 +69,9 @@ def inspect_file(path: Path) -> dict:
     except UnidentifiedImageError:
         row["problem"] = f"not an image: content is no known image format ({len(data)} bytes)"
         return row
+    except Image.DecompressionBombError as error:  # PIL refuses images this large
+        row.update(is_image=True, problem=f"too large to decode safely: {error}")
+        return row
     except (OSError, ValueError, SyntaxError) as error:  # an image header cut short or damaged
         row.update(is_image=True, problem=f"corrupt image: {error}")
         return row
@@ -68,6 +79,9 @@ def inspect_file(path: Path) -> dict:
     row["width"], row["height"] = image.size
     try:
         image.load()  # a full decode: a truncated JPEG opens fine and fails only here
+    except Image.DecompressionBombError as error:
+        row["problem"] = f"too large to decode safely: {error}"
+        return row
     except (OSError, ValueError, SyntaxError) as error:
         row["problem"] = f"corrupt image: {error}"
         return row
@@ -81,15 +95,12 @@ def inspect_file(path: Path) -> dict:
 def _list_files(data_root: Path) -> list[tuple[str, str, str]]:
     """Every file under the root as (relative path, top folder, label or '')."""
     labels = class_folders(data_root)
-    files = []
-    for folder, subfolders, names in os.walk(data_root):
-        subfolders.sort()
-        relative_folder = Path(folder).relative_to(data_root)
-        top = relative_folder.parts[0] if relative_folder.parts else ""
-        for name in sorted(names):
-            relative = (relative_folder / name).as_posix()
-            files.append((relative, top, labels.get(top, "")))
-    return files
+    listed = []
+    for path in files.list_files(data_root):
+        relative = path.relative_to(data_root)
+        top = relative.parts[0] if len(relative.parts) > 1 else ""
+        listed.append((relative.as_posix(), top, labels.get(top, "")))
+    return listed
 
 
 def audit(data_root: str | os.PathLike, workers: int | None = None,
@@ -147,6 +158,7 @@ def summarize(index: pd.DataFrame, data_root: Path) -> dict:
                 duplicate_groups.append(sorted(same_class))
 
     problem_rows = in_class[in_class["problem"] != ""]
+    unreadable = problem_rows["problem"].str.startswith("unreadable")
     return {
         "data_root": str(data_root),
         "n_files": int(len(index)),
@@ -161,7 +173,8 @@ def summarize(index: pd.DataFrame, data_root: Path) -> dict:
             name: int((index["folder"] == name).sum()) for name in unknown_folders
         },
         "outside_class_folders": sorted(index.loc[index["label"] == "", "path"]),
-        "not_images": sorted(problem_rows.loc[~problem_rows["is_image"], "path"]),
+        "unreadable": sorted(problem_rows.loc[unreadable, "path"]),
+        "not_images": sorted(problem_rows.loc[~problem_rows["is_image"] & ~unreadable, "path"]),
         "corrupt": sorted(problem_rows.loc[problem_rows["is_image"]
                                            & ~problem_rows["decodable"], "path"]),
         "unsupported_format": sorted(problem_rows.loc[problem_rows["decodable"], "path"]),
@@ -203,6 +216,8 @@ def format_summary(summary: dict) -> str:
         ("Unknown folders (not used)",
          [f"{name}/ ({n} files)" for name, n in summary["unknown_folders"].items()]),
         ("Files outside class folders (not used)", summary["outside_class_folders"]),
+        ("Unreadable files (not used)", [f"{p}: {summary['problems'][p]}"
+                                         for p in summary.get("unreadable", [])]),
         ("Not images (not used)", [f"{p}: {summary['problems'][p]}"
                                    for p in summary["not_images"]]),
         ("Corrupt images (not used)", [f"{p}: {summary['problems'][p]}"

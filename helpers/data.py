@@ -39,9 +39,29 @@ def run_audit(args: argparse.Namespace) -> None:
         print(f"Per-file index: {args.index_csv}")
 
 
+def check_split_output(split_csv: Path) -> None:
+    """A split is written as ``NAME.csv`` with ``NAME.json`` beside it: refuse (before any
+    work) another suffix, a folder, or existing files there that are not a split."""
+    if split_csv.suffix != ".csv" or split_csv.is_dir():
+        raise DataError(f"--out {split_csv}: the split is a .csv file (its metadata goes to the "
+                        ".json beside it).")
+    metadata = split.metadata_path(split_csv)
+    if split_csv.exists():
+        split.read_split(split_csv)  # raises when it is not a split
+    if metadata.exists():
+        try:
+            is_split = "data_root" in json.loads(metadata.read_text())
+        except (ValueError, UnicodeDecodeError):
+            is_split = False
+        if not is_split:
+            raise DataError(f"{metadata} exists and is not a split's metadata: it would be "
+                            "overwritten. Give --out another name.")
+
+
 def run_split(args: argparse.Namespace) -> None:
-    result = audit.audit(locate.find_data_root(args.data_dir), progress=True)
     split_csv = Path(args.out)
+    check_split_output(split_csv)
+    result = audit.audit(locate.find_data_root(args.data_dir), progress=True)
     _print_split(split.make_split(result, split_csv, seed=args.seed, force=args.force), split_csv)
 
 

@@ -143,7 +143,10 @@ def format_report(report: dict) -> str:
     lines = [f"{report['label']}: {report['model']}",
              f"Images: {report['n_images']:,} scored, {len(report['skipped'])} skipped",
              f"Accuracy           {with_ci('accuracy', report)}",
-             f"Macro-F1           {with_ci('macro_f1', report)}",
+             f"Macro-F1           {with_ci('macro_f1', report)}"
+             + (f"  (over the {len(names) - len(report['absent_classes'])} classes present; "
+                f"no image of {', '.join(report['absent_classes'])})"
+                if report["absent_classes"] else ""),
              f"Balanced accuracy  {report['balanced_accuracy']:.4f}",
              f"Weighted F1        {report['weighted_f1']:.4f}",
              f"Log loss           {report['log_loss']:.4f}   ECE {report['ece']:.4f}"]
@@ -172,13 +175,16 @@ def format_report(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="a .keras file saved by helpers.train (NAME.json beside)")
+    parser.add_argument("model", help="a .keras file saved by a training notebook"
+                        " (NAME.json beside)")
     parser.add_argument("data_dir", help="folder with one sub-folder of images per class")
     parser.add_argument("--out", help="write the JSON report here")
     parser.add_argument("--tta", action="store_true",
                         help="also report test-time augmentation (8 flips/rotations)")
     args = parser.parse_args(argv)
     try:
+        if args.out:
+            files.check_output_path(args.out, [args.model, inference.sidecar_path(args.model)])
         report = evaluate_folder(args.model, args.data_dir, tta=args.tta)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -81,6 +81,28 @@ def write_sidecar(model_path: str | os.PathLike, *, label: str, image_size: int,
     return path
 
 
+SIDECAR_KEYS = {"label": str, "class_names": list, "image_size": int, "resize_method": str,
+                "crop_fraction": (int, float)}
+
+
+def read_sidecar(path: Path) -> dict:
+    """A sidecar's content, checked; ModelFileError names the file and what is wrong."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFileError(f"{path} is not readable JSON ({error}). Copy it again from the "
+                             "run folder's models/.") from None
+    problems = [f"{key} missing or not a {kind if isinstance(kind, type) else 'number'}"
+                for key, kind in SIDECAR_KEYS.items()
+                if not isinstance(info, dict) or not isinstance(info.get(key), kind)]
+    if not problems and not (info["image_size"] > 0 and 0 < info["crop_fraction"] <= 1):
+        problems.append("image_size must be positive and crop_fraction in (0, 1]")
+    if problems:
+        raise ModelFileError(f"{path} is damaged: {'; '.join(problems)}. Copy it again from "
+                             "the run folder's models/.")
+    return info
+
+
 def load_model(model_path: str | os.PathLike) -> LoadedModel:
     """Load ``NAME.keras`` and its ``NAME.json``; ModelFileError says what is wrong."""
     path = Path(model_path)
@@ -95,7 +117,7 @@ def load_model(model_path: str | os.PathLike) -> LoadedModel:
             f"{info_path.name} not found beside {path.name}: it holds the class names, input "
             "size, resize method and crop the model was trained with. Copy it from the run "
             "folder's models/ together with the model.")
-    info = json.loads(info_path.read_text())
+    info = read_sidecar(info_path)
     try:
         model = keras.saving.load_model(path)
     except Exception as error:  # Keras raises many types for a damaged or foreign file

@@ -26,9 +26,14 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(skmetrics.accuracy_score(y_true, y_pred))
 
 
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> float:
-    """Unweighted mean of the per-class F1 over all ``n_classes`` (absent classes count 0)."""
-    return float(skmetrics.f1_score(y_true, y_pred, labels=range(n_classes), average="macro",
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray,
+             classes: Sequence[int] | None = None) -> float:
+    """Unweighted mean of the per-class F1 over ``classes`` (default: the classes present in
+    ``y_true``). A class no image belongs to has no F1 to average: counting it as 0 would cap
+    a perfect score on a platelet-only folder at 1/8. Predictions of such a class still count,
+    as errors of the images' true classes."""
+    classes = np.unique(y_true) if classes is None else classes
+    return float(skmetrics.f1_score(y_true, y_pred, labels=list(classes), average="macro",
                                     zero_division=0))
 
 
@@ -65,7 +70,9 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray,
         "accuracy": accuracy(y_true, y_pred),
         # Mean recall over the classes present (sklearn's definition).
         "balanced_accuracy": float(skmetrics.balanced_accuracy_score(y_true, y_pred)),
-        "macro_f1": macro_f1(y_true, y_pred, n_classes),
+        # Over the classes present; "absent_classes" names the others (their rows stay).
+        "macro_f1": macro_f1(y_true, y_pred),
+        "absent_classes": [class_names[i] for i in labels if i not in set(present)],
         "weighted_f1": float(skmetrics.f1_score(y_true, y_pred, labels=labels,
                                                 average="weighted", zero_division=0)),
         "roc_auc_macro_ovr": roc_auc,
@@ -98,11 +105,11 @@ def bootstrap_interval(y_true: np.ndarray, y_pred: np.ndarray,
 def with_intervals(report: dict, y_true: np.ndarray, y_pred: np.ndarray,
                    n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """Add 95% bootstrap intervals of accuracy and macro-F1 to a metrics report."""
-    n_classes = len(report["class_names"])
+    present = np.unique(y_true)  # fixed: a resample that misses a class still averages over it
     report["accuracy_ci95"] = list(bootstrap_interval(y_true, y_pred, accuracy,
                                                       n_resamples, seed=seed))
     report["macro_f1_ci95"] = list(bootstrap_interval(
-        y_true, y_pred, lambda t, p: macro_f1(t, p, n_classes), n_resamples, seed=seed))
+        y_true, y_pred, lambda t, p: macro_f1(t, p, present), n_resamples, seed=seed))
     return report
 
 

@@ -18,22 +18,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helpers import audit, inference
+from helpers import audit, files, inference
 from helpers.errors import DataError
 
 TOP_K = 3
 
 
 def input_files(inputs: list[str | os.PathLike]) -> list[Path]:
-    """The files named, and every file under the folders named (sorted, hidden ones out)."""
+    """The files named, and every file under the folders named (sorted, hidden ones out,
+    linked folders followed). Each gets a row of the predictions, usable or not."""
     found = []
     for item in map(Path, inputs):
-        if item.is_file():
+        if item.is_dir():
+            found += files.list_files(item, skip_hidden=True)
+        elif item.exists() or item.is_symlink():  # a file, or a link to nothing: a row
             found.append(item)
-        elif item.is_dir():
-            found += sorted(path for path in item.rglob("*") if path.is_file()
-                            and not any(part.startswith(".")
-                                        for part in path.relative_to(item).parts))
         else:
             raise DataError(f"No such file or folder: {item}")
     return found
@@ -45,7 +44,8 @@ def predict_files(loaded: inference.LoadedModel, paths: list[Path],
     with ThreadPoolExecutor() as pool:
         problems = list(pool.map(lambda path: audit.inspect_file(path)["problem"], paths))
     usable = [path for path, problem in zip(paths, problems, strict=True) if not problem]
-    probabilities = inference.predict_probabilities(loaded, usable, tta=tta)
+    probabilities = (inference.predict_probabilities(loaded, usable, tta=tta) if usable
+                     else np.zeros((0, len(loaded.class_names))))
     top = np.argsort(-probabilities, axis=1)[:, :TOP_K]
     by_path = {path: (top[row], probabilities[row]) for row, path in enumerate(usable)}
     rows = []
@@ -65,15 +65,19 @@ def predict_files(loaded: inference.LoadedModel, paths: list[Path],
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="a .keras file saved by helpers.train (NAME.json beside)")
+    parser.add_argument("model", help="a .keras file saved by a training notebook"
+                        " (NAME.json beside)")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     parser.add_argument("--out", help="write the predictions as CSV here")
     parser.add_argument("--tta", action="store_true",
                         help="average over the 8 flips and 90-degree rotations")
     args = parser.parse_args(argv)
     try:
-        loaded = inference.load_model(args.model)
         paths = input_files(args.inputs)
+        if args.out:
+            files.check_output_path(args.out, [args.model, inference.sidecar_path(args.model),
+                                               *paths])
+        loaded = inference.load_model(args.model)
         if not paths:
             raise DataError("No files found in the inputs given.")
         predictions = predict_files(loaded, paths, tta=args.tta)
@@ -88,11 +92,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"({row.class_2} {row.probability_2:.3f}, {row.class_3} "
                   f"{row.probability_3:.3f})")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        predictions.to_csv(args.out, index=False)
+        files.write_text_atomically(predictions.to_csv(index=False), args.out)
         print(f"Wrote {args.out}")
     n_skipped = int((predictions["problem"] != "").sum())
     print(f"{len(predictions) - n_skipped} image(s) classified, {n_skipped} skipped")
+    if n_skipped == len(predictions):
+        print("error: no input could be classified", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.audit import AuditResult, usable_mask
-from helpers.errors import StaleSplitError
+from helpers.errors import DataError, StaleSplitError
 from helpers.labels import CLASS_NAMES
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -111,7 +111,11 @@ def write_split(result: SplitResult, split_csv: str | os.PathLike, seed: int,
 
 def read_split(split_csv: str | os.PathLike) -> pd.DataFrame:
     """Read a split CSV, checking its columns and split names."""
-    split = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
+    try:
+        split = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise StaleSplitError(f"{split_csv} is empty or not a CSV ({error}). Make the split "
+                              "again: notebook 01 or python -m helpers.data prepare.") from None
     if list(split.columns) != SPLIT_COLUMNS:
         raise StaleSplitError(
             f"{split_csv} has columns {list(split.columns)}, expected {SPLIT_COLUMNS}.")
@@ -156,6 +160,10 @@ def make_split(audit_result: AuditResult, split_csv: str | os.PathLike,
     StaleSplitError saying what changed, unless ``force`` makes a new split over it.
     """
     split_csv = Path(split_csv)
+    if not usable_mask(audit_result.index).any():
+        raise DataError(f"No usable image in the class folders under {audit_result.data_root} "
+                        f"({len(audit_result.index)} file(s), none a readable image in a "
+                        "class folder; the audit report lists each with its reason).")
     images, excluded = select_images(audit_result.index)
     if split_csv.exists() and not force:
         saved = read_split(split_csv)

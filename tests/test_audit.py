@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 from pathlib import Path
 
 from PIL import Image
@@ -116,3 +117,28 @@ def test_audit_command_prints_and_writes_json(synthetic_source, tmp_path, capsys
 def test_audit_command_fails_clearly_on_a_missing_folder(tmp_path, capsys):
     assert data.main(["audit", str(tmp_path / "nowhere")]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_linked_class_folders_are_followed_once_and_bad_links_reported(synthetic_data,
+                                                                       tmp_path):
+    root, _ = synthetic_data
+    before = audit.audit(root).summary["per_class"]
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(root / "basophil", elsewhere)
+    (root / "basophil").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(root, target_is_directory=True)  # a link back up
+    (root / "eosinophil" / "gone.jpg").symlink_to(tmp_path / "no_such_file.jpg")
+    result = audit.audit(root)
+    assert result.summary["per_class"] == before  # the linked class is whole, nothing twice
+    assert result.summary["unreadable"] == ["eosinophil/gone.jpg"]
+    assert "does not exist" in result.summary["problems"]["eosinophil/gone.jpg"]
+    assert "Unreadable files (not used): 1" in audit.format_summary(result.summary)
+
+
+def test_a_decompression_bomb_is_reported_not_raised(synthetic_data, monkeypatch):
+    root, _ = synthetic_data
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 24 * 24 // 2)  # 48 px images: 4x over
+    summary = audit.audit(root).summary
+    assert summary["n_images"] == 0 and summary["corrupt"]
+    assert all("too large to decode safely" in summary["problems"][path]
+               for path in summary["corrupt"] if path.endswith(".jpg"))

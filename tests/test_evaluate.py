@@ -101,6 +101,22 @@ def test_predict_keeps_a_row_for_every_file(saved_model, synthetic_source, tmp_p
         assert 1 >= row["probability_1"] >= row["probability_2"] >= row["probability_3"] >= 0
 
 
+def test_predict_follows_linked_folders_and_reports_links_to_nothing(saved_model,
+                                                                     synthetic_source, tmp_path):
+    root, _ = synthetic_source
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "platelets").symlink_to(root / "platelet", target_is_directory=True)
+    (inputs / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    out = tmp_path / "predictions.csv"
+    assert predict.main([str(saved_model), str(inputs), str(inputs / "gone.jpg"),
+                         "--out", str(out)]) == 0
+    predictions = pd.read_csv(out).fillna({"problem": ""})
+    assert len(predictions) == 13 + 2  # the linked folder's files, and the dangling link twice
+    gone = predictions[predictions["path"].str.endswith("gone.jpg")]
+    assert len(gone) == 2 and gone["problem"].str.contains("does not exist").all()
+
+
 def test_tta_averages_the_eight_flips_and_rotations(saved_model, synthetic_source):
     root, _ = synthetic_source
     image = np.arange(2 * 2 * 3, dtype=np.float32).reshape(1, 2, 2, 3)
@@ -158,3 +174,44 @@ def test_error_cases_exit_non_zero_with_a_message(saved_model, synthetic_source,
         assert message in capsys.readouterr().err
     assert predict.main([str(saved_model), str(tmp_path / "nothing.jpg")]) == 1
     assert "No such file" in capsys.readouterr().err
+    assert predict.main([str(saved_model), str(no_images)]) == 1  # nothing classifiable
+    assert "no input could be classified" in capsys.readouterr().err
+
+
+def test_outputs_never_replace_inputs_and_are_checked_before_any_work(saved_model,
+                                                                     synthetic_source,
+                                                                     tmp_path, capsys):
+    root, planted = synthetic_source
+    sidecar = inference.sidecar_path(saved_model)
+    kept = {path: path.read_bytes() for path in (saved_model, sidecar)}
+    image = root / planted["grayscale"]
+    cases = [
+        (evaluate.main, [str(saved_model), str(root), "--out", str(sidecar)], "inputs"),
+        (evaluate.main, [str(saved_model), str(root), "--out", str(saved_model)], "inputs"),
+        (evaluate.main, [str(saved_model), str(root), "--out", str(tmp_path)], "is a folder"),
+        (predict.main, [str(saved_model), str(image), "--out", str(image)], "inputs"),
+        (predict.main, [str(saved_model), str(image), "--out", str(tmp_path / "x.keras")],
+         "would replace a model"),
+    ]
+    for command, arguments, message in cases:
+        assert command(arguments) == 1, arguments
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error, (arguments, error)
+    assert {path: path.read_bytes() for path in kept} == kept
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("{not json", "not readable JSON"),
+    ('{"label": "x"}', "class_names missing"),
+    ('{"label": "x", "class_names": [], "image_size": 0, "resize_method": "bilinear", '
+     '"crop_fraction": 1.0}', "image_size must be positive"),
+])
+def test_a_damaged_sidecar_is_a_clear_error(saved_model, synthetic_source, tmp_path, capsys,
+                                            damage, message):
+    root, _ = synthetic_source
+    model = tmp_path / "cnn.keras"
+    model.write_bytes(saved_model.read_bytes())
+    inference.sidecar_path(model).write_text(damage)
+    assert evaluate.main([str(model), str(root)]) == 1
+    error = capsys.readouterr().err
+    assert message in error and "cnn.json" in error

@@ -38,6 +38,21 @@ def test_classification_metrics_match_hand_computed_values():
     assert 0.5 < report["roc_auc_macro_ovr"] <= 1
 
 
+def test_macro_f1_averages_over_the_classes_present_and_names_the_absent():
+    # A platelet-only folder (class 2 of 3), every image right: macro-F1 1, not 1/3.
+    y_true = np.array([2, 2, 2, 2])
+    report = metrics.classification_metrics(y_true, confident(y_true), CLASSES)
+    assert report["accuracy"] == 1.0 and report["macro_f1"] == 1.0
+    assert report["absent_classes"] == ["a", "b"]
+    assert set(report["per_class"]) == set(CLASSES)  # a row for every class all the same
+    # A wrong prediction of an absent class still costs the true class its recall.
+    wrong = np.array([2, 2, 2, 0])
+    assert metrics.macro_f1(y_true, wrong) == pytest.approx(2 * 0.75 / 1.75)
+    report = metrics.with_intervals(metrics.classification_metrics(y_true, confident(wrong),
+                                                                   CLASSES), y_true, wrong)
+    assert report["macro_f1_ci95"][1] <= 1.0 and report["macro_f1_ci95"][0] > 0.5
+
+
 def test_roc_auc_is_none_when_a_class_has_no_image():
     y_true = np.array([0, 0, 1, 1])
     report = metrics.classification_metrics(y_true, confident(y_true), CLASSES)

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from helpers import audit, data, split, synthetic
-from helpers.errors import StaleSplitError
+from helpers.errors import DataError, StaleSplitError
 from helpers.labels import CLASS_NAMES
 
 
@@ -118,6 +118,31 @@ def test_malformed_split_file_is_an_error(tmp_path, synthetic_audit):
     split_csv.write_text("file,class\na.jpg,ig\n")
     with pytest.raises(StaleSplitError, match="columns"):
         split.make_split(synthetic_audit, split_csv)
+
+
+def test_empty_split_file_and_a_tree_without_images_are_clear_errors(tmp_path,
+                                                                      synthetic_audit):
+    split_csv = tmp_path / "split.csv"
+    split_csv.write_text("")
+    with pytest.raises(StaleSplitError, match="empty or not a CSV"):
+        split.make_split(synthetic_audit, split_csv)
+    empty = tmp_path / "empty"
+    for label in CLASS_NAMES:
+        (empty / label).mkdir(parents=True)
+    (empty / "ig" / "notes.jpg").write_text("not an image")
+    with pytest.raises(DataError, match="No usable image"):
+        split.make_split(audit.audit(empty), tmp_path / "other.csv")
+
+
+def test_split_output_never_replaces_other_files(synthetic_source, tmp_path, capsys):
+    root, _ = synthetic_source
+    unrelated = tmp_path / "notes.json"
+    unrelated.write_text('{"mine": true}')
+    assert data.main(["split", str(root), "--out", str(tmp_path / "notes.csv")]) == 1
+    assert "is not a split's metadata" in capsys.readouterr().err
+    assert data.main(["split", str(root), "--out", str(tmp_path / "notes.txt")]) == 1
+    assert "the split is a .csv file" in capsys.readouterr().err
+    assert unrelated.read_text() == '{"mine": true}' and not (tmp_path / "notes.txt").exists()
 
 
 def test_split_command(synthetic_source, tmp_path, capsys):
