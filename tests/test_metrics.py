@@ -50,7 +50,7 @@ def test_macro_f1_averages_over_the_classes_present_and_names_the_absent():
     assert metrics.macro_f1(y_true, wrong) == pytest.approx(2 * 0.75 / 1.75)
     report = metrics.with_intervals(metrics.classification_metrics(y_true, confident(wrong),
                                                                    CLASSES), y_true, wrong)
-    assert report["macro_f1_ci95"][1] <= 1.0 and report["macro_f1_ci95"][0] > 0.5
+    assert report["macro_f1_ci95"][1] == 1.0  # resamples average over class 2 alone too
 
 
 def test_roc_auc_is_none_when_a_class_has_no_image():
