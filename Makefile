@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= cpu
 DATA_DIR ?=
 
-.PHONY: venv test lint study notebooks clean
+.PHONY: venv test test-colab-versions lint study notebooks clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,18 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+# The whole suite with the package versions of Google Colab's runtime
+# (.ci/colab-constraints.txt), in its own virtualenv.
+COLAB_VENV ?= .venv-colab
+$(COLAB_VENV)/.installed: requirements.txt .ci/colab-constraints.txt
+	$(PYTHON) -m venv $(COLAB_VENV)
+	$(COLAB_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(COLAB_VENV)/bin/python -m pip install --quiet -r requirements.txt -c .ci/colab-constraints.txt
+	touch $@
+
+test-colab-versions: $(COLAB_VENV)/.installed
+	$(COLAB_VENV)/bin/python -m pytest
+
 study: $(STAMP)
 	$(BIN)/python -m helpers.study --profile $(PROFILE) $(if $(DATA_DIR),--data-dir "$(DATA_DIR)")
 
@@ -37,4 +49,4 @@ notebooks: $(STAMP)
 	$(BIN)/python -m helpers.tools.notebooks refresh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(COLAB_VENV) .pytest_cache .ruff_cache
