@@ -44,8 +44,7 @@ NETWORK_TIMEOUT_SECONDS = 10
 
 def _other_sources(source: str) -> str:
     hints = {
-        "kaggle": "--source kaggle (needs Kaggle credentials: KAGGLE_USERNAME/KAGGLE_KEY, "
-                  "~/.kaggle/kaggle.json, or Colab secrets)",
+        "kaggle": "--source kaggle (a public dataset: no Kaggle account needed)",
         "medmnist": "--source medmnist (BloodMNIST from Zenodo, 64/128/224 px)",
         "local": "--source local --data-dir PATH (a folder you downloaded and unpacked yourself)",
     }
@@ -168,7 +167,12 @@ def acquire(source: str = "kaggle", data_dir: str | os.PathLike | None = None,
 
 
 def _download_kaggle() -> str:
-    """Download the Kaggle dataset with kagglehub and return its local path."""
+    """Download the Kaggle dataset with kagglehub and return its local path.
+
+    No account is needed for this public dataset (credentials are used when present).
+    kagglehub keeps the ~300 MB in its cache, ``KAGGLEHUB_CACHE`` (default
+    ``~/.cache/kagglehub``), and reuses it on later calls.
+    """
     check_reachable(KAGGLE_URL, "kaggle")
     import kagglehub  # imported late: it is only needed for this source
 
@@ -178,6 +182,7 @@ def _download_kaggle() -> str:
         # The text of kagglehub's errors names the problem but never the key itself.
         raise DataSourceError(
             f"Kaggle download of {KAGGLE_DATASET} failed: {type(error).__name__}: {error}. "
-            "Check your Kaggle credentials (KAGGLE_USERNAME and KAGGLE_KEY, "
-            "~/.kaggle/kaggle.json, or Colab secrets) and that you accepted the dataset's "
-            "terms. " + _other_sources("kaggle")) from None
+            "The dataset is public and downloads without a Kaggle account; credentials are "
+            "used when present (KAGGLE_USERNAME and KAGGLE_KEY, ~/.kaggle/kaggle.json, or "
+            "Colab secrets), so if the error says unauthorized, check or remove them. "
+            + _other_sources("kaggle")) from None

@@ -1,6 +1,7 @@
 import hashlib
 import http.server
 import io
+import os
 import threading
 from pathlib import Path
 
@@ -137,6 +138,24 @@ def test_kaggle_download_is_located_inside_the_nested_download(monkeypatch, tmp_
                         lambda handle: calls.append(handle) or str(tmp_path))
     assert acquire.acquire("kaggle") == root
     assert calls == [acquire.KAGGLE_DATASET]
+
+
+def test_kaggle_needs_no_account_for_the_public_dataset(monkeypatch, tmp_path):
+    import kagglehub
+
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.kaggle/kaggle.json either
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cache" / "datasets" / "unclesamulus" / "bloodcells_dataset"
+    for label in CLASS_NAMES:
+        (root / label).mkdir(parents=True)
+    monkeypatch.setattr(acquire, "check_reachable", lambda url, source: None)
+    # The stub stands for kagglehub's download, which puts the files in KAGGLEHUB_CACHE.
+    monkeypatch.setattr(kagglehub, "dataset_download",
+                        lambda handle: str(Path(os.environ["KAGGLEHUB_CACHE"]) / "datasets"))
+    assert acquire.acquire("kaggle") == root
+    assert "no Kaggle account needed" in acquire._other_sources("medmnist")
 
 
 def test_kaggle_failure_explains_credentials_without_echoing_the_key(monkeypatch):
