@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.out:
-            files.check_output_path(args.out, [args.model, inference.sidecar_path(args.model)])
+            files.check_output_path(args.out, [args.model, inference.sidecar_path(args.model)],
+                                    input_folders=[args.data_dir])
         report = evaluate_folder(args.model, args.data_dir, tta=args.tta)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

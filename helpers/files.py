@@ -42,6 +42,7 @@ def list_files(folder: str | os.PathLike, skip_hidden: bool = False) -> list[Pat
             subfolders[:] = []
             continue
         visited.add(real)
+        subfolders.sort()  # which of two links to one folder is listed must not vary
         if skip_hidden:
             subfolders[:] = [name for name in subfolders if not name.startswith(".")]
             names = [name for name in names if not name.startswith(".")]
@@ -53,15 +54,17 @@ def list_files(folder: str | os.PathLike, skip_hidden: bool = False) -> list[Pat
 _STUDY_FILES = {"split.csv", "split.json", "audit.json", "audit_index.csv"}
 
 
-def check_output_path(path: str | os.PathLike, inputs: list[str | os.PathLike] = ()) -> Path:
+def check_output_path(path: str | os.PathLike, inputs: list[str | os.PathLike] = (),
+                      input_folders: list[str | os.PathLike] = ()) -> Path:
     """``path`` as an output file, refused (DataError, before any work) when it is a folder,
-    one of ``inputs``, a model (``.keras``), a model's sidecar (a ``.json`` beside a
-    ``.keras``) or an existing file of a run folder's ``data/`` (split, audit)."""
+    one of ``inputs`` or inside ``input_folders``, a model (``.keras``), a model's sidecar (a
+    ``.json`` beside a ``.keras``) or an existing file of a run folder's ``data/``."""
     path = Path(path)
     if path.is_dir():
         raise DataError(f"--out {path} is a folder: give the name of a file to write.")
     resolved = path.resolve()
-    if any(resolved == Path(item).resolve() for item in inputs):
+    if any(resolved == Path(item).resolve() for item in inputs) or any(
+            resolved.is_relative_to(Path(folder).resolve()) for folder in input_folders):
         raise DataError(f"--out {path} is one of the inputs: it would be overwritten.")
     if path.suffix == ".keras" or (path.suffix == ".json" and path.with_suffix(".keras").exists()):
         raise DataError(f"--out {path} would replace a model or the sidecar a model needs "

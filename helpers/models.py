@@ -135,8 +135,8 @@ def resnet50_base(image_size: int, weights: str | os.PathLike | None = "imagenet
         raise WeightsUnavailableError(
             f"Could not download the ImageNet weights for ResNet50 ({error}). Run where the "
             "internet is reachable (Colab), or download "
-            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 elsewhere and set the "
-            "weights parameter to its path. weights=None trains from random initialisation, "
+            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 elsewhere and set "
+            "RESNET_WEIGHTS to its path. RESNET_WEIGHTS = \"none\" runs on random weights, "
             "which is not transfer learning and is labelled so.") from None
 
 

@@ -5,6 +5,7 @@ contract. Every path is asked of a ``RunFolder``; nothing else builds one by han
 
     data/split.csv, split.json              the split (notebook 1) and what it was made from
     data/audit.json, audit_index.csv        the audit of every file
+    synthetic/                              drawn images (``DATA_SOURCE = "synthetic"``)
     models/NAME.keras, NAME.json            the kept model and its sidecar (label, classes,
                                             input size, resize method, crop; the sidecar's
                                             path is ``inference.sidecar_path``)
@@ -56,6 +57,11 @@ class RunFolder:
         return self.split_csv.with_suffix(".json")
 
     @property
+    def synthetic_data(self) -> Path:
+        """Where notebook 1 draws the synthetic dataset (``DATA_SOURCE = "synthetic"``)."""
+        return self.root / "synthetic"
+
+    @property
     def audit_json(self) -> Path:
         return self.root / "data" / "audit.json"
 
@@ -71,8 +77,12 @@ class RunFolder:
         if not self.split_csv.exists():
             raise DataError(f"No split in {self.root}: run notebook 01 or `python -m helpers.data "
                             f"prepare --run-dir {self.root}` first.")
-        metadata = json.loads(self.split_metadata.read_text())
-        return split.read_split(self.split_csv), Path(metadata["data_root"])
+        try:
+            data_root = Path(json.loads(self.split_metadata.read_text())["data_root"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise DataError(f"{self.split_metadata} is missing or damaged ({error!r}): make the "
+                            "split again with notebook 01.") from None
+        return split.read_split(self.split_csv), data_root
 
     def read_audit(self) -> dict:
         return json.loads(self.audit_json.read_text())

@@ -7,11 +7,13 @@ notebooks; this module holds what every run needs besides it, so all runs behave
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -391,6 +393,26 @@ def _readable_weights(path: Path) -> bool:
         return False
 
 
+def _readable_json(path: Path) -> bool:
+    """Whether ``path`` holds JSON (Keras writes its backup's metadata in place)."""
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _fingerprint(model: keras.Model, *settings) -> str:
+    """A hash of what defines a run: the model's and the optimizer's configurations (layers,
+    sizes, schedule...) and ``settings``."""
+    optimizer = model.optimizer.get_config() if model.optimizer is not None else {}
+    text = json.dumps([model.get_config(), optimizer, model.loss, *settings], sort_keys=True,
+                      default=str)
+    # Keras numbers what it names itself within a session (input_layer_1, adam_w_1...).
+    text = re.sub(r'("name": "[^"]*?)_\d+"', r'\1"', text)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _normalized(data: dict) -> dict:
     """``data`` as JSON would give it back (tuples as lists...), for comparing records."""
     return json.loads(json.dumps(data))
@@ -422,11 +444,14 @@ class TrainingRun:
         self.work = run.work(name)
         self.split_frame, self.data_root = run.load_split()
         self.split_sha256 = files.file_sha256(run.split_csv)
+        self._kept: bool | None = None
+        if self.work.exists() and not self._trained_anything():
+            shutil.rmtree(self.work)  # e.g. the model could not be built: nothing to resume
         if self.work.exists():
             self._check_resumable()
         elif run.validation_metrics(name).exists():
-            print(f"{name} finished before in {run.root}: training it again; the finished "
-                  "results stay in place until this run finishes.")
+            print(f"{name} finished before in {run.root}: kept if this is the same recipe, "
+                  "else trained again (its results stay in place until the new run finishes).")
         set_seed(seed, deterministic)
         self.strategy = select_strategy()
         self.precision = configure_precision(self.strategy)
@@ -441,7 +466,10 @@ class TrainingRun:
         return self.work / "history.csv"
 
     def checkpoint(self, phase: str | None = None) -> Path:
-        """The best model so far of this run (of training phase ``phase``)."""
+        """The best model so far of this run (of training phase ``phase``); of a ``kept``
+        run, its model in the run folder."""
+        if self._kept:
+            return self.run.model(self.name, phase)
         return self.work / (f"{self.name}_{phase}.keras" if phase else f"{self.name}.keras")
 
     def _record_path(self) -> Path:
@@ -453,11 +481,22 @@ class TrainingRun:
     def _start_again(self) -> str:
         return f"To start {self.name!r} afresh, delete {self.work}."
 
+    def _trained_anything(self) -> bool:
+        return (self.history_csv.exists() or self._phases_path().exists()
+                or any(self.work.glob("backup*")))
+
     def _check_resumable(self) -> None:
-        """An unfinished run resumes only with the split and parameters it started with."""
+        """An unfinished run resumes only with the split, seed and parameters it started
+        with."""
         if not self._record_path().exists():
             return  # killed before its record was written: nothing trained yet
         record = json.loads(self._record_path().read_text())
+        if (record["seed"], record["deterministic"]) != (self.seed, self.deterministic):
+            raise DataError(
+                f"The unfinished run {self.name!r} in {self.run.root} started with seed "
+                f"{record['seed']} (deterministic {record['deterministic']}); resuming with "
+                f"seed {self.seed} (deterministic {self.deterministic}) would mix two runs. "
+                f"Set them back to resume it. {self._start_again()}")
         if record["split_sha256"] != self.split_sha256:
             raise DataError(
                 f"The unfinished run {self.name!r} in {self.run.root} started on another split "
@@ -577,11 +616,13 @@ class TrainingRun:
         """A backup damaged by a kill mid-write: resume from the one before when Keras kept
         it (it falls back by itself), else start this phase again; say which."""
         latest = backup_dir / "latest.weights.h5"
-        if not latest.exists() or _readable_weights(latest):
+        if not latest.exists() or (_readable_weights(latest) and _readable_json(
+                backup_dir / "training_metadata.json")):
             return
         previous = latest.with_name(latest.name + ".bkp")
         previous_metadata = backup_dir / "training_metadata.json.bkp"
-        if previous.exists() and _readable_weights(previous) and previous_metadata.exists():
+        if (previous.exists() and _readable_weights(previous)
+                and _readable_json(previous_metadata)):
             print(f"The backup of {self.name} in {backup_dir} is damaged (a kill while it was "
                   "written): resuming from the one before it.")
             files.copy_atomically(previous, latest)
@@ -605,6 +646,27 @@ class TrainingRun:
             files.write_text_atomically(
                 history[history["epoch"] < resume_at].to_csv(index=False), self.history_csv)
 
+    def kept(self, model: keras.Model) -> bool:
+        """Whether this run finished before with exactly this compiled ``model`` (layers,
+        optimizer and schedule), parameters, seed, data and split: then its results are kept
+        as they are, ``fit`` has nothing to do, and ``finish`` returns the kept metrics. A
+        rerun after a disconnect so skips what had finished. Decided at the first call (a
+        later change of the model, such as unfreezing for phase 2, does not change it)."""
+        if self._kept is None:
+            self.fingerprint = _fingerprint(model, self.parameters, self.seed,
+                                            self.deterministic, self.data_settings,
+                                            self.split_sha256)
+            finished = (not (self.work.exists() and self._trained_anything())
+                        and self.run.validation_metrics(self.name).exists()
+                        and self.run.run_record(self.name).exists())
+            self._kept = finished and (self.run.read_run_record(self.name).get("fingerprint")
+                                       == self.fingerprint)
+            if self._kept:
+                shutil.rmtree(self.work, ignore_errors=True)  # holds only the new record
+                print(f"{self.name}: the same recipe finished before in {self.run.root}: "
+                      "kept as it is (nothing to train).")
+        return self._kept
+
     def epochs_done(self) -> int:
         """Epochs in the history so far (every phase)."""
         if not self.history_csv.exists() or self.history_csv.stat().st_size == 0:
@@ -616,8 +678,9 @@ class TrainingRun:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def phase_finished(self, phase: str) -> bool:
-        """Whether ``end_phase(phase)`` ran (a rerun then skips that phase)."""
-        return phase in self.finished_phases()
+        """Whether ``end_phase(phase)`` ran (a rerun then skips that phase), or the whole
+        run is ``kept``."""
+        return bool(self._kept) or phase in self.finished_phases()
 
     def end_phase(self, phase: str) -> int:
         """Record that training phase ``phase`` finished; returns the epochs done so far.
@@ -633,6 +696,8 @@ class TrainingRun:
 
     def phase_boundary(self, phase: str) -> int:
         """The epoch count at the end of finished phase ``phase`` (where the next begins)."""
+        if self._kept:
+            return self.run.finished_phases(self.name)[phase]
         return self.finished_phases()[phase]
 
     def finish(self) -> dict:
@@ -640,6 +705,8 @@ class TrainingRun:
         phase trained no epoch, the last closed phase's best) with its sidecar and
         validation metrics, its history, phases and record, moved into the run folder in
         place of an earlier run's. Returns the validation metrics."""
+        if self._kept:
+            return json.loads(self.run.validation_metrics(self.name).read_text())
         kept = self.checkpoint()
         if not kept.exists():
             closed = list(self.finished_phases())
@@ -674,8 +741,14 @@ class TrainingRun:
         files.copy_atomically(self.checkpoint(), run.model(name))
         inference.write_sidecar(run.model(name), label=self.label, **self.image_settings)
         files.copy_atomically(self.history_csv, run.history(name))
-        files.copy_atomically(self._record_path(), run.run_record(name))
+        record = json.loads(self._record_path().read_text())
+        files.write_json({**record, "fingerprint": getattr(self, "fingerprint", None)},
+                         run.run_record(name))
         if self._phases_path().exists():
             files.copy_atomically(self._phases_path(), run.phases(name))
         files.write_json(result, run.validation_metrics(name))
-        shutil.rmtree(self.work)
+        # Renamed first: a kill while deleting must not leave a half work folder to resume.
+        leaving = self.work.with_name(f".{self.name}.finished")
+        shutil.rmtree(leaving, ignore_errors=True)
+        os.replace(self.work, leaving)
+        shutil.rmtree(leaving)

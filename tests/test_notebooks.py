@@ -167,4 +167,7 @@ def test_study_command_rejects_unknown_profiles_and_bad_overrides(capsys):
     assert "DETERMINISTIC must be of type bool" in capsys.readouterr().err
     study.check_parameters({"CNN_LEARNING_RATE": 1}, study.all_declared_parameters())
     assert study.parse_override("CNN_EPOCHS=3") == ("CNN_EPOCHS", 3)
+    assert study.parse_override("RESNET_FINE_TUNE_LEARNING_RATE=5e-5")[1] == 5e-5
+    assert study.main(["--profile", "smoke", "--set", "RUN_DIR=elsewhere"]) == 1
+    assert "--run-dir" in capsys.readouterr().err
     assert yaml.safe_load("[a, b]") == study.parse_override("X=[a, b]")[1]

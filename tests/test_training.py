@@ -218,7 +218,7 @@ def test_finished_results_stay_until_a_new_run_of_the_same_name_finishes(run, ca
         run.run_record("tiny")]}
     with pytest.raises(training.TrainingStoppedError):  # a new run, killed midway
         _train_tiny(run, epochs=3, stop_after_epoch=1)
-    assert "stay in place until this run finishes" in capsys.readouterr().out
+    assert "stay in place until the new run finishes" in capsys.readouterr().out
     assert all(path.read_bytes() == content for path, content in kept.items())
     with pytest.raises(DataError, match="other parameters .EPOCHS changed."):
         _train_tiny(run, epochs=2)  # resuming it with other parameters would mix two runs
@@ -344,3 +344,28 @@ def test_killed_at_random_moments_a_run_ends_as_one_never_killed(run, tmp_path_f
     assert run.phase_boundary("tiny") == straight.phase_boundary("tiny") == 3
     for phase in (None, "first"):
         assert keras.saving.load_model(run.model("tiny", phase)).count_params() > 0
+
+
+def _run_once(run, learning_rate=2e-3):
+    """The recipe with the kept() check, as notebook 3 writes it; returns (kept, metrics)."""
+    training_run = training.TrainingRun(run, "tiny", label="Tiny CNN", seed=7, deterministic=True)
+    train_data, validation_data = training_run.datasets(image_size=16, batch_size=8,
+                                                        max_images=48, cache=None)
+    model = models.build_cnn(16, filters=(4, 8), seed=7)
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    kept = training_run.kept(model)
+    if not kept:
+        model.fit(train_data, validation_data=validation_data, epochs=2, verbose=0,
+                  callbacks=training_run.callbacks(precise_batchnorm_images=16))
+    return kept, training_run.finish()
+
+
+def test_a_finished_run_of_the_same_recipe_is_kept_and_another_recipe_trains(run):
+    assert _run_once(run)[0] is False
+    model_bytes = run.model("tiny").read_bytes()
+    kept, metrics = _run_once(run)  # "Run all" again: nothing to train
+    assert kept is True and metrics == json.loads(run.validation_metrics("tiny").read_text())
+    assert run.model("tiny").read_bytes() == model_bytes and not run.work("tiny").exists()
+    assert _run_once(run, learning_rate=1e-3)[0] is False  # an edited recipe trains again
+    assert run.model("tiny").read_bytes() != model_bytes

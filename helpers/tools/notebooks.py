@@ -22,6 +22,7 @@ from pathlib import Path
 import nbformat
 
 from helpers import project
+from helpers.runfolder import RunFolder
 from helpers.tools import study
 
 SOURCE_DIR = project.ROOT / "notebooks"
@@ -128,7 +129,8 @@ def refresh() -> None:
     study.run_study(study.load_profile("smoke"), CHECKED_RUN_DIR, force=True)
     CHECKED_DIR.mkdir(parents=True, exist_ok=True)
     for name in study.NOTEBOOKS:
-        shutil.copyfile(run_dir / "notebooks" / f"{name}.ipynb", CHECKED_DIR / f"{name}.ipynb")
+        shutil.copyfile(RunFolder(run_dir).notebooks / f"{name}.ipynb",
+                        CHECKED_DIR / f"{name}.ipynb")
     print(f"Stored {len(study.NOTEBOOKS)} executed notebooks in {CHECKED_DIR}")
 
 

@@ -23,6 +23,7 @@ import builtins
 import difflib
 import hashlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ import papermill
 import yaml
 
 from helpers import files, project
+from helpers.runfolder import RunFolder
 
 NOTEBOOKS = ("01_data", "02_explore", "03_train_cnn", "04_train_resnet50", "05_compare")
 NOTEBOOK_DIR = project.ROOT / "notebooks"
@@ -58,7 +60,13 @@ def parse_override(text: str) -> tuple[str, object]:
     name, separator, value = text.partition("=")
     if not separator or not name.isupper():
         raise StudyError(f"--set takes NAME=VALUE with an UPPER_CASE name, got {text!r}")
-    return name, yaml.safe_load(value)
+    if name == "RUN_DIR":
+        raise StudyError("The run folder is given with --run-dir, not --set RUN_DIR.")
+    parsed = yaml.safe_load(value)
+    # YAML 1.1 reads 5e-5 (no dot) as text; the notebooks write floats that way.
+    if isinstance(parsed, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", parsed):
+        parsed = float(parsed)
+    return name, parsed
 
 
 def declared_parameters(path: Path) -> dict[str, tuple[type, object]]:
@@ -131,7 +139,7 @@ def run_study(parameters: dict, run_dir: str, force: bool = False,
     ``run_dir`` (a relative one is relative to the repository root, in the notebooks too).
     Raises StudyError at the first failure.
     """
-    output_dir = project.resolve(run_dir) / "notebooks"
+    output_dir = RunFolder(project.resolve(run_dir)).notebooks
     output_dir.mkdir(parents=True, exist_ok=True)
     executed, rerun_rest = [], force
     for name in notebooks:
@@ -188,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    table = project.resolve(run_dir) / "metrics" / "comparison.csv"
+    table = RunFolder(project.resolve(run_dir)).comparison_table
     if table.exists():
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print("\n" + pd.read_csv(table, index_col="model").T.to_string())
