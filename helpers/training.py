@@ -491,18 +491,18 @@ class TrainingRun:
         if not self._record_path().exists():
             return  # killed before its record was written: nothing trained yet
         record = json.loads(self._record_path().read_text())
-        if (record["seed"], record["deterministic"]) != (self.seed, self.deterministic):
-            raise DataError(
-                f"The unfinished run {self.name!r} in {self.run.root} started with seed "
-                f"{record['seed']} (deterministic {record['deterministic']}); resuming with "
-                f"seed {self.seed} (deterministic {self.deterministic}) would mix two runs. "
-                f"Set them back to resume it. {self._start_again()}")
         if record["split_sha256"] != self.split_sha256:
             raise DataError(
                 f"The unfinished run {self.name!r} in {self.run.root} started on another split "
                 f"than {self.run.split_csv} holds now; resuming would train on images that are "
                 f"now validation or test images. Restore that split, or "
                 f"{self._start_again()[0].lower()}{self._start_again()[1:]}")
+        if (record["seed"], record["deterministic"]) != (self.seed, self.deterministic):
+            raise DataError(
+                f"The unfinished run {self.name!r} in {self.run.root} started with seed "
+                f"{record['seed']} (deterministic {record['deterministic']}); resuming with "
+                f"seed {self.seed} (deterministic {self.deterministic}) would mix two runs. "
+                f"Set them back to resume it. {self._start_again()}")
         if record["parameters"] != self.parameters:
             changed = sorted(key for key in {*record["parameters"], *self.parameters}
                              if record["parameters"].get(key) != self.parameters.get(key))

@@ -251,7 +251,12 @@ def test_a_run_resumes_only_on_the_split_it_started_with(run, synthetic_source):
     assert data.main(["prepare", "--source", "local", "--data-dir", str(root), "--run-dir",
                       str(run.root), "--seed", "3", "--force"]) == 0
     with pytest.raises(DataError, match="started on another split"):
-        training.TrainingRun(run, "tiny", label="Tiny CNN", seed=7)
+        training.TrainingRun(run, "tiny", label="Tiny CNN", seed=7, deterministic=True)
+    with pytest.raises(DataError, match="started with seed 7"):  # after the split is restored
+        (run.work("tiny") / "record.json").write_text(json.dumps(
+            {**json.loads((run.work("tiny") / "record.json").read_text()),
+             "split_sha256": hashlib.sha256(run.split_csv.read_bytes()).hexdigest()}))
+        training.TrainingRun(run, "tiny", label="Tiny CNN", seed=8, deterministic=True)
     shutil.rmtree(run.work("tiny"))  # what the message says to do to start afresh
     _train_tiny(run, epochs=1)[0].finish()
 
