@@ -153,6 +153,24 @@ def test_study_skips_completed_notebooks_and_names_the_failing_cell(tmp_path):
     assert record["parameters"] == {"RUN_DIR": run_dir, "VALUE": 3}
 
 
+def test_executed_notebooks_keep_their_output_but_not_library_start_up_noise(tmp_path):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    _tiny_notebook(sources / "a.ipynb", "import sys\n"
+                   "print('WARNING: All log messages before absl::InitializeLog() is called',"
+                   " file=sys.stderr)\n"
+                   "print('E0000 cuda_platform.cc:52] failed call to cuInit', file=sys.stderr)\n"
+                   "print('a real warning', file=sys.stderr)\nprint('the result')")
+    study.run_study({}, str(tmp_path / "run"), notebooks=("a",), notebook_dir=sources,
+                    log=lambda message: None)
+    executed = nbformat.read(tmp_path / "run" / "notebooks" / "a.ipynb", as_version=4)
+    text = "".join(output.get("text", "") for output in executed.cells[-1].outputs)
+    assert "the result" in text and "a real warning" in text
+    assert "absl" not in text and "cuInit" not in text
+    for copy in notebooks.CHECKED_DIR.glob("*.ipynb"):  # the nbval copies are clean too
+        assert not study.START_UP_NOISE.search(copy.read_text()), copy.name
+
+
 def test_study_command_rejects_unknown_profiles_and_bad_overrides(capsys):
     assert study.main(["--profile", "nope"]) == 1
     assert "No profile 'nope'" in capsys.readouterr().err

@@ -116,6 +116,38 @@ def check_parameters(parameters: dict, declared: dict[str, tuple[type, object]])
             raise StudyError(f"{name} must be of type {expected.__name__}, got {value!r}")
 
 
+# What libraries print on stderr while they start (TensorFlow's C++ logging before absl is set
+# up, CUDA probing on a machine without a GPU, oneDNN and graph-optimizer notices) and tqdm's
+# fallback warning: not part of the study's report.
+START_UP_NOISE = re.compile(
+    r"absl::InitializeLog|oneDNN custom operations|TF_ENABLE_ONEDNN_OPTS|cudart_stub|"
+    r"cuda_platform|cuInit|cuda drivers|node_def_util|loop_optimizer|IProgress not found|"
+    r"Kernel is running over TCP|cpu_feature_guard|rebuild TensorFlow with the appropriate")
+
+
+def remove_start_up_noise(path: Path) -> int:
+    """Remove START_UP_NOISE lines from the stderr outputs of an executed notebook (an output
+    left empty goes); returns how many lines went."""
+    notebook = nbformat.read(path, as_version=4)
+    removed = 0
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        kept_outputs = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                lines = output["text"].splitlines(keepends=True)
+                clean = [line for line in lines if not START_UP_NOISE.search(line)]
+                removed += len(lines) - len(clean)
+                output["text"] = "".join(clean)
+                if not output["text"].strip():
+                    continue
+            kept_outputs.append(output)
+        cell["outputs"] = kept_outputs
+    nbformat.write(notebook, path)
+    return removed
+
+
 def completion_record(source: Path, parameters: dict) -> dict:
     """What makes a finished notebook reusable: its source's hash and its parameters."""
     return {"source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
@@ -164,6 +196,7 @@ def run_study(parameters: dict, run_dir: str, force: bool = False,
                                        progress_bar=True)
         except papermill.PapermillExecutionError as error:
             raise StudyError(failure_message(name, error, output)) from None
+        remove_start_up_noise(output)
         files.write_json(record, record_path)
         log(f"{name}: done in {(time.perf_counter() - started) / 60:.1f} min -> {output}")
         executed.append(name)
