@@ -424,11 +424,12 @@ class TrainingRun:
     ``fit``) stays with the caller, i.e. in the notebooks.
 
     A run trains in its work folder (``work/NAME/``: checkpoints, history, backups, record)
-    and ``finish`` moves its results into place (``models/``, ``history/``, ``config/``,
+    and ``finish`` copies its results into place (``models/``, ``history/``, ``config/``,
     ``metrics/``). So finished results of an earlier run of NAME are replaced only by a
     finished new one; a failed or interrupted run leaves them whole. An unfinished run is
-    resumed (by BackupAndRestore) when its notebook runs again, and refused when the split or
-    its parameters changed since it started.
+    resumed (by BackupAndRestore) when its notebook runs again, and refused when the split,
+    the seed or its parameters changed since it started. ``kept`` tells whether the same
+    recipe finished before, so that there is nothing to train.
 
     Creating it seeds everything and picks the distribution strategy and precision.
     ``datasets`` builds the training and validation data and writes the run record;
@@ -495,8 +496,8 @@ class TrainingRun:
             raise DataError(
                 f"The unfinished run {self.name!r} in {self.run.root} started on another split "
                 f"than {self.run.split_csv} holds now; resuming would train on images that are "
-                f"now validation or test images. Restore that split, or "
-                f"{self._start_again()[0].lower()}{self._start_again()[1:]}")
+                f"now validation or test images. Restore that split to resume it. "
+                f"{self._start_again()}")
         if (record["seed"], record["deterministic"]) != (self.seed, self.deterministic):
             raise DataError(
                 f"The unfinished run {self.name!r} in {self.run.root} started with seed "
