@@ -3,8 +3,9 @@
     python -m helpers.study [--profile cpu] [--data-dir DIR] [--run-dir DIR] [--force]
                             [--set NAME=VALUE ...]
 
-Profiles are ``notebooks/profiles/NAME.yaml``: ``smoke`` (synthetic data, a minute per
-notebook: CI), ``cpu`` (the real data at 64 px on a 2-core machine, about an hour; ResNet50
+Profiles are ``notebooks/profiles/NAME.yaml``, overrides of the notebooks' defaults (which
+are the ``colab`` profile, what "Run all" in Colab runs): ``smoke`` (synthetic data, a minute per
+notebook: CI), ``cpu`` (the real data at 64 px on a 2-core machine, about 75 minutes; ResNet50
 from random init, since such machines are often offline), ``full`` (224 px on a GPU, ImageNet
 weights). The default is ``cpu``, which runs anywhere. ``--data-dir`` uses a folder you have
 instead of downloading from Kaggle.
