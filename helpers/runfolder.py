@@ -149,10 +149,3 @@ class RunFolder:
     def notebooks(self) -> Path:
         """Where a headless study puts the executed notebooks."""
         return self.root / "notebooks"
-
-
-def open_folder(path: str | os.PathLike) -> RunFolder:
-    """A RunFolder at ``path`` (relative paths are relative to the repository root)."""
-    from helpers import project
-
-    return RunFolder(project.resolve(path))
