@@ -27,7 +27,6 @@ contract. Every path is asked of a ``RunFolder``; nothing else builds one by han
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
