@@ -1,5 +1,5 @@
 # The README's two commands are `make study` and `make test`. Each creates ./.venv with
-# python3 on first use and reinstalls only when requirements.txt changes, so both can be run
+# python3 on first use and reinstalls only when the requirements change, so both can be run
 # again and again. Set VENV to put the virtualenv elsewhere.
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +13,7 @@ DATA_DIR ?=
 
 .PHONY: venv test test-colab-versions lint study notebooks clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements/study.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
@@ -30,7 +30,7 @@ test: lint
 # The whole suite with the package versions of Google Colab's runtime
 # (.ci/colab-constraints.txt), in its own virtualenv.
 COLAB_VENV ?= .venv-colab
-$(COLAB_VENV)/.installed: requirements.txt .ci/colab-constraints.txt
+$(COLAB_VENV)/.installed: requirements.txt requirements/study.txt requirements/dev.txt .ci/colab-constraints.txt
 	$(PYTHON) -m venv $(COLAB_VENV)
 	$(COLAB_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(COLAB_VENV)/bin/python -m pip install --quiet -r requirements.txt -c .ci/colab-constraints.txt

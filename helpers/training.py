@@ -37,22 +37,10 @@ warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed", category
 
 # -- devices and precision -------------------------------------------------------------------
 
-def choose_strategy_kind(n_gpus: int, tpu_available: bool) -> str:
-    """"tpu" when a TPU is attached, "mirrored" with several GPUs, else "default"."""
-    if tpu_available:
-        return "tpu"
+def choose_strategy_kind(n_gpus: int) -> str:
+    """"mirrored" with several GPUs, else "default" (one GPU or the CPU). TPUs are not
+    supported: Colab's TPU runtimes ship without TensorFlow (``helpers.colab`` says so)."""
     return "mirrored" if n_gpus > 1 else "default"
-
-
-def _connect_tpu():
-    """Return a TPU cluster resolver when a (Colab) TPU is attached, else None."""
-    try:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return resolver
-    except (ValueError, RuntimeError, tf.errors.NotFoundError):
-        return None
 
 
 def select_strategy() -> tf.distribute.Strategy:
@@ -60,37 +48,29 @@ def select_strategy() -> tf.distribute.Strategy:
 
     The global batch size is the per-replica one times ``strategy.num_replicas_in_sync``.
     """
-    resolver = _connect_tpu() if os.environ.get("COLAB_TPU_ADDR") or os.environ.get(
-        "TPU_NAME") else None
-    kind = choose_strategy_kind(len(tf.config.list_logical_devices("GPU")), resolver is not None)
-    if kind == "tpu":
-        return tf.distribute.TPUStrategy(resolver)
-    if kind == "mirrored":
+    if choose_strategy_kind(len(tf.config.list_logical_devices("GPU"))) == "mirrored":
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
 
 
-def choose_precision(strategy_kind: str, gpu_compute_capabilities: list[tuple[int, int]]) -> str:
+def choose_precision(gpu_compute_capabilities: list[tuple[int, int]]) -> str:
     """The Keras dtype policy that speeds training up on this hardware.
 
-    bfloat16 on TPUs; float16 on GPUs with tensor cores (compute capability 7.0 or newer);
-    float32 on CPUs and older GPUs, where reduced precision gains nothing.
+    float16 on GPUs with tensor cores (compute capability 7.0 or newer); float32 on CPUs and
+    older GPUs, where reduced precision gains nothing.
     """
-    if strategy_kind == "tpu":
-        return "mixed_bfloat16"
     if gpu_compute_capabilities and min(gpu_compute_capabilities) >= (7, 0):
         return "mixed_float16"
     return "float32"
 
 
-def configure_precision(strategy: tf.distribute.Strategy) -> str:
+def configure_precision() -> str:
     """Set and return the global dtype policy chosen by ``choose_precision``."""
-    kind = "tpu" if isinstance(strategy, tf.distribute.TPUStrategy) else "other"
     capabilities = [
         tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
         for gpu in tf.config.list_physical_devices("GPU")
     ]
-    policy = choose_precision(kind, capabilities)
+    policy = choose_precision(capabilities)
     keras.mixed_precision.set_global_policy(policy)
     return policy
 
@@ -455,7 +435,7 @@ class TrainingRun:
                   "else trained again (its results stay in place until the new run finishes).")
         set_seed(seed, deterministic)
         self.strategy = select_strategy()
-        self.precision = configure_precision(self.strategy)
+        self.precision = configure_precision()
         # The training data's pass number: EpochSeeds sets it to the epoch, so the shuffle
         # order of a resumed epoch is the one an uninterrupted run would have seen.
         self.epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)

@@ -4,26 +4,49 @@ import re
 
 import yaml
 
+from helpers import colab
 from tests.conftest import REPOSITORY
 
 REQUIRED = ["tensorflow", "keras", "numpy", "pandas", "matplotlib", "seaborn", "scikit-learn",
             "kagglehub", "kaggle", "papermill", "nbval", "pytest", "ipykernel", "pillow"]
 
 
-def _requirement_names() -> set[str]:
-    lines = (REPOSITORY / "requirements.txt").read_text().splitlines()
+def _requirement_names(path: str) -> set[str]:
+    lines = (REPOSITORY / path).read_text().splitlines()
     return {re.split(r"[<>=!~\[ ;#]", line.strip(), maxsplit=1)[0].lower()
-            for line in lines if line.strip() and not line.startswith("#")}
+            for line in lines if line.strip() and not line.startswith(("#", "-r"))}
 
 
 def test_requirements_name_every_package_the_study_uses():
-    assert set(REQUIRED) <= _requirement_names()
+    names = _requirement_names("requirements/study.txt") | _requirement_names(
+        "requirements/dev.txt")
+    assert set(REQUIRED) <= names
 
 
-def test_requirements_are_ranges_not_pins():
-    # Exact pins would make Colab's %pip install replace its own TensorFlow and Keras.
-    text = (REPOSITORY / "requirements.txt").read_text()
-    assert "==" not in text
+def test_requirements_txt_is_the_study_and_the_tools():
+    lines = [line for line in (REPOSITORY / "requirements.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines == ["-r requirements/study.txt", "-r requirements/dev.txt"]
+
+
+def test_colab_installs_no_development_tools_and_keeps_its_own_builds():
+    study = _requirement_names("requirements/study.txt")
+    assert not study & {"pytest", "nbval", "ruff", "nbstripout", "papermill"}
+    # The packages the setup cell never touches are named in the file it reads.
+    assert set(colab.PREINSTALLED) <= study
+
+
+def test_requirements_are_ranges_that_admit_colabs_versions():
+    # Exact pins would make an install replace Colab's own TensorFlow and Keras.
+    for path in ("requirements.txt", "requirements/study.txt", "requirements/dev.txt"):
+        assert "==" not in (REPOSITORY / path).read_text()
+    ranges = {requirement.name.lower(): requirement
+              for requirement in colab.read_requirements(REPOSITORY / "requirements/study.txt")}
+    constraints = colab.read_requirements(REPOSITORY / ".ci" / "colab-constraints.txt")
+    assert constraints
+    for pinned in constraints:
+        version = str(next(iter(pinned.specifier)).version)
+        assert ranges[pinned.name.lower()].specifier.contains(version), pinned
 
 
 def test_conda_environment_installs_the_same_requirements():

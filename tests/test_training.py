@@ -22,23 +22,20 @@ from tests.conftest import REPOSITORY
 KILLS = 4
 
 
-@pytest.mark.parametrize("gpus, tpu, kind", [
-    (0, False, "default"), (1, False, "default"), (2, False, "mirrored"), (8, False, "mirrored"),
-    (0, True, "tpu"),
-])
-def test_strategy_kind(gpus, tpu, kind):
-    assert training.choose_strategy_kind(gpus, tpu) == kind
+@pytest.mark.parametrize("gpus, kind", [(0, "default"), (1, "default"), (2, "mirrored"),
+                                        (8, "mirrored")])
+def test_strategy_kind(gpus, kind):
+    assert training.choose_strategy_kind(gpus) == kind
 
 
-@pytest.mark.parametrize("kind, capabilities, policy", [
-    ("default", [], "float32"),  # CPU
-    ("default", [(6, 0)], "float32"),  # P100: no tensor cores
-    ("default", [(7, 5)], "mixed_float16"),  # T4, Colab's usual GPU
-    ("mirrored", [(8, 0), (6, 1)], "float32"),  # the slowest GPU decides
-    ("tpu", [], "mixed_bfloat16"),
+@pytest.mark.parametrize("capabilities, policy", [
+    ([], "float32"),  # CPU
+    ([(6, 0)], "float32"),  # P100: no tensor cores
+    ([(7, 5)], "mixed_float16"),  # T4, Colab's usual GPU
+    ([(8, 0), (6, 1)], "float32"),  # the slowest GPU decides
 ])
-def test_precision_choice(kind, capabilities, policy):
-    assert training.choose_precision(kind, capabilities) == policy
+def test_precision_choice(capabilities, policy):
+    assert training.choose_precision(capabilities) == policy
 
 
 def test_this_cpu_machine_gets_the_default_strategy_and_float32():
@@ -48,7 +45,7 @@ def test_this_cpu_machine_gets_the_default_strategy_and_float32():
     assert strategy.num_replicas_in_sync == 1
     assert not isinstance(strategy, tf.distribute.MirroredStrategy)
     try:
-        assert training.configure_precision(strategy) == "float32"
+        assert training.configure_precision() == "float32"
         assert keras.mixed_precision.global_policy().name == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
