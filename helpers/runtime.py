@@ -13,8 +13,11 @@ from helpers.training import device_names
 DRIVE_FOLDER = "/content/drive/MyDrive/blood-cell-study"
 
 
-def report_accelerator(is_colab: bool) -> str:
-    """Print (and return) the devices TensorFlow sees, and how to get a GPU if it sees none."""
+def report_accelerator(is_colab: bool) -> None:
+    """Print the devices TensorFlow sees, and how to get a GPU if it sees none.
+
+    Returns nothing: it is the setup cell's last line, whose value a notebook would show again.
+    """
     devices = device_names()
     message = "Devices: " + ", ".join(devices)
     if not any(name.startswith(("GPU", "TPU")) for name in devices):
@@ -25,7 +28,6 @@ def report_accelerator(is_colab: bool) -> str:
             message += ("\nNo GPU: training runs on the CPU. The `cpu` profile is sized for "
                         "that (python -m helpers.study --profile cpu).")
     print(message)
-    return message
 
 
 def run_folder(run_dir: str | os.PathLike, use_google_drive: bool, is_colab: bool) -> RunFolder:

@@ -86,7 +86,7 @@ def lint(path: Path) -> list[str]:
                         f"found {badges} (run python -m helpers.tools.notebooks sync)")
     setup = cells[1].source if len(cells) > 1 else ""
     for needed in ('IS_COLAB = "google.colab" in sys.modules', f'"{project.REPOSITORY_URL}"',
-                   "runtime.report_accelerator(IS_COLAB)"):
+                   "colab.prepare_runtime()", "runtime.report_accelerator(IS_COLAB)"):
         if needed not in setup:
             problems.append(f"the setup cell (cell 2) lacks {needed}")
     parameter_cells = [index for index, cell in enumerate(cells)
