@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from helpers import files
+from helpers import files, progressbar
 from helpers.labels import CLASS_NAMES
 from helpers.locate import class_folders
 
@@ -117,8 +117,7 @@ def audit(data_root: str | os.PathLike, workers: int | None = None,
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(inspect_file, paths)
         if progress:
-            from tqdm.auto import tqdm
-            results = tqdm(results, total=len(paths), desc="audit", unit="file")
+            results = progressbar.track(results, len(paths), "audit", "file")
         rows = [
             {"path": relative, "folder": folder, "label": label, **result}
             for (relative, folder, label), result in zip(files, results, strict=True)

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 # Registers ResNetPreprocess, so ResNet50 models load in safe mode.
-from helpers import files, models  # noqa: F401 (models registers the custom layers)
+from helpers import files, models, progressbar  # noqa: F401 (models registers the custom layers)
 from helpers.errors import DataError
 from helpers.labels import CLASS_NAMES
 from helpers.pipeline import decode_and_resize
@@ -169,11 +169,8 @@ def predict_probabilities(loaded: LoadedModel, paths: Sequence[str | os.PathLike
     batches = image_dataset(paths, loaded, batch_size)
     if progress is None:
         progress = len(paths) >= PROGRESS_THRESHOLD
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(paths), desc="predict" + (" (TTA x8)" if tta else ""),
-                   unit="image")
+    bar = (progressbar.Progress(len(paths), "predict" + (" (TTA x8)" if tta else ""),
+                                     "image") if progress else None)
     step = loaded.step(tta)
     outputs = []
     for images in batches:

@@ -22,6 +22,8 @@ contract. Every path is asked of a ``RunFolder``; nothing else builds one by han
     predictions/NAME_SUBSET[_tta].csv       per-image predictions
     figures/NAME.png                        figures
     notebooks/                              executed notebooks of a headless study
+    logs/NOTEBOOK.log                       what its kernels wrote to stderr
+    report.html                             the executed notebooks as one page
 """
 
 from __future__ import annotations
@@ -148,3 +150,12 @@ class RunFolder:
     def notebooks(self) -> Path:
         """Where a headless study puts the executed notebooks."""
         return self.root / "notebooks"
+
+    def log(self, notebook: str) -> Path:
+        """What the kernel running ``notebook`` headless wrote to stderr."""
+        return self.root / "logs" / f"{notebook}.log"
+
+    @property
+    def report(self) -> Path:
+        """The executed notebooks of a headless study as one HTML page."""
+        return self.root / "report.html"

@@ -12,7 +12,8 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from helpers import project
+from helpers import progressbar, project
+from helpers.runfolder import RunFolder
 from helpers.tools import notebooks, study
 
 SOURCES = notebooks.source_paths()
@@ -148,6 +149,7 @@ def test_study_skips_completed_notebooks_and_names_the_failing_cell(tmp_path):
     message = str(failure.value)
     assert "b failed in the cell run as In [3]" in message and "ZeroDivisionError" in message
     assert "VALUE / 0" in message
+    assert str(tmp_path / "run" / "logs" / "b.log") in message
     assert not (tmp_path / "run" / "notebooks" / "b.done.json").exists()
     record = json.loads((tmp_path / "run" / "notebooks" / "a.done.json").read_text())
     assert record["parameters"] == {"RUN_DIR": run_dir, "VALUE": 3}
@@ -169,6 +171,47 @@ def test_executed_notebooks_keep_their_output_but_not_library_start_up_noise(tmp
     assert "absl" not in text and "cuInit" not in text
     for copy in notebooks.CHECKED_DIR.glob("*.ipynb"):  # the nbval copies are clean too
         assert not study.START_UP_NOISE.search(copy.read_text()), copy.name
+        streams = [output.text for cell in nbformat.read(copy, as_version=4).cells
+                   for output in cell.get("outputs", []) if output.output_type == "stream"]
+        assert not [text for text in streams if "\r" in text or "%|" in text], copy.name
+
+
+def test_study_shows_one_line_per_notebook_and_logs_the_kernels_stderr(tmp_path, capfd):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    _tiny_notebook(sources / "a.ipynb", "import os\nfrom helpers import progressbar\n"
+                   "print(progressbar.display_kind())\n"
+                   "list(progressbar.track(range(300), 300, 'count', 'item'))")
+    _tiny_notebook(sources / "b.ipynb", "1 + 1")
+    run_dir = tmp_path / "run"
+    study.run_study({}, str(run_dir), notebooks=("a", "b"), notebook_dir=sources)
+    shown = capfd.readouterr()
+    # One line per notebook, however often its bar was redrawn; nothing from the kernels.
+    lines = [line.split("\r")[-1] for line in shown.out.split("\n") if line]
+    assert len(lines) == 2
+    assert lines[0].startswith("[1/2] a: 4/4 cells") and lines[1].startswith("[2/2] b: 4/4")
+    assert shown.err == ""
+    assert "Kernel is running over TCP" not in shown.out
+    assert (run_dir / "logs" / "a.log").exists() and (run_dir / "logs" / "b.log").exists()
+    # In the saved notebook: no bar, one final line.
+    executed = nbformat.read(run_dir / "notebooks" / "a.ipynb", as_version=4)
+    text = "".join(output.get("text", "") for output in executed.cells[-1].outputs)
+    assert text.startswith("final line\ncount: 300 of 300 items in ")
+    assert text.count("\n") == 2 and "\r" not in text and "%|" not in text
+    # The report: one page with both notebooks' cells and outputs.
+    report = study.write_report(RunFolder(run_dir), notebooks=("a", "b")).read_text()
+    assert "count: 300 of 300 items" in report and "<pre>2</pre>" in report
+
+
+def test_progress_shows_as_the_place_it_runs_in_can_show_it(monkeypatch, capsys):
+    monkeypatch.delenv(progressbar.HEADLESS_VARIABLE, raising=False)
+    assert progressbar.display_kind() == "terminal"  # pytest is no kernel
+    monkeypatch.setenv(progressbar.HEADLESS_VARIABLE, "1")
+    assert progressbar.display_kind() == "final line"
+    with progressbar.Progress(10, "work", "step") as bar:
+        bar.update(4)
+        bar.update(6)
+    assert capsys.readouterr().out.startswith("work: 10 of 10 steps in ")
 
 
 def test_study_command_rejects_unknown_profiles_and_bad_overrides(capsys):

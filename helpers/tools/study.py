@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import ast
 import builtins
+import contextlib
 import difflib
 import hashlib
 import json
+import os
 import re
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -34,7 +36,7 @@ import pandas as pd
 import papermill
 import yaml
 
-from helpers import files, project
+from helpers import files, progressbar, project
 from helpers.runfolder import RunFolder
 
 NOTEBOOKS = ("01_data", "02_explore", "03_train_cnn", "04_train_resnet50", "05_compare")
@@ -155,12 +157,31 @@ def completion_record(source: Path, parameters: dict) -> dict:
             "parameters": parameters}
 
 
-def failure_message(name: str, error: papermill.PapermillExecutionError, output: Path) -> str:
+def failure_message(name: str, error: papermill.PapermillExecutionError, output: Path,
+                    log_file: Path) -> str:
     """Which notebook and cell failed, with the error, the cell's code, and where to look."""
     code = "\n".join("    " + line for line in error.source.splitlines()[:12])
     return (f"{name} failed in the cell run as In [{error.exec_count}]:\n"
             f"  {error.ename}: {error.evalue}\n{code}\n"
-            f"The executed notebook with the full traceback: {output}")
+            f"The executed notebook with the full traceback: {output}\n"
+            f"What its kernel wrote to stderr: {log_file}")
+
+
+@contextlib.contextmanager
+def stderr_to(path: Path) -> Iterator[None]:
+    """Send this process's stderr, and so that of the kernels it starts, to the file ``path``
+    (TensorFlow's C++ start-up lines, kernel warnings): the terminal keeps the progress."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with path.open("wb") as log_file:
+            os.dup2(log_file.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def run_study(parameters: dict, run_dir: str, force: bool = False,
@@ -170,38 +191,61 @@ def run_study(parameters: dict, run_dir: str, force: bool = False,
 
     Each notebook gets the profile's parameters it declares, with RUN_DIR set to
     ``run_dir`` (a relative one is relative to the repository root, in the notebooks too).
-    Raises StudyError at the first failure.
+    Each shows one line on stdout (its progress in cells); its kernel's stderr goes to
+    ``RUN_DIR/logs/NAME.log``. Raises StudyError at the first failure.
     """
-    output_dir = RunFolder(project.resolve(run_dir)).notebooks
-    output_dir.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(project.resolve(run_dir))
+    run.notebooks.mkdir(parents=True, exist_ok=True)
     executed, rerun_rest = [], force
-    for name in notebooks:
+    for number, name in enumerate(notebooks, start=1):
         source = notebook_dir / f"{name}.ipynb"
         declared = notebook_parameters(source)
         given = {key: value for key, value in {**parameters, "RUN_DIR": run_dir}.items()
                  if key in declared}
-        output = output_dir / f"{name}.ipynb"
-        record_path = output_dir / f"{name}.done.json"
+        output = run.notebooks / f"{name}.ipynb"
+        record_path = run.notebooks / f"{name}.done.json"
         record = completion_record(source, given)
+        counter = f"[{number}/{len(notebooks)}] {name}"
         if (not rerun_rest and output.exists() and record_path.exists()
                 and json.loads(record_path.read_text()) == record):
-            log(f"{name}: done before with the same parameters, skipped (--force reruns it)")
+            log(f"{counter}: done before with the same parameters, skipped (--force reruns it)")
             continue
         rerun_rest = True
         record_path.unlink(missing_ok=True)
-        log(f"{name}: running ({', '.join(f'{k}={v!r}' for k, v in sorted(given.items()))})")
-        started = time.perf_counter()
+        progress = {"file": sys.stdout, "desc": counter, "mininterval": 1.0,
+                    "bar_format": "{desc}: {n_fmt}/{total_fmt} cells, {elapsed}"}
+        # Kernels launched from here print progress bars as one final line (helpers.progressbar).
+        os.environ[progressbar.HEADLESS_VARIABLE] = "1"
         try:
-            papermill.execute_notebook(str(source), str(output), parameters=given,
-                                       cwd=str(project.ROOT), kernel_name="python3",
-                                       progress_bar=True)
+            with stderr_to(run.log(name)):
+                papermill.execute_notebook(str(source), str(output), parameters=given,
+                                           cwd=str(project.ROOT), kernel_name="python3",
+                                           progress_bar=progress)
         except papermill.PapermillExecutionError as error:
-            raise StudyError(failure_message(name, error, output)) from None
+            raise StudyError(failure_message(name, error, output, run.log(name))) from None
+        finally:
+            del os.environ[progressbar.HEADLESS_VARIABLE]
         remove_start_up_noise(output)
         files.write_json(record, record_path)
-        log(f"{name}: done in {(time.perf_counter() - started) / 60:.1f} min -> {output}")
         executed.append(name)
     return executed
+
+
+def write_report(run: RunFolder, notebooks: tuple[str, ...] = NOTEBOOKS) -> Path:
+    """The executed notebooks as one self-contained HTML page (figures embedded), to send to
+    someone without Jupyter: ``RUN_DIR/report.html``."""
+    from nbconvert import HTMLExporter  # a tool of the headless runner, not of the notebooks
+
+    combined = nbformat.v4.new_notebook()
+    for name in notebooks:
+        notebook = nbformat.read(run.notebooks / f"{name}.ipynb", as_version=4)
+        combined.metadata = combined.metadata or notebook.metadata
+        for cell in notebook.cells:
+            cell.id = f"{name}-{len(combined.cells)}"  # ids must be unique across notebooks
+            combined.cells.append(cell)
+    html, _ = HTMLExporter().from_notebook_node(combined)
+    files.write_text_atomically(html, run.report)
+    return run.report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,10 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    table = RunFolder(project.resolve(run_dir)).comparison_table
-    if table.exists():
+    run = RunFolder(project.resolve(run_dir))
+    if run.comparison_table.exists():
         with pd.option_context("display.width", 200, "display.max_columns", 20):
-            print("\n" + pd.read_csv(table, index_col="model").T.to_string())
+            print("\n" + pd.read_csv(run.comparison_table, index_col="model").T.to_string())
+    print(f"\nThe executed notebooks as one page: {write_report(run)}")
     return 0
 
 
