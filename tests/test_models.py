@@ -109,3 +109,55 @@ def test_cnn_stem_halves_the_feature_maps_at_the_same_depth():
     for name in ("block1_relu2", "block2_relu2"):
         assert stem.get_layer(name).output.shape == plain.get_layer(name).output.shape
     assert stem.predict(np.zeros((1, 64, 64, 3)), verbose=0).shape == (1, 8)
+
+
+@pytest.mark.parametrize("policy, tolerance", [("float32", 1e-4), ("mixed_bfloat16", 3e-2)])
+def test_fused_batchnorm_trains_like_keras_batchnorm(policy, tolerance):
+    import tensorflow as tf
+
+    images = tf.random.stateless_normal((8, 6, 6, 5), seed=(1, 2)) * 3.0 + 1.0
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        plain = keras.layers.BatchNormalization(momentum=0.9)
+        fused = models.FusedBatchNormalization(momentum=0.9)
+        for layer in (plain, fused):
+            layer.build(images.shape)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    gamma = tf.random.stateless_uniform((5,), seed=(3, 4), minval=0.5, maxval=2.0)
+    beta = tf.random.stateless_normal((5,), seed=(5, 6))
+    for layer in (plain, fused):
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+    results = []
+    for layer in (plain, fused):
+        inputs = tf.cast(images, layer.compute_dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = layer(inputs, training=True)
+            loss = tf.reduce_sum(tf.cast(outputs, "float32") * tf.range(5, dtype="float32"))
+        gradients = tape.gradient(loss, [inputs, layer.gamma, layer.beta])
+        results.append([outputs, *gradients, layer.moving_mean, layer.moving_variance,
+                         layer(inputs, training=False)])
+    for expected, actual in zip(*results, strict=True):
+        expected, actual = (np.asarray(tf.cast(value, "float32")) for value in (expected, actual))
+        np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)
+    # The moving averages moved (by Keras's rule) and the variance is the biased one.
+    assert not np.allclose(results[1][4], 0) and not np.allclose(results[1][5], 1)
+    # ...computed by the fused kernel in training, by Keras's ops at inference.
+    for training, expected in ((True, True), (False, False)):
+        graph = tf.function(lambda x, training=training: fused(x, training=training)
+                            ).get_concrete_function(tf.TensorSpec(images.shape,
+                                                                  fused.compute_dtype)).graph
+        assert any(op.type.startswith("FusedBatchNorm")
+                   for op in graph.get_operations()) == expected
+
+
+def test_the_cnn_uses_fused_batchnorm_and_loads_back(tmp_path):
+    model = models.build_cnn(16, filters=(4, 8), seed=0)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 4 and all(isinstance(layer, models.FusedBatchNormalization)
+                                   for layer in norms)
+    model.save(tmp_path / "cnn.keras")
+    loaded = keras.saving.load_model(tmp_path / "cnn.keras")
+    assert isinstance(loaded.get_layer("block1_bn1"), models.FusedBatchNormalization)
