@@ -53,24 +53,50 @@ def select_strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def choose_precision(gpu_compute_capabilities: list[tuple[int, int]]) -> str:
-    """The Keras dtype policy that speeds training up on this hardware.
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+# CPU flags (Linux /proc/cpuinfo) of units that run bfloat16 matrix products fast: Intel AMX
+# (Sapphire Rapids and later) and AVX512-BF16 (Cooper Lake and later, AMD Zen 4 and later).
+BFLOAT16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
-    float16 on GPUs with tensor cores (compute capability 7.0 or newer); float32 on CPUs and
-    older GPUs, where reduced precision gains nothing.
+
+def cpu_supports_bfloat16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has AMX-BF16 or AVX512-BF16 (read from ``/proc/cpuinfo``, or the text
+    given; False where there is none, as on macOS and Windows)."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.exists() else ""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return bool(BFLOAT16_CPU_FLAGS & set(line.partition(":")[2].split()))
+    return False
+
+
+def choose_precision(gpu_compute_capabilities: list[tuple[int, int]],
+                     cpu_bfloat16: bool = False, requested: str = "auto") -> str:
+    """The Keras dtype policy: ``requested`` unless it is "auto", which picks what speeds
+    training up on this hardware without costing accuracy.
+
+    GPUs: float16 with tensor cores (compute capability 7.0 or newer, the slowest GPU
+    decides), else float32. CPUs: bfloat16 where the CPU has bfloat16 units (AMX or
+    AVX512-BF16: several times float32's convolution rate), else float32. Either way the
+    softmax output, the loss, the metrics and BatchNorm's statistics stay float32.
     """
-    if gpu_compute_capabilities and min(gpu_compute_capabilities) >= (7, 0):
-        return "mixed_float16"
-    return "float32"
+    if requested not in PRECISIONS:
+        raise ValueError(f"PRECISION must be one of {PRECISIONS}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    if gpu_compute_capabilities:
+        return "mixed_float16" if min(gpu_compute_capabilities) >= (7, 0) else "float32"
+    return "mixed_bfloat16" if cpu_bfloat16 else "float32"
 
 
-def configure_precision() -> str:
+def configure_precision(requested: str = "auto") -> str:
     """Set and return the global dtype policy chosen by ``choose_precision``."""
     capabilities = [
         tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
         for gpu in tf.config.list_physical_devices("GPU")
     ]
-    policy = choose_precision(capabilities)
+    policy = choose_precision(capabilities, cpu_supports_bfloat16(), requested)
     keras.mixed_precision.set_global_policy(policy)
     return policy
 
@@ -418,7 +444,8 @@ class TrainingRun:
     """
 
     def __init__(self, run: RunFolder, name: str, *, label: str, seed: int,
-                 deterministic: bool = False, parameters: dict | None = None):
+                 deterministic: bool = False, precision: str = "auto",
+                 parameters: dict | None = None):
         self.run, self.name, self.label, self.seed = run, name, label, seed
         self.deterministic = deterministic
         self.parameters = _normalized(parameters or {})
@@ -435,7 +462,9 @@ class TrainingRun:
                   "else trained again (its results stay in place until the new run finishes).")
         set_seed(seed, deterministic)
         self.strategy = select_strategy()
-        self.precision = configure_precision()
+        self.precision = configure_precision(precision)
+        if self.work.exists():
+            self._check_resumable_precision()
         # The training data's pass number: EpochSeeds sets it to the epoch, so the shuffle
         # order of a resumed epoch is the one an uninterrupted run would have seen.
         self.epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -491,6 +520,16 @@ class TrainingRun:
                 f"The unfinished run {self.name!r} in {self.run.root} started with other "
                 f"parameters ({', '.join(changed)} changed); resuming would mix two runs. "
                 f"Set them back to resume it. {self._start_again()}")
+
+    def _check_resumable_precision(self) -> None:
+        if not self._record_path().exists():
+            return
+        recorded = json.loads(self._record_path().read_text()).get("precision")
+        if recorded is not None and recorded != self.precision:
+            raise DataError(
+                f"The unfinished run {self.name!r} in {self.run.root} started in {recorded}; "
+                f"this machine and PRECISION give {self.precision}. Set PRECISION = "
+                f"\"{recorded}\" to resume it. {self._start_again()}")
 
     def datasets(self, *, image_size: int, batch_size: int, crop_fraction: float = 1.0,
                  resize_method: str = "bilinear", max_images: int = 0,
@@ -733,3 +772,30 @@ class TrainingRun:
         shutil.rmtree(leaving, ignore_errors=True)
         os.replace(self.work, leaving)
         shutil.rmtree(leaving)
+
+
+def keep_best_run(run: RunFolder, candidates: list[str], name: str) -> str:
+    """Keep the finished run among ``candidates`` (e.g. one per seed) with the best validation
+    accuracy (macro-F1 breaks ties) as run NAME: its model and sidecar, history, phases,
+    record (with every candidate's validation metrics and the one kept) and validation
+    metrics are copied into place, the metrics last, so a half-copied run never counts as
+    finished. Returns the name of the run kept."""
+    if not candidates:
+        raise ValueError("keep_best_run needs at least one finished run")
+    scores = {candidate: json.loads(run.validation_metrics(candidate).read_text())
+              for candidate in candidates}
+    best = max(candidates, key=lambda candidate: (scores[candidate]["accuracy"],
+                                                  scores[candidate]["macro_f1"]))
+    run.validation_metrics(name).unlink(missing_ok=True)
+    for source, destination in [(run.model(best), run.model(name)),
+                                (inference.sidecar_path(run.model(best)),
+                                 inference.sidecar_path(run.model(name))),
+                                (run.history(best), run.history(name))]:
+        files.copy_atomically(source, destination)
+    run.phases(name).unlink(missing_ok=True)
+    if run.phases(best).exists():
+        files.copy_atomically(run.phases(best), run.phases(name))
+    files.write_json({**run.read_run_record(best), "kept_from": best, "candidates": scores},
+                     run.run_record(name))
+    files.write_json(scores[best], run.validation_metrics(name))
+    return best

@@ -28,24 +28,45 @@ def test_strategy_kind(gpus, kind):
     assert training.choose_strategy_kind(gpus) == kind
 
 
-@pytest.mark.parametrize("capabilities, policy", [
-    ([], "float32"),  # CPU
-    ([(6, 0)], "float32"),  # P100: no tensor cores
-    ([(7, 5)], "mixed_float16"),  # T4, Colab's usual GPU
-    ([(8, 0), (6, 1)], "float32"),  # the slowest GPU decides
+@pytest.mark.parametrize("capabilities, cpu_bfloat16, requested, policy", [
+    ([], False, "auto", "float32"),  # a CPU without bfloat16 units
+    ([], True, "auto", "mixed_bfloat16"),  # AMX or AVX512-BF16
+    ([], True, "float32", "float32"),  # forced
+    ([(6, 0)], True, "auto", "float32"),  # P100: no tensor cores; the GPU decides, not the CPU
+    ([(7, 5)], False, "auto", "mixed_float16"),  # T4, Colab's usual GPU
+    ([(8, 0), (6, 1)], False, "auto", "float32"),  # the slowest GPU decides
+    ([(7, 5)], False, "mixed_bfloat16", "mixed_bfloat16"),
 ])
-def test_precision_choice(capabilities, policy):
-    assert training.choose_precision(capabilities) == policy
+def test_precision_choice(capabilities, cpu_bfloat16, requested, policy):
+    assert training.choose_precision(capabilities, cpu_bfloat16, requested) == policy
 
 
-def test_this_cpu_machine_gets_the_default_strategy_and_float32():
+def test_precision_refuses_an_unknown_name():
+    with pytest.raises(ValueError, match="PRECISION must be one of"):
+        training.choose_precision([], True, "bfloat16")
+
+
+CPUINFO = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu sse avx2 {}\n\n"
+
+
+def test_bfloat16_units_are_read_from_the_cpu_flags():
+    assert training.cpu_supports_bfloat16(CPUINFO.format("avx512f amx_bf16 amx_tile"))
+    assert training.cpu_supports_bfloat16(CPUINFO.format("avx512f avx512_bf16"))
+    assert not training.cpu_supports_bfloat16(CPUINFO.format("avx512f avx512_vnni"))
+    assert not training.cpu_supports_bfloat16("")  # no /proc/cpuinfo (macOS, Windows)
+
+
+def test_this_cpu_machine_gets_the_default_strategy_and_its_precision():
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU")
     strategy = training.select_strategy()
     assert strategy.num_replicas_in_sync == 1
     assert not isinstance(strategy, tf.distribute.MirroredStrategy)
+    expected = "mixed_bfloat16" if training.cpu_supports_bfloat16() else "float32"
     try:
-        assert training.configure_precision() == "float32"
+        assert training.configure_precision() == expected
+        assert keras.mixed_precision.global_policy().name == expected
+        assert training.configure_precision("float32") == "float32"
         assert keras.mixed_precision.global_policy().name == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
