@@ -7,7 +7,9 @@ training did.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import zipfile
 from collections.abc import Sequence
@@ -55,12 +57,34 @@ class LoadedModel:
             views = dihedral_views if tta else (lambda images: [images])
 
             @tf.function(reduce_retracing=True)
-            def step(images):
+            def traced(images):
                 outputs = [self.model(view, training=False) for view in views(images)]
                 return tf.add_n(outputs) / len(outputs)
 
+            def step(images):
+                with _retracing_expected():
+                    return traced(images)
+
             self._steps[tta] = step
         return self._steps[tta]
+
+
+class _NotExpectedRetracing(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _retracing_expected():
+    """Each loaded model traces its own step, so comparing several models (seeds, TTA) traces
+    the same Python code once per model: TensorFlow's warning that tracing repeats says
+    nothing here, and would land in the notebooks' report."""
+    quiet = _NotExpectedRetracing()
+    tf.get_logger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        tf.get_logger().removeFilter(quiet)
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:
