@@ -7,6 +7,8 @@ predictions, ``metrics/NAME_test.json`` and the comparison table.
 
 from __future__ import annotations
 
+import json
+
 import keras
 import pandas as pd
 
@@ -123,10 +125,38 @@ def evaluate_on_test(run: RunFolder, name: str, loaded: inference.LoadedModel,
     return report
 
 
-def comparison_table(reports: dict[str, dict], costs: dict[str, dict]) -> pd.DataFrame:
+def seed_runs(run: RunFolder, name: str) -> list[str]:
+    """The runs (one per seed) model NAME was kept from (``training.keep_best_run``); empty
+    when it was trained once."""
+    return list(run.read_run_record(name).get("candidates", {}))
+
+
+def seed_spread(run: RunFolder, names: list[str]) -> pd.DataFrame:
+    """Test accuracy and macro-F1 of each run in ``names`` (the same recipe with different
+    seeds), with its seed, validation accuracy and training minutes: what varies between
+    training runs, which a bootstrap interval over test images does not cover."""
+    rows = []
+    for name in names:
+        loaded = inference.load_model(run.model(name))
+        test = evaluate.predict_split(run, name, "test", loaded)
+        true = evaluate.true_indices(test, loaded.class_names)
+        predicted = evaluate.probabilities_of(test, loaded.class_names).argmax(axis=1)
+        rows.append({"run": name, "seed": run.read_run_record(name)["seed"],
+                     "validation accuracy": json.loads(
+                         run.validation_metrics(name).read_text())["accuracy"],
+                     "test accuracy": metrics.accuracy(true, predicted),
+                     "test macro-F1": metrics.macro_f1(true, predicted),
+                     "training minutes": float(
+                         run.read_history(name)["epoch_seconds"].sum() / 60)})
+    return pd.DataFrame(rows).set_index("run")
+
+
+def comparison_table(reports: dict[str, dict], costs: dict[str, dict],
+                     seeds: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """One row per model: test metrics with 95% intervals, calibration, validation-to-test
     gap and training cost. ``reports``/``costs`` map a model's label to
-    ``evaluate_on_test`` and ``training_cost`` results."""
+    ``evaluate_on_test`` and ``training_cost`` results; ``seeds`` maps a label to its
+    ``seed_spread``, reported as mean and standard deviation over the seeds."""
     rows = []
     for label, report in reports.items():
         calibration = report["calibration"]
@@ -145,6 +175,16 @@ def comparison_table(reports: dict[str, dict], costs: dict[str, dict]) -> pd.Dat
         }
         if "tta" in report:
             row["test accuracy with TTA"] = report["tta"]["accuracy"]
+        spread = (seeds or {}).get(label)
+        if spread is not None and len(spread) > 1:
+            row.update({
+                "seeds": len(spread),
+                "test accuracy over seeds (mean ± sd)":
+                    f"{spread['test accuracy'].mean():.4f} ± "
+                    f"{spread['test accuracy'].std(ddof=1):.4f}",
+                "macro-F1 over seeds (mean ± sd)":
+                    f"{spread['test macro-F1'].mean():.4f} ± "
+                    f"{spread['test macro-F1'].std(ddof=1):.4f}"})
         cost = costs[label]
         row.update({"training minutes": cost["training_minutes"],
                     "images/s (training)": cost["images_per_second"],

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import compare, data, evaluate, inference, metrics, models
+from helpers import compare, data, evaluate, inference, metrics, models, training
 from helpers.runfolder import RunFolder
 
 
@@ -114,3 +114,45 @@ def test_batchnorm_probe_table_counts_update_steps_and_the_share_absorbed():
     assert table["update steps"].tolist() == [100, 200, 300, 400]
     assert table["share absorbed"].iloc[0] == pytest.approx(1 - 0.99 ** 100)
     np.testing.assert_allclose(table["gap"], [0.1, 0.01, 0.01, 0.03], atol=1e-12)
+
+
+def test_the_best_seed_on_validation_is_kept_and_the_spread_covers_every_seed(scored_run):
+    run, _, report = scored_run
+    # Three "seed runs": differently initialised untrained CNNs, each with the files a
+    # finished TrainingRun leaves, and validation accuracies that make the second the best.
+    names = ["cnn_seed1", "cnn_seed2", "cnn_seed3"]
+    for seed, (name, accuracy) in enumerate(zip(names, [0.5, 0.7, 0.6], strict=True), start=1):
+        keras.utils.set_random_seed(seed)
+        models.build_cnn(16, filters=(4, 8), augment=False, seed=seed).save(run.model(name))
+        inference.write_sidecar(run.model(name), label="Baseline CNN", image_size=16,
+                                resize_method="bilinear", crop_fraction=1.0)
+        run.history(name).parent.mkdir(exist_ok=True)
+        HISTORY.assign(epoch_seconds=60.0 * seed).to_csv(run.history(name), index=False)
+        run.run_record(name).parent.mkdir(exist_ok=True)
+        run.run_record(name).write_text(json.dumps({"name": name, "seed": seed}))
+        run.validation_metrics(name).parent.mkdir(exist_ok=True)
+        run.validation_metrics(name).write_text(json.dumps(
+            {"n_images": 10, "accuracy": accuracy, "macro_f1": accuracy}))
+    kept_as = "cnn_kept"
+    assert training.keep_best_run(run, names, kept_as) == "cnn_seed2"
+    assert run.model(kept_as).read_bytes() == run.model("cnn_seed2").read_bytes()
+    assert run.history(kept_as).read_text() == run.history("cnn_seed2").read_text()
+    record = run.read_run_record(kept_as)
+    assert record["kept_from"] == "cnn_seed2" and record["seed"] == 2
+    assert json.loads(run.validation_metrics(kept_as).read_text())["accuracy"] == 0.7
+    assert compare.seed_runs(run, kept_as) == names and compare.seed_runs(run, "cnn_seed1") == []
+
+    spread = compare.seed_spread(run, names)
+    assert spread.index.tolist() == names and spread["seed"].tolist() == [1, 2, 3]
+    assert spread["training minutes"].tolist() == pytest.approx([4.0, 8.0, 12.0])
+    for name in names:  # each seed's model scored on the test split
+        test = pd.read_csv(run.predictions(name, "test"))
+        assert spread.loc[name, "test accuracy"] == pytest.approx(
+            (test["label"] == test["predicted"]).mean())
+    costs = {"Baseline CNN": {"training_minutes": 1.0, "images_per_second": 1.0,
+                              "parameters": 1}}
+    table = compare.comparison_table({"Baseline CNN": report}, costs, {"Baseline CNN": spread})
+    row = table.loc["Baseline CNN"]
+    assert row["seeds"] == 3
+    mean, sd = spread["test accuracy"].mean(), spread["test accuracy"].std(ddof=1)
+    assert row["test accuracy over seeds (mean ± sd)"] == f"{mean:.4f} ± {sd:.4f}"

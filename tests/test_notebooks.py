@@ -174,6 +174,7 @@ def test_executed_notebooks_keep_their_output_but_not_library_start_up_noise(tmp
         streams = [output.text for cell in nbformat.read(copy, as_version=4).cells
                    for output in cell.get("outputs", []) if output.output_type == "stream"]
         assert not [text for text in streams if "\r" in text or "%|" in text], copy.name
+        assert "triggered tf.function retracing" not in "".join(streams), copy.name
 
 
 def test_study_shows_one_line_per_notebook_and_logs_the_kernels_stderr(tmp_path, capfd):
