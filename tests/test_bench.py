@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from helpers.tools import bench
 
 
@@ -9,10 +11,12 @@ def test_bench_reports_every_ratio_with_the_raw_figures(synthetic_source, tmp_pa
     root, _ = synthetic_source
     out = tmp_path / "bench.json"
     assert bench.main(["--data-dir", str(root), "--sample-dir", str(root), "--out", str(out),
-                       "--runs", "2", "--images", "16"]) == 0
+                       "--runs", "2", "--images", "16", "--resnet-size", "32"]) == 0
     report = json.loads(out.read_text())
     for key in ("pipeline_first_pass_ratio", "pipeline_cached_ratio", "train_ratio_cnn",
-                "inference_ratio", "train_ratio_resnet50"):
+                "inference_ratio", "train_ratio_resnet50", "bf16_train_ratio_cnn",
+                "bf16_inference_ratio_cnn", "bf16_train_ratio_resnet50",
+                "bf16_inference_ratio_resnet50", "bf16_train_flop_share_cnn"):
         assert report[key] > 0, key
     first_pass = report["pipeline_first_pass"]
     assert first_pass["images"] == 12 * 8 + 4  # the usable images, quirks left out
@@ -20,6 +24,29 @@ def test_bench_reports_every_ratio_with_the_raw_figures(synthetic_source, tmp_pa
     assert first_pass["ratio"] == bench.paired_ratio(first_pass["project"]["runs"],
                                                      first_pass["limit"]["runs"])
     assert report["train_cnn"]["images"] == 16
+    precision = report["precision_cnn"]
+    assert precision["images"] == 16 and precision["training"]["ratio"] == bench.paired_ratio(
+        precision["training"]["project"]["runs"], precision["training"]["limit"]["runs"])
+    # 3 x the forward FLOPs of the CNN at 64 px: about 1.3 GFLOP per training image.
+    assert 1.0e9 < precision["training_flops_per_image"] < 1.6e9
+    assert report["precision_resnet50"]["image_size"] == 32
+    assert report["conv_gflops"]["bfloat16"] > 0 and report["conv_gflops"]["float32"] > 0
     assert report["audit_split_seconds"] > 0 and report["audit_split_peak_rss_bytes"] > 0
     assert set(report["memory_cache"]) == {"64", "128", "224"}
     assert report["machine"]["cores"] >= 1 and report["machine"]["tensorflow"]
+
+
+def small_cnn():
+    from helpers import models
+
+    return models.build_cnn(16, filters=(4, 8), augment=False, seed=0)
+
+
+def test_layer_profile_times_every_layer_in_both_precisions():
+    table = bench.profile_layers(small_cnn, 16, batch_size=4, repeats=1)
+    assert table.loc["block1_bn1", "type"] == "FusedBatchNormalization"
+    columns = [f"{dtype} {what} ms" for dtype in ("float32", "bfloat16")
+               for what in ("forward", "forward+backward")]
+    assert (table.loc[table.index != "total", columns] > 0).all().all()
+    assert table.loc["total", columns].tolist() == pytest.approx(
+        table.loc[table.index != "total", columns].sum().tolist())

@@ -1,13 +1,18 @@
 """Benchmarks: the project's speed as a ratio to the machine's limit, measured in one run.
 
     python -m helpers.tools.bench --data-dir DIR [--sample-dir DIR] --out FILE [--runs 3]
+    python -m helpers.tools.bench --data-dir DIR --out FILE.csv --layer-profile
 
 Each figure sets the project's code against the simplest code that does the same work on
 the same files in the same process (the limit), measured in turns, and reports images/s of
 both (median, min, max of ``--runs`` turns) and their ratio (the median of the per-turn
 ratios). The JSON keys include
 ``pipeline_first_pass_ratio``, ``pipeline_cached_ratio``, ``train_ratio_cnn``,
-``inference_ratio`` and ``audit_split_seconds``. Absolute numbers belong to the machine
+``inference_ratio``, ``audit_split_seconds``, and bfloat16 against float32 for the same model
+on the same batches: ``bf16_train_ratio_cnn``, ``bf16_inference_ratio_cnn``,
+``bf16_train_ratio_resnet50``, ``bf16_inference_ratio_resnet50``, with each bfloat16 training
+step's FLOP rate as a share of the machine's bfloat16 convolution rate
+(``bf16_train_flop_share_cnn``, ``..._resnet50``). Absolute numbers belong to the machine
 (recorded under ``machine``); the ratios are the claim.
 """
 
@@ -33,6 +38,7 @@ from helpers import files
 
 BATCH_SIZE = 64
 IMAGE_SIZE = 64
+RESNET_IMAGE_SIZE = 224  # the precision figures for ResNet50: its size with ImageNet weights
 CROP_FRACTION = 0.7  # the CNN's CPU configuration
 
 
@@ -206,6 +212,166 @@ def bench_inference(frame: pd.DataFrame, root: Path, runs: int, model_path: str 
         runs)}
 
 
+def cached_arrays(frame: pd.DataFrame, root: Path, image_size: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The images of ``frame`` decoded and resized by the project's pipeline, and labels."""
+    dataset = project_dataset(frame, root, cache=None, image_size=image_size)
+    images, labels = (np.concatenate(parts) for parts in zip(
+        *[(x.numpy(), y.numpy()) for x, y in dataset], strict=True))
+    return images, labels
+
+
+def built_in(policy: str, build: Callable):
+    """A model built (and compiled for training) under the Keras dtype policy ``policy``."""
+    import keras
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3),
+                  loss="sparse_categorical_crossentropy")
+    return model
+
+
+def in_memory_batches(images: np.ndarray, labels: np.ndarray, batch_size: int = BATCH_SIZE):
+    import tensorflow as tf
+
+    return (tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def bench_precision(images: np.ndarray, labels: np.ndarray, runs: int, build: Callable,
+                    batch_size: int = BATCH_SIZE) -> dict:
+    """The same model in mixed bfloat16 against float32: training and inference images/s on
+    the same in-memory batches, in turns (``project`` is bfloat16, ``limit`` float32, so the
+    ratio is bfloat16's speed-up)."""
+    batches = in_memory_batches(images, labels, batch_size)
+    bfloat16, float32 = built_in("mixed_bfloat16", build), built_in("float32", build)
+    for model in (bfloat16, float32):  # tracing and one-off costs apart
+        fit_one_epoch(model, batches.take(2), 2 * batch_size)
+        model.predict(images[:batch_size], verbose=0)
+    n_images = len(images)
+
+    def predict(model) -> int:
+        return len(model.predict(images, batch_size=batch_size, verbose=0))
+
+    training = side_by_side(
+        lambda: images_per_second(lambda: fit_one_epoch(bfloat16, batches, n_images)),
+        lambda: images_per_second(lambda: fit_one_epoch(float32, batches, n_images)), runs)
+    inference = side_by_side(lambda: images_per_second(lambda: predict(bfloat16)),
+                             lambda: images_per_second(lambda: predict(float32)), runs)
+    return {"images": n_images, "image_size": int(images.shape[1]), "batch_size": batch_size,
+            "jit_compile": bool(bfloat16.jit_compile), "training": training,
+            "inference": inference,
+            "training_flops_per_image": 3 * forward_flops(float32)}
+
+
+def profile_layers(build: Callable, image_size: int, batch_size: int = BATCH_SIZE,
+                   repeats: int = 10) -> pd.DataFrame:
+    """Milliseconds per batch of each layer of the model ``build`` makes, alone, forward and
+    forward + backward (gradients of the input and the layer's weights), in float32 and in
+    mixed bfloat16, without XLA: where a training step spends its time. ``build`` takes no
+    argument and makes a functional model whose layers' inputs have known shapes."""
+    import keras
+    import tensorflow as tf
+
+    def milliseconds(function, inputs) -> float:
+        function(inputs)  # tracing apart
+        started = time.perf_counter()
+        for _ in range(repeats):
+            outputs = function(inputs)
+        tf.nest.map_structure(lambda tensor: tensor.numpy(), outputs)
+        return (time.perf_counter() - started) / repeats * 1000
+
+    rows: dict[str, dict] = {}
+    for policy in ("float32", "mixed_bfloat16"):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            model = build()
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        for layer in model.layers[1:]:
+            shape = (batch_size, *layer.input.shape[1:])
+            inputs = tf.cast(tf.random.uniform(shape, maxval=255.0), layer.compute_dtype)
+
+            @tf.function(jit_compile=False)
+            def forward(inputs, layer=layer):
+                return layer(inputs, training=True)
+
+            @tf.function(jit_compile=False)
+            def forward_backward(inputs, layer=layer):
+                with tf.GradientTape() as tape:
+                    tape.watch(inputs)
+                    loss = tf.reduce_sum(tf.cast(layer(inputs, training=True), tf.float32))
+                return tape.gradient(loss, [inputs, *layer.trainable_weights])
+
+            row = rows.setdefault(layer.name, {"type": type(layer).__name__})
+            short = "float32" if policy == "float32" else "bfloat16"
+            row[f"{short} forward ms"] = milliseconds(forward, inputs)
+            row[f"{short} forward+backward ms"] = milliseconds(forward_backward, inputs)
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.loc["total"] = table.drop(columns="type").sum()
+    table.loc["total", "type"] = ""
+    return table
+
+
+def trainable_resnet50(image_size: int):
+    """ResNet50 from random weights with every layer trainable (phase 2 at its widest)."""
+    import keras
+
+    from helpers import models
+
+    return keras.Sequential([keras.Input((image_size, image_size, 3)),
+                             models.ResNetPreprocess(),
+                             models.resnet50_base(image_size, weights=None),
+                             keras.layers.GlobalAveragePooling2D(),
+                             keras.layers.Dense(8, activation="softmax", dtype="float32")])
+
+
+def forward_flops(model) -> float:
+    """Multiply-adds x 2 of one image's forward pass through the convolutions and dense
+    layers (the rest is negligible); a training step costs about 3 times this."""
+    import keras
+
+    total = 0.0
+
+    def visit(layer):
+        nonlocal total
+        if isinstance(layer, keras.layers.Conv2D):
+            height, width, channels_out = layer.output.shape[1:]
+            kernel_height, kernel_width, channels_in, _ = layer.kernel.shape
+            total += 2.0 * height * width * channels_out * kernel_height * kernel_width * \
+                channels_in
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2.0 * layer.kernel.shape[0] * layer.kernel.shape[1]
+        for inner in getattr(layer, "layers", []):
+            visit(inner)
+
+    for layer in model.layers:
+        visit(layer)
+    return total
+
+
+def conv_flop_rate(policy_dtype: str, repeats: int = 20) -> float:
+    """FLOP/s of a 3x3 convolution of 64 channels on 64x64 maps, batch 64, forward only: what
+    this machine's convolution kernels reach in ``policy_dtype`` (the limit for a CNN)."""
+    import tensorflow as tf
+
+    dtype = tf.bfloat16 if policy_dtype == "bfloat16" else tf.float32
+    inputs = tf.cast(tf.random.normal((64, 64, 64, 64)), dtype)
+    kernel = tf.cast(tf.random.normal((3, 3, 64, 64)), dtype)
+    convolve = tf.function(lambda x: tf.nn.conv2d(x, kernel, 1, "SAME"), jit_compile=False)
+    convolve(inputs).numpy()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        result = convolve(inputs)
+    result.numpy()
+    seconds = (time.perf_counter() - started) / repeats
+    return 2.0 * 64 * 64 * 64 * 64 * 9 * 64 / seconds
+
+
 def frozen_resnet50(image_size: int):
     """Phase 1 of notebook 4's ResNet50, from random weights (the speed does not depend on
     them): preprocessing, the frozen base, a softmax head."""
@@ -284,6 +450,21 @@ def format_table(report: dict) -> str:
             item = report[key]
             lines.append(f"{title:<34}{item['project']['median']:>14,.0f}"
                          f"{item['limit']['median']:>13,.0f}{item['ratio']:>8.3f}")
+    for model, title in [("cnn", f"CNN {IMAGE_SIZE} px"),
+                         ("resnet50", f"ResNet50 {report['precision_resnet50']['image_size']}"
+                                      " px, all trainable")]:
+        item = report.get(f"precision_{model}")
+        if item:
+            for step in ("training", "inference"):
+                lines.append(f"{'bfloat16 / float32, ' + step + ', ' + title:<58}"
+                             f"{item[step]['project']['median']:>8,.1f}"
+                             f"{item[step]['limit']['median']:>8,.1f}"
+                             f"{item[step]['ratio']:>7.2f}")
+            share = report[f"bf16_train_flop_share_{model}"]
+            lines.append(f"  bfloat16 training step at {share:.0%} of the bfloat16 "
+                         f"convolution rate ({report['conv_gflops']['bfloat16']:,.0f} "
+                         "GFLOP/s; float32 "
+                         f"{report['conv_gflops']['float32']:,.0f})")
     lines.append(f"audit + split: {report['audit_split_seconds']:.1f} s, peak RSS "
                  f"{report['audit_split_peak_rss_bytes'] / 2**20:,.0f} MiB")
     for size, item in report.get("memory_cache", {}).items():
@@ -303,10 +484,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="repeats per figure (median)")
     parser.add_argument("--images", type=int, default=2048,
                         help="images for the training and memory figures")
+    parser.add_argument("--resnet-size", type=int, default=RESNET_IMAGE_SIZE,
+                        help="image size of the ResNet50 precision figures (default 224)")
     parser.add_argument("--model", help="saved .keras model for the inference figure "
                         "(default: an untrained CNN; speed does not depend on weights)")
+    parser.add_argument("--layer-profile", action="store_true",
+                        help="only print where the CNN's training step spends its time, per "
+                        "layer, in float32 and bfloat16 (nothing else is measured)")
     args = parser.parse_args(argv)
     from helpers import models
+
+    if args.layer_profile:
+        table = profile_layers(lambda: models.build_cnn(IMAGE_SIZE, augment=False, seed=0),
+                               IMAGE_SIZE)
+        with pd.option_context("display.width", 200, "display.max_rows", 100):
+            print(table.round(2).to_string())
+        by_type = table.drop(index="total").groupby("type").sum()
+        print("\nBy layer type (forward+backward, ms per batch of "
+              f"{BATCH_SIZE}):\n" + by_type.filter(like="backward").round(1).to_string())
+        files.write_text_atomically(table.to_csv(), args.out)
+        return 0
 
     report = {"machine": machine(), "batch_size": BATCH_SIZE, "image_size": IMAGE_SIZE}
     seconds, peak = in_fresh_process(_audit_and_split, args.data_dir)
@@ -325,6 +522,25 @@ def main(argv: list[str] | None = None) -> int:
     report["train_resnet50"] = bench_training(
         small, root, args.runs, lambda: frozen_resnet50(IMAGE_SIZE), IMAGE_SIZE)
     report["inference"] = bench_inference(frame, root, args.runs, args.model)
+    images, labels = cached_arrays(subset, root, IMAGE_SIZE)
+    report["precision_cnn"] = bench_precision(
+        images, labels, args.runs, lambda: models.build_cnn(IMAGE_SIZE, seed=0))
+    resnet_images, resnet_labels = cached_arrays(
+        subset.groupby("label").head(8).reset_index(drop=True), root, args.resnet_size)
+    report["precision_resnet50"] = bench_precision(
+        resnet_images, resnet_labels, args.runs,
+        lambda: trainable_resnet50(args.resnet_size), batch_size=16)
+    report["conv_gflops"] = {dtype: conv_flop_rate(dtype) / 1e9
+                             for dtype in ("float32", "bfloat16")}
+    for model in ("cnn", "resnet50"):
+        item = report[f"precision_{model}"]
+        report[f"bf16_train_ratio_{model}"] = item["training"]["ratio"]
+        report[f"bf16_inference_ratio_{model}"] = item["inference"]["ratio"]
+        # The training step's FLOP rate in bfloat16 as a share of the machine's bfloat16
+        # convolution rate: how far the step is from what the hardware does.
+        report[f"bf16_train_flop_share_{model}"] = (
+            item["training"]["project"]["median"] * item["training_flops_per_image"]
+            / (report["conv_gflops"]["bfloat16"] * 1e9))
     report["memory_cache"] = bench_memory(args.data_dir, args.images)
     for key in ("pipeline_first_pass", "pipeline_cached", "inference"):
         report[f"{key}_ratio"] = report[key]["ratio"]
