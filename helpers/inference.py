@@ -62,7 +62,7 @@ class LoadedModel:
                 return tf.add_n(outputs) / len(outputs)
 
             def step(images):
-                with _retracing_expected():
+                with retracing_expected():
                     return traced(images)
 
             self._steps[tta] = step
@@ -75,10 +75,11 @@ class _NotExpectedRetracing(logging.Filter):
 
 
 @contextlib.contextmanager
-def _retracing_expected():
-    """Each loaded model traces its own step, so comparing several models (seeds, TTA) traces
-    the same Python code once per model: TensorFlow's warning that tracing repeats says
-    nothing here, and would land in the notebooks' report."""
+def retracing_expected():
+    """Within it, TensorFlow's warning that a function was traced again is silenced. Each
+    loaded model traces its own step (and Keras its own predict function), so scoring several
+    models (seeds, strategies, TTA) traces the same Python code once per model: the warning
+    says nothing there, and would land in the notebooks' report."""
     quiet = _NotExpectedRetracing()
     tf.get_logger().addFilter(quiet)
     try:

@@ -54,14 +54,15 @@ class FusedBatchNormalization(layers.BatchNormalization):
     bfloat16 alike (README, "Performance"); oneDNN's fused kernel does the same work about
     four times faster. Same arithmetic (batch statistics in float32, the biased batch
     variance in the moving average, Keras's momentum update) and the same variables, so the
-    layer is interchangeable with Keras's. Inference, masks, renorm and anything but
-    channels-last 4-D inputs take Keras's own path.
+    layer is interchangeable with Keras's. Inference, masks, renorm, synchronized statistics
+    and anything but channels-last 4-D inputs take Keras's own path.
     """
 
     def call(self, inputs, training=None, mask=None):
         axes = [self.axis] if isinstance(self.axis, int) else list(self.axis)
         fused = (training and self.trainable and mask is None and len(inputs.shape) == 4
-                 and axes in ([3], [-1]) and not getattr(self, "renorm", False))
+                 and axes in ([3], [-1]) and not getattr(self, "renorm", False)
+                 and not getattr(self, "synchronized", False))
         if not fused:
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]

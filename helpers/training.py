@@ -735,8 +735,9 @@ class TrainingRun:
             files.copy_atomically(self.checkpoint(closed[-1]), kept)
         best = keras.saving.load_model(kept)
         true = np.concatenate([labels.numpy() for _, labels in self.validation_data])
-        probabilities = best.predict(self.validation_data.map(lambda images, _: images),
-                                     verbose=0)
+        with inference.retracing_expected():  # one predict function per model kept
+            probabilities = best.predict(self.validation_data.map(lambda images, _: images),
+                                         verbose=0)
         predicted = np.argmax(probabilities, axis=1)
         result = {"n_images": int(len(true)), "accuracy": metrics.accuracy(true, predicted),
                   "macro_f1": metrics.macro_f1(true, predicted)}

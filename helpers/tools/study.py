@@ -5,10 +5,10 @@
 
 Profiles are ``notebooks/profiles/NAME.yaml``, overrides of the notebooks' defaults (which
 are the ``colab`` profile, what "Run all" in Colab runs): ``smoke`` (synthetic data, a minute per
-notebook: CI), ``cpu`` (the real data at 64 px on a 2-core machine, about 75 minutes; ResNet50
-from random init, since such machines are often offline), ``full`` (224 px on a GPU, ImageNet
-weights). The default is ``cpu``, which runs anywhere. ``--data-dir`` uses a folder you have
-instead of downloading from Kaggle.
+notebook: CI), ``cpu`` (the real data at 64 px on a 2-core machine, about an hour where the
+CPU has bfloat16 units; ResNet50 from random init, since such machines are often offline),
+``full`` (224 px on a GPU, ImageNet weights). The default is ``cpu``, which runs anywhere.
+``--data-dir`` uses a folder you have instead of downloading from Kaggle.
 
 The executed notebooks go to ``RUN_DIR/notebooks/``. A notebook already completed with the
 same parameters and the same source is skipped (``--force`` reruns all); once one runs, the
@@ -215,6 +215,7 @@ def run_study(parameters: dict, run_dir: str, force: bool = False,
         progress = {"file": sys.stdout, "desc": counter, "mininterval": 1.0,
                     "bar_format": "{desc}: {n_fmt}/{total_fmt} cells, {elapsed}"}
         # Kernels launched from here print progress bars as one final line (helpers.progressbar).
+        headless_before = os.environ.get(progressbar.HEADLESS_VARIABLE)
         os.environ[progressbar.HEADLESS_VARIABLE] = "1"
         try:
             with stderr_to(run.log(name)):
@@ -224,7 +225,10 @@ def run_study(parameters: dict, run_dir: str, force: bool = False,
         except papermill.PapermillExecutionError as error:
             raise StudyError(failure_message(name, error, output, run.log(name))) from None
         finally:
-            del os.environ[progressbar.HEADLESS_VARIABLE]
+            if headless_before is None:
+                del os.environ[progressbar.HEADLESS_VARIABLE]
+            else:
+                os.environ[progressbar.HEADLESS_VARIABLE] = headless_before
         remove_start_up_noise(output)
         files.write_json(record, record_path)
         executed.append(name)
@@ -278,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     if run.comparison_table.exists():
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print("\n" + pd.read_csv(run.comparison_table, index_col="model").T.to_string())
-    print(f"\nThe executed notebooks as one page: {write_report(run)}")
+    if all((run.notebooks / f"{name}.ipynb").exists() for name in NOTEBOOKS):
+        print(f"\nThe executed notebooks as one page: {write_report(run)}")
     return 0
 
 
