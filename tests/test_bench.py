@@ -16,7 +16,8 @@ def test_bench_reports_every_ratio_with_the_raw_figures(synthetic_source, tmp_pa
     for key in ("pipeline_first_pass_ratio", "pipeline_cached_ratio", "train_ratio_cnn",
                 "inference_ratio", "train_ratio_resnet50", "bf16_train_ratio_cnn",
                 "bf16_inference_ratio_cnn", "bf16_train_ratio_resnet50",
-                "bf16_inference_ratio_resnet50", "bf16_train_flop_share_cnn"):
+                "bf16_inference_ratio_resnet50", "bf16_train_flop_share_cnn",
+                "inference_fullres_ratio", "inference_ratio_to_decode_then_predict"):
         assert report[key] > 0, key
     first_pass = report["pipeline_first_pass"]
     assert first_pass["images"] == 12 * 8 + 4  # the usable images, quirks left out
@@ -30,6 +31,9 @@ def test_bench_reports_every_ratio_with_the_raw_figures(synthetic_source, tmp_pa
     # 3 x the forward FLOPs of the CNN at 64 px: about 1.3 GFLOP per training image.
     assert 1.0e9 < precision["training_flops_per_image"] < 1.6e9
     assert report["precision_resnet50"]["image_size"] == 32
+    inference = report["inference"]
+    assert inference["decode_then_predict_images_per_second"] == pytest.approx(
+        1 / (1 / inference["decode_only"]["median"] + 1 / inference["limit"]["median"]))
     assert report["conv_gflops"]["bfloat16"] > 0 and report["conv_gflops"]["float32"] > 0
     assert report["audit_split_seconds"] > 0 and report["audit_split_peak_rss_bytes"] > 0
     assert set(report["memory_cache"]) == {"64", "128", "224"}

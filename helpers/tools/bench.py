@@ -1,6 +1,7 @@
 """Benchmarks: the project's speed as a ratio to the machine's limit, measured in one run.
 
     python -m helpers.tools.bench --data-dir DIR [--sample-dir DIR] --out FILE [--runs 3]
+    python -m helpers.tools.bench --data-dir DIR --out FILE --only precision
     python -m helpers.tools.bench --data-dir DIR --out FILE.csv --layer-profile
 
 Each figure sets the project's code against the simplest code that does the same work on
@@ -12,7 +13,9 @@ ratios). The JSON keys include
 on the same batches: ``bf16_train_ratio_cnn``, ``bf16_inference_ratio_cnn``,
 ``bf16_train_ratio_resnet50``, ``bf16_inference_ratio_resnet50``, with each bfloat16 training
 step's FLOP rate as a share of the machine's bfloat16 convolution rate
-(``bf16_train_flop_share_cnn``, ``..._resnet50``). Absolute numbers belong to the machine
+(``bf16_train_flop_share_cnn``, ``..._resnet50``). Inference from files is also set against
+decoding then predicting one after the other (``inference_ratio_to_decode_then_predict``):
+on 2 cores both share the CPUs. Absolute numbers belong to the machine
 (recorded under ``machine``); the ratios are the claim.
 """
 
@@ -204,12 +207,20 @@ def bench_inference(frame: pd.DataFrame, root: Path, runs: int, model_path: str 
     images = np.concatenate([batch.numpy() for batch in inference.image_dataset(paths, loaded)])
     loaded.model.predict(images[:BATCH_SIZE], verbose=0)
     inference.predict_probabilities(loaded, paths[:BATCH_SIZE], progress=False)
-    return {"images": len(paths), "model": str(model_path), **side_by_side(
+    result = side_by_side(
         lambda: images_per_second(
             lambda: len(inference.predict_probabilities(loaded, paths, progress=False))),
         lambda: images_per_second(
             lambda: len(loaded.model.predict(images, batch_size=BATCH_SIZE, verbose=0))),
-        runs)}
+        runs)
+    # On 2 cores decoding and the model share the CPUs: the honest limit of a file-to-answer
+    # path is decoding then predicting, one after the other.
+    decode = summary([images_per_second(lambda: count_images(
+        inference.image_dataset(paths, loaded))) for _ in range(runs)])
+    serial = 1 / (1 / decode["median"] + 1 / result["limit"]["median"])
+    return {"images": len(paths), "model": str(model_path), **result,
+            "decode_only": decode, "decode_then_predict_images_per_second": serial,
+            "ratio_to_decode_then_predict": result["project"]["median"] / serial}
 
 
 def cached_arrays(frame: pd.DataFrame, root: Path, image_size: int
@@ -315,6 +326,34 @@ def profile_layers(build: Callable, image_size: int, batch_size: int = BATCH_SIZ
     table.loc["total"] = table.drop(columns="type").sum()
     table.loc["total", "type"] = ""
     return table
+
+
+def precision_figures(subset: pd.DataFrame, root: Path, runs: int, resnet_size: int) -> dict:
+    """bfloat16 against float32 for the CNN (64 px) and a trainable ResNet50, the machine's
+    convolution rates, and each bfloat16 training step's share of the bfloat16 rate."""
+    from helpers import models
+
+    report = {}
+    images, labels = cached_arrays(subset, root, IMAGE_SIZE)
+    report["precision_cnn"] = bench_precision(
+        images, labels, runs, lambda: models.build_cnn(IMAGE_SIZE, seed=0))
+    resnet_images, resnet_labels = cached_arrays(
+        subset.groupby("label").head(8).reset_index(drop=True), root, resnet_size)
+    report["precision_resnet50"] = bench_precision(
+        resnet_images, resnet_labels, runs, lambda: trainable_resnet50(resnet_size),
+        batch_size=16)
+    report["conv_gflops"] = {dtype: conv_flop_rate(dtype) / 1e9
+                             for dtype in ("float32", "bfloat16")}
+    for model in ("cnn", "resnet50"):
+        item = report[f"precision_{model}"]
+        report[f"bf16_train_ratio_{model}"] = item["training"]["ratio"]
+        report[f"bf16_inference_ratio_{model}"] = item["inference"]["ratio"]
+        # The training step's FLOP rate in bfloat16 as a share of the machine's bfloat16
+        # convolution rate: how far the step is from what the hardware does.
+        report[f"bf16_train_flop_share_{model}"] = (
+            item["training"]["project"]["median"] * item["training_flops_per_image"]
+            / (report["conv_gflops"]["bfloat16"] * 1e9))
+    return report
 
 
 def trainable_resnet50(image_size: int):
@@ -445,7 +484,8 @@ def format_table(report: dict) -> str:
                        ("pipeline_cached", "pipeline, cached epochs"),
                        ("train_cnn", "training, CNN 64 px"),
                        ("train_resnet50", "training, ResNet50 64 px, frozen"),
-                       ("inference", "inference (helpers.evaluate)")]:
+                       ("inference", "inference (helpers.evaluate)"),
+                       ("inference_fullres", "inference, full-resolution files")]:
         if key in report:
             item = report[key]
             lines.append(f"{title:<34}{item['project']['median']:>14,.0f}"
@@ -465,8 +505,16 @@ def format_table(report: dict) -> str:
                          f"convolution rate ({report['conv_gflops']['bfloat16']:,.0f} "
                          "GFLOP/s; float32 "
                          f"{report['conv_gflops']['float32']:,.0f})")
-    lines.append(f"audit + split: {report['audit_split_seconds']:.1f} s, peak RSS "
-                 f"{report['audit_split_peak_rss_bytes'] / 2**20:,.0f} MiB")
+    for key, title in [("inference", "pbc_dev"), ("inference_fullres", "full resolution")]:
+        if key in report:
+            item = report[key]
+            lines.append(f"inference from files, {title}: decoding alone "
+                         f"{item['decode_only']['median']:,.0f} img/s; decode then predict "
+                         f"{item['decode_then_predict_images_per_second']:,.0f} img/s, "
+                         f"ratio to that {item['ratio_to_decode_then_predict']:.2f}")
+    if "audit_split_seconds" in report:
+        lines.append(f"audit + split: {report['audit_split_seconds']:.1f} s, peak RSS "
+                     f"{report['audit_split_peak_rss_bytes'] / 2**20:,.0f} MiB")
     for size, item in report.get("memory_cache", {}).items():
         lines.append(f"memory cache at {size} px: {item['rss_growth_bytes'] / 2**20:,.0f} MiB "
                      f"for {item['images']} images ({item['growth_over_uint8']:.2f} x "
@@ -488,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="image size of the ResNet50 precision figures (default 224)")
     parser.add_argument("--model", help="saved .keras model for the inference figure "
                         "(default: an untrained CNN; speed does not depend on weights)")
+    parser.add_argument("--only", choices=["precision"],
+                        help="measure only these figures (precision: bfloat16 against float32)")
     parser.add_argument("--layer-profile", action="store_true",
                         help="only print where the CNN's training step spends its time, per "
                         "layer, in float32 and bfloat16 (nothing else is measured)")
@@ -506,6 +556,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     report = {"machine": machine(), "batch_size": BATCH_SIZE, "image_size": IMAGE_SIZE}
+    if args.only == "precision":
+        frame, root = usable_images(args.data_dir)
+        subset = frame.groupby("label").head(args.images // 8).reset_index(drop=True)
+        report.update(precision_figures(subset, root, args.runs, args.resnet_size))
+        files.write_json(report, args.out)
+        print(format_table(report))
+        print(f"Wrote {args.out}")
+        return 0
     seconds, peak = in_fresh_process(_audit_and_split, args.data_dir)
     report.update(audit_split_seconds=seconds, audit_split_peak_rss_bytes=peak)
     frame, root = usable_images(args.data_dir)
@@ -522,25 +580,13 @@ def main(argv: list[str] | None = None) -> int:
     report["train_resnet50"] = bench_training(
         small, root, args.runs, lambda: frozen_resnet50(IMAGE_SIZE), IMAGE_SIZE)
     report["inference"] = bench_inference(frame, root, args.runs, args.model)
-    images, labels = cached_arrays(subset, root, IMAGE_SIZE)
-    report["precision_cnn"] = bench_precision(
-        images, labels, args.runs, lambda: models.build_cnn(IMAGE_SIZE, seed=0))
-    resnet_images, resnet_labels = cached_arrays(
-        subset.groupby("label").head(8).reset_index(drop=True), root, args.resnet_size)
-    report["precision_resnet50"] = bench_precision(
-        resnet_images, resnet_labels, args.runs,
-        lambda: trainable_resnet50(args.resnet_size), batch_size=16)
-    report["conv_gflops"] = {dtype: conv_flop_rate(dtype) / 1e9
-                             for dtype in ("float32", "bfloat16")}
-    for model in ("cnn", "resnet50"):
-        item = report[f"precision_{model}"]
-        report[f"bf16_train_ratio_{model}"] = item["training"]["ratio"]
-        report[f"bf16_inference_ratio_{model}"] = item["inference"]["ratio"]
-        # The training step's FLOP rate in bfloat16 as a share of the machine's bfloat16
-        # convolution rate: how far the step is from what the hardware does.
-        report[f"bf16_train_flop_share_{model}"] = (
-            item["training"]["project"]["median"] * item["training_flops_per_image"]
-            / (report["conv_gflops"]["bfloat16"] * 1e9))
+    if args.sample_dir:
+        report["inference_fullres"] = bench_inference(sample, sample_root, args.runs,
+                                                      args.model)
+        report["inference_fullres_ratio"] = report["inference_fullres"]["ratio"]
+    report["inference_ratio_to_decode_then_predict"] = (
+        report["inference"]["ratio_to_decode_then_predict"])
+    report.update(precision_figures(subset, root, args.runs, args.resnet_size))
     report["memory_cache"] = bench_memory(args.data_dir, args.images)
     for key in ("pipeline_first_pass", "pipeline_cached", "inference"):
         report[f"{key}_ratio"] = report[key]["ratio"]
