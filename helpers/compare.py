@@ -178,7 +178,7 @@ def comparison_table(reports: dict[str, dict], costs: dict[str, dict],
         spread = (seeds or {}).get(label)
         if spread is not None and len(spread) > 1:
             row.update({
-                "seeds": len(spread),
+                "seeds": str(len(spread)),  # a count, not a score to print as 3.0000
                 "test accuracy over seeds (mean ± sd)":
                     f"{spread['test accuracy'].mean():.4f} ± "
                     f"{spread['test accuracy'].std(ddof=1):.4f}",

@@ -47,6 +47,14 @@ def real_data(folder: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def float32_after_each_test():
+    """A TrainingRun sets Keras's global dtype policy (mixed bfloat16 on CPUs with AMX), as
+    a notebook's kernel should; between tests it must not carry over."""
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
 def _is_notebook(item) -> bool:
     return str(item.path).endswith(".ipynb")
 

@@ -153,6 +153,6 @@ def test_the_best_seed_on_validation_is_kept_and_the_spread_covers_every_seed(sc
                               "parameters": 1}}
     table = compare.comparison_table({"Baseline CNN": report}, costs, {"Baseline CNN": spread})
     row = table.loc["Baseline CNN"]
-    assert row["seeds"] == 3
+    assert row["seeds"] == "3"
     mean, sd = spread["test accuracy"].mean(), spread["test accuracy"].std(ddof=1)
     assert row["test accuracy over seeds (mean ± sd)"] == f"{mean:.4f} ± {sd:.4f}"
