@@ -21,26 +21,6 @@ from helpers.labels import CLASS_NAMES
 RESIZE_METHODS = ("bilinear", "bicubic", "area", "lanczos3")
 
 
-# libjpeg decodes at 1/2 or 1/4 scale in the DCT domain for a fraction of a full decode (at
-# 1/8 it keeps only each block's average, which moved colours by about 2 grey levels).
-JPEG_DECODE_RATIOS = (4, 2)
-
-
-def _decode_jpeg_for(image_bytes: tf.Tensor, image_size: int, crop_fraction: float
-                     ) -> tf.Tensor:
-    """A JPEG decoded at the smallest scale whose central crop still has at least
-    ``image_size`` pixels a side, so the resize that follows only ever shrinks: a 360 px
-    original bound for 64 px with crop 0.7 decodes at 1/2 (126 px crop); images too small to
-    shrink decode in full."""
-    height_width = tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.float32)
-    crop_side = tf.reduce_min(height_width) * crop_fraction
-    reduced = [(crop_side / ratio >= image_size,
-                lambda ratio=ratio: tf.io.decode_jpeg(image_bytes, channels=3, ratio=ratio))
-               for ratio in JPEG_DECODE_RATIOS]
-    return tf.case(reduced, default=lambda: tf.io.decode_jpeg(image_bytes, channels=3),
-                   exclusive=False)
-
-
 def decode_and_resize(image_bytes: tf.Tensor, image_size: int,
                       resize_method: str = "bilinear", crop_fraction: float = 1.0) -> tf.Tensor:
     """Decode JPEG/PNG/BMP bytes to RGB, keep the central ``crop_fraction`` of each side, and
@@ -48,15 +28,11 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int,
 
     Grayscale is repeated to three channels and alpha dropped. PBC images centre the cell,
     so a crop spends more of a small input on the cell. Resizing is antialiased, so
-    shrinking a 360 px image to 64 px averages pixels instead of skipping them. A JPEG much
-    larger than needed is decoded at a reduced scale first (``_decode_jpeg_for``).
+    shrinking a 360 px image to 64 px averages pixels instead of skipping them.
     """
     if not 0 < crop_fraction <= 1:
         raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
-    image = tf.cond(tf.io.is_jpeg(image_bytes),
-                    lambda: _decode_jpeg_for(image_bytes, image_size, crop_fraction),
-                    lambda: tf.io.decode_image(image_bytes, channels=3,
-                                               expand_animations=False))
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     if crop_fraction < 1:
         image = tf.image.central_crop(image, crop_fraction)
     image = tf.image.resize(image, (image_size, image_size), method=resize_method,

@@ -1,5 +1,3 @@
-import io
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -127,38 +125,3 @@ def test_training_order_works_after_a_global_seed_of_zero(synthetic_source, synt
     keras.utils.set_random_seed(0)
     dataset = pipeline.make_dataset(synthetic_split, root, "train", image_size=16, batch_size=8)
     assert len(_collect(dataset)[1]) == (synthetic_split["split"] == "train").sum()
-
-
-def _jpeg_bytes(size: tuple[int, int]) -> bytes:
-    """A 360 x 363 PBC-sized JPEG of a smooth cell-like picture (a disc on a gradient)."""
-    from helpers import synthetic
-
-    cell = synthetic.make_cell_image("neutrophil", max(size), np.random.default_rng(0))
-    buffer = io.BytesIO()
-    Image.fromarray(cell).resize(size).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def _full_decode(image_bytes: bytes, image_size: int, crop_fraction: float) -> np.ndarray:
-    image = tf.io.decode_jpeg(image_bytes, channels=3)
-    image = tf.image.central_crop(image, crop_fraction)
-    image = tf.image.resize(image, (image_size, image_size), antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8).numpy()
-
-
-@pytest.mark.parametrize("image_size, crop_fraction, decoded_side", [
-    (64, 0.7, 182),   # 360 px: the crop keeps 252, a half-scale decode 126 >= 64
-    (32, 1.0, 91),    # 363 / 4 = 91 >= 32: a quarter (an eighth shifts colours)
-    (128, 0.7, 363),  # 126 < 128: in full, never enlarged
-])
-def test_large_jpegs_decode_at_a_reduced_scale_that_the_resize_would_shrink_to_anyway(
-        image_size, crop_fraction, decoded_side):
-    image_bytes = _jpeg_bytes((363, 360))
-    decoded = pipeline._decode_jpeg_for(tf.constant(image_bytes), image_size, crop_fraction)
-    assert max(decoded.shape[:2]) == decoded_side
-    ours = pipeline.decode_and_resize(tf.constant(image_bytes), image_size,
-                                      crop_fraction=crop_fraction).numpy()
-    reference = _full_decode(image_bytes, image_size, crop_fraction)
-    assert ours.shape == reference.shape == (image_size, image_size, 3)
-    # What the model sees: within a grey level on average of a full decode, resized.
-    assert np.abs(ours.astype(float) - reference).mean() < 1.0
