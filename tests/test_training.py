@@ -19,7 +19,7 @@ from helpers.runfolder import RunFolder
 from tests.conftest import REPOSITORY
 
 # Kills of the fault-injection test: about 10 s each on 2 cores.
-KILLS = 4
+KILLS = 3
 
 
 @pytest.mark.parametrize("gpus, kind", [(0, "default"), (1, "default"), (2, "mirrored"),

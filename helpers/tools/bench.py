@@ -110,7 +110,8 @@ def usable_images(data_dir: str | os.PathLike, limit: int = 0) -> tuple[pd.DataF
     and the folder holding the class folders."""
     from helpers import evaluate
 
-    images, _, root = evaluate.labelled_images(data_dir)
+    # Absolute, so the frame's paths and the root cannot both carry a relative prefix.
+    images, _, root = evaluate.labelled_images(Path(data_dir).resolve())
     frame = images.assign(split="bench").sort_values("path").reset_index(drop=True)
     if limit:
         frame = frame.groupby("label").head(max(1, limit // 8)).reset_index(drop=True)
