@@ -180,8 +180,7 @@ def bench_training(frame: pd.DataFrame, root: Path, runs: int, build: Callable,
     model.compile(optimizer=keras.optimizers.AdamW(1e-3),
                   loss="sparse_categorical_crossentropy")
     first = images_per_second(lambda: fit_one_epoch(model, dataset, len(frame)))
-    images, labels = (np.concatenate(parts) for parts in zip(
-        *[(x.numpy(), y.numpy()) for x, y in dataset], strict=True))
+    images, labels = dataset_arrays(dataset)
     in_memory = (tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH_SIZE)
                  .prefetch(tf.data.AUTOTUNE))
     result = side_by_side(
@@ -227,7 +226,11 @@ def bench_inference(frame: pd.DataFrame, root: Path, runs: int, model_path: str 
 def cached_arrays(frame: pd.DataFrame, root: Path, image_size: int
                   ) -> tuple[np.ndarray, np.ndarray]:
     """The images of ``frame`` decoded and resized by the project's pipeline, and labels."""
-    dataset = project_dataset(frame, root, cache=None, image_size=image_size)
+    return dataset_arrays(project_dataset(frame, root, cache=None, image_size=image_size))
+
+
+def dataset_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Every (images, labels) batch of a finite dataset, concatenated into two arrays."""
     images, labels = (np.concatenate(parts) for parts in zip(
         *[(x.numpy(), y.numpy()) for x, y in dataset], strict=True))
     return images, labels
