@@ -159,8 +159,8 @@ def bench_cached(frame: pd.DataFrame, root: Path, runs: int) -> dict:
 
     dataset = project_dataset(frame, root, cache="memory")
     count_images(dataset)  # fills the cache
-    images = np.concatenate([batch.numpy() for batch, _ in dataset]).astype(np.uint8)
-    labels = np.zeros(len(images), dtype=np.int32)
+    images, labels = dataset_arrays(dataset)
+    images = images.astype(np.uint8)
     in_memory = (tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH_SIZE)
                  .map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE))
     return {"images": len(images), **side_by_side(
@@ -564,10 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         frame, root = usable_images(args.data_dir)
         subset = frame.groupby("label").head(args.images // 8).reset_index(drop=True)
         report.update(precision_figures(subset, root, args.runs, args.resnet_size))
-        files.write_json(report, args.out)
-        print(format_table(report))
-        print(f"Wrote {args.out}")
-        return 0
+        return write_report(report, args.out)
     seconds, peak = in_fresh_process(_audit_and_split, args.data_dir)
     report.update(audit_split_seconds=seconds, audit_split_peak_rss_bytes=peak)
     frame, root = usable_images(args.data_dir)
@@ -596,9 +593,14 @@ def main(argv: list[str] | None = None) -> int:
         report[f"{key}_ratio"] = report[key]["ratio"]
     report["train_ratio_cnn"] = report["train_cnn"]["ratio"]
     report["train_ratio_resnet50"] = report["train_resnet50"]["ratio"]
-    files.write_json(report, args.out)
+    return write_report(report, args.out)
+
+
+def write_report(report: dict, out: str) -> int:
+    """Write the JSON report, print its table; the exit status (0)."""
+    files.write_json(report, out)
     print(format_table(report))
-    print(f"Wrote {args.out}")
+    print(f"Wrote {out}")
     return 0
 
 
