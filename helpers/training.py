@@ -26,9 +26,11 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from helpers import files, inference, metrics, pipeline
+from helpers import files, inference, keras_fixes, metrics, pipeline
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder
+
+keras_fixes.apply()  # float16 on several GPUs trains with NaN weights without it
 
 # The pipeline shuffles (helpers.pipeline); Keras warns that fit's own shuffle=True, its
 # default, does nothing for a tf.data.Dataset. Silenced rather than passing shuffle=False to

@@ -1,0 +1,59 @@
+"""Work-arounds for Keras defects that would make a result silently wrong, applied once when
+``helpers.training`` is imported.
+
+Each one names the defect, how it was found and how to see it (``tests/scripts/``), so it can
+be dropped when Keras fixes it upstream.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from keras import ops
+from keras.src.optimizers.loss_scale_optimizer import LossScaleOptimizer
+
+_PATCHED = "_blood_cells_replica_safe"
+
+
+def _replica_safe_tf_apply(self, grads, trainable_variables=None):
+    """``LossScaleOptimizer._tf_apply`` with the finiteness check taken over every replica.
+
+    Keras (3.0 to at least 3.15, since keras-team/keras#18691) decides whether to apply a step
+    from replica 0's gradients alone, on the assumption that they are already all-reduced. In
+    Keras 3 they are not: the inner optimizer sums them across replicas afterwards. When the
+    float16 gradients overflow on another replica only, which the dynamic loss scale causes on
+    purpose in the first steps, the step is applied with inf, every weight becomes NaN, and
+    training goes on at chance with ``loss = nan`` (``tests/scripts/loss_scale_replicas.py``
+    shows it with a one-layer model). Here a step is applied only when the gradients of every
+    replica are finite, and otherwise skipped with the loss scale halved, as on one device.
+    """
+    replica_context = tf.distribute.get_replica_context()
+    if (replica_context is None or replica_context.num_replicas_in_sync == 1
+            or tf.__internal__.distribute.strategy_supports_no_merge_call()):
+        return _original_tf_apply(self, grads, trainable_variables)
+
+    def handle_cross_replica(distribution, grads, trainable_variables):
+        finite_per_replica = distribution.extended.call_for_each_replica(
+            self.check_finite, args=(grads,))
+        finite = ops.all(ops.stack(distribution.experimental_local_results(finite_per_replica)))
+
+        def apply_finite():
+            distribution.extended.call_for_each_replica(
+                self._stateful_handle_finite_grads, args=(grads, trainable_variables))
+
+        # In the cross-replica context, as Keras does: a branch that merges cannot run in a
+        # cond inside a replica context.
+        ops.cond(finite, apply_finite, self._stateful_handle_non_finite_grads)
+
+    replica_context.merge_call(handle_cross_replica, args=(grads, trainable_variables))
+
+
+# Absent in a Keras that reorganised it; the reproduction's test then says whether the defect
+# is still there.
+_original_tf_apply = getattr(LossScaleOptimizer, "_tf_apply", None)
+
+
+def apply() -> None:
+    """Install the work-arounds (idempotent)."""
+    if _original_tf_apply is not None and not getattr(LossScaleOptimizer._tf_apply, _PATCHED, False):
+        setattr(_replica_safe_tf_apply, _PATCHED, True)
+        LossScaleOptimizer._tf_apply = _replica_safe_tf_apply
