@@ -54,6 +54,7 @@ _original_tf_apply = getattr(LossScaleOptimizer, "_tf_apply", None)
 
 def apply() -> None:
     """Install the work-arounds (idempotent)."""
-    if _original_tf_apply is not None and not getattr(LossScaleOptimizer._tf_apply, _PATCHED, False):
-        setattr(_replica_safe_tf_apply, _PATCHED, True)
-        LossScaleOptimizer._tf_apply = _replica_safe_tf_apply
+    if _original_tf_apply is None or getattr(LossScaleOptimizer._tf_apply, _PATCHED, False):
+        return
+    setattr(_replica_safe_tf_apply, _PATCHED, True)
+    LossScaleOptimizer._tf_apply = _replica_safe_tf_apply

@@ -9,12 +9,15 @@ scale wrong.
 from __future__ import annotations
 
 import os
+import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from helpers import project
 from helpers.labels import CLASS_NAMES
 
 
@@ -156,18 +159,45 @@ class WeightsUnavailableError(RuntimeError):
     """ImageNet weights could not be loaded; never replaced by random weights silently."""
 
 
-def resnet50_base(image_size: int, weights: str | os.PathLike | None = "imagenet"):
-    """``keras.applications.ResNet50`` without its top; ``weights`` as Keras takes them.
+def resnet50_weights(setting: str) -> str | None:
+    """What ``keras.applications.ResNet50`` takes for RESNET_WEIGHTS: "imagenet", None for
+    "none" (random weights), or the path of a weights file (relative paths from the project's
+    root), which must exist."""
+    if setting in ("imagenet", "none"):
+        return None if setting == "none" else setting
+    path = project.resolve(setting)
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"RESNET_WEIGHTS: no weights file at {path}. Give \"imagenet\", \"none\" (random "
+            "weights) or the path of a ResNet50 weights file (.h5 or .weights.h5).")
+    return str(path)
 
-    Raises WeightsUnavailableError with what to do when ImageNet weights cannot be had.
+
+def resnet50_label(setting: str) -> str:
+    """How every table, print and legend names the ResNet50 of RESNET_WEIGHTS: random
+    initialisation is not transfer learning, and weights from a file are named by the file,
+    not called ImageNet's."""
+    if setting == "none":
+        return "ResNet50, random init"
+    source = "ImageNet" if setting == "imagenet" else f"weights from {Path(setting).name}"
+    return f"ResNet50, {source}, frozen then fine-tuned"
+
+
+def resnet50_base(image_size: int, weights: str | os.PathLike | None = "imagenet"):
+    """``keras.applications.ResNet50`` without its top; ``weights`` as Keras takes them:
+    "imagenet", None, or a weights file (Keras's ``.weights.h5``, or the legacy ``.h5``
+    layout of Keras's own ImageNet download).
+
+    Raises WeightsUnavailableError with what to do when the ImageNet weights cannot be had
+    or the file holds no weights of a ResNet50 base without its top.
     """
-    if weights not in ("imagenet", None) and not os.path.isfile(weights):
-        raise WeightsUnavailableError(f"ResNet50 weights file not found: {weights}")
+    if weights not in ("imagenet", None):
+        return _resnet50_from_file(image_size, weights)
     try:
         return keras.applications.ResNet50(include_top=False, weights=weights,
                                            input_shape=(image_size, image_size, 3))
     except Exception as error:  # get_file raises several types for a failed download
-        if weights != "imagenet":
+        if weights is None:
             raise
         raise WeightsUnavailableError(
             f"Could not download the ImageNet weights for ResNet50 ({error}). Run where the "
@@ -175,6 +205,37 @@ def resnet50_base(image_size: int, weights: str | os.PathLike | None = "imagenet
             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 elsewhere and set "
             "RESNET_WEIGHTS to its path. RESNET_WEIGHTS = \"none\" runs on random weights, "
             "which is not transfer learning and is labelled so.") from None
+
+
+def _resnet50_from_file(image_size: int, path: str | os.PathLike) -> keras.Model:
+    """The base with every weight from ``path``. Some Keras versions load a file of another
+    model partly, with a warning and fresh weights where names differ: every kernel is
+    checked to have changed, so a part-loaded base is an error, not a silent mix."""
+    if not os.path.isfile(path):
+        raise WeightsUnavailableError(f"ResNet50 weights file not found: {path}")
+    base = keras.applications.ResNet50(include_top=False, weights=None,
+                                       input_shape=(image_size, image_size, 3))
+    fresh = {weight.path: weight.numpy() for weight in base.weights
+             if weight.path.endswith("kernel")}
+    problem = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras's per-layer warnings; summed up below
+        try:
+            base.load_weights(path)
+        except Exception as error:  # h5py, ValueError...: several types for a wrong file
+            message = str(error).strip().splitlines()
+            problem = f"{type(error).__name__}: {message[0][:200] if message else ''}"
+    if problem is None:
+        unchanged = [name for name, value in fresh.items()
+                     if np.array_equal(value, base.get_layer(name.split("/")[0]).kernel.numpy())]
+        if unchanged:
+            problem = (f"{len(unchanged)} of its {len(fresh)} convolutions were not in the "
+                       f"file, e.g. {unchanged[0]}")
+    if problem:
+        raise WeightsUnavailableError(
+            f"{path} holds no weights of a ResNet50 base without its top (include_top=False), "
+            f"so it cannot be used ({problem}).")
+    return base
 
 
 def count_trainable(model: keras.Model) -> int:

@@ -36,6 +36,19 @@ keras_fixes.apply()  # float16 on several GPUs trains with NaN weights without i
 # default, does nothing for a tf.data.Dataset. Silenced rather than passing shuffle=False to
 # every fit, which would read as "not shuffled".
 warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed", category=UserWarning)
+# Loading a phase's best model (a .keras file, optimizer included) into a model whose new
+# optimizer has not run yet: Keras warns that it skips the optimizer's state, which the next
+# phase's compile replaces anyway.
+warnings.filterwarnings("ignore", message=r"Skipping variable loading for optimizer",
+                        category=UserWarning)
+
+# The key of the last (or only) training phase, whose ``phase`` is None.
+LAST_PHASE = "last"
+
+
+def _phase_text(phase: str | None) -> str:
+    return f"phase {phase!r}" if phase else "the last phase"
+
 
 # -- devices and precision -------------------------------------------------------------------
 
@@ -256,6 +269,38 @@ class TrainingStoppedError(Exception):
     """Raised by StopAfterEpoch: the run stopped on purpose and can be resumed."""
 
 
+class TrainingDivergedError(RuntimeError):
+    """The loss of a run went non-finite: the run is discarded, never kept."""
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops training at the first loss that is not finite, a batch's or an epoch's
+    validation loss, with ``TrainingDivergedError`` from ``diverged(epoch, batch, values)``.
+
+    A diverged run would otherwise go on at chance (NaN weights give constant predictions),
+    and its figures would read as results. Reading the loss every batch costs a device sync
+    per step, as Keras's TerminateOnNaN does.
+    """
+
+    def __init__(self, diverged):
+        super().__init__()
+        self.diverged = diverged
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise self.diverged(self.epoch, batch, {"loss": float(loss)})
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = {name: float(value) for name, value in (logs or {}).items()
+                  if name in ("loss", "val_loss")}
+        if not all(math.isfinite(value) for value in values.values()):
+            raise self.diverged(epoch, None, values)
+
+
 class StopAfterEpoch(keras.callbacks.Callback):
     """Stops training with TrainingStoppedError after epoch ``epoch`` (1-based), as a crash
     would, once BackupAndRestore has saved it: a way to see and test resuming."""
@@ -436,13 +481,17 @@ class TrainingRun:
     ``metrics/``). So finished results of an earlier run of NAME are replaced only by a
     finished new one; a failed or interrupted run leaves them whole. An unfinished run is
     resumed (by BackupAndRestore) when its notebook runs again, and refused when the split,
-    the seed or its parameters changed since it started. ``kept`` tells whether the same
-    recipe finished before, so that there is nothing to train.
+    the seed or its parameters changed since it started. ``needs_training``, called after
+    each phase's ``compile``, compares that phase's recipe with the one that finished before:
+    a phase trains again when its recipe or an earlier phase's changed, and only then.
+    A loss that is not finite stops the run as diverged (``TrainingDivergedError``); nothing
+    of it is kept.
 
     Creating it seeds everything and picks the distribution strategy and precision.
     ``datasets`` builds the training and validation data and writes the run record;
     ``callbacks`` gives the standard callbacks for ``fit``; ``end_phase`` closes a training
-    phase; ``finish`` keeps the best model with its sidecar and validation metrics.
+    phase; ``finish`` keeps the best model with its sidecar and validation metrics, and puts
+    its weights into the notebook's model.
     """
 
     def __init__(self, run: RunFolder, name: str, *, label: str, seed: int,
@@ -454,7 +503,10 @@ class TrainingRun:
         self.work = run.work(name)
         self.split_frame, self.data_root = run.load_split()
         self.split_sha256 = files.file_sha256(run.split_csv)
-        self._kept: bool | None = None
+        self._kept = False  # the whole run finished before with the same recipe
+        self._kept_phases: list[str] = []  # phases kept from the finished run, in order
+        self._training = False  # a phase of this run trains, so every later one does
+        self.fingerprints: dict[str, str] = {}  # each phase's recipe, at its compile
         if self.work.exists() and not self._trained_anything():
             shutil.rmtree(self.work)  # e.g. the model could not be built: nothing to resume
         if self.work.exists():
@@ -480,15 +532,24 @@ class TrainingRun:
     def checkpoint(self, phase: str | None = None) -> Path:
         """The best model so far of this run (of training phase ``phase``); of a ``kept``
         run, its model in the run folder."""
-        if self._kept:
+        if self._kept or phase in self._kept_phases:
             return self.run.model(self.name, phase)
+        return self._work_checkpoint(phase)
+
+    def _work_checkpoint(self, phase: str | None) -> Path:
         return self.work / (f"{self.name}_{phase}.keras" if phase else f"{self.name}.keras")
+
+    def _backup_dir(self, phase: str | None) -> Path:
+        return self.work / (f"backup_{phase}" if phase else "backup")
 
     def _record_path(self) -> Path:
         return self.work / "record.json"
 
     def _phases_path(self) -> Path:
         return self.work / "phases.json"
+
+    def _fingerprints_path(self) -> Path:
+        return self.work / "fingerprints.json"
 
     def _start_again(self) -> str:
         return f"To start {self.name!r} afresh, delete {self.work}."
@@ -591,6 +652,8 @@ class TrainingRun:
                   stop_after_epoch: int = 0) -> list[keras.callbacks.Callback]:
         """The standard callbacks for ``fit`` of this run (of training phase ``phase``).
 
+        - NonFiniteLossGuard: a loss that is not finite stops the run as diverged
+          (``TrainingDivergedError``), its work folder moved aside; nothing of it is kept.
         - EpochSeeds: shuffle order and random layers follow the seed and the epoch number,
           so a resumed run matches an uninterrupted one.
         - BestCheckpoint: the best epoch by validation loss (``checkpoint(phase)``); a
@@ -610,12 +673,14 @@ class TrainingRun:
         if self.image_settings is None:
             raise RuntimeError("Call datasets() before callbacks(): they need the data.")
         self.work.mkdir(parents=True, exist_ok=True)
-        backup_dir = self.work / (f"backup_{phase}" if phase else "backup")
+        backup_dir = self._backup_dir(phase)
         self._check_backup(backup_dir)
         self._drop_unbacked_history(backup_dir, initial_epoch)
         batches = math.ceil(precise_batchnorm_images / self.global_batch_size)
+        self._current_phase = phase
         callbacks = [
             ForgetRestoredEpoch(),
+            NonFiniteLossGuard(self._diverged),
             EpochSeeds(self.epoch_counter, self.seed),
             BestCheckpoint(self.checkpoint(phase),
                            best_logged(self.history_csv, from_epoch=initial_epoch)),
@@ -668,26 +733,96 @@ class TrainingRun:
             files.write_text_atomically(
                 history[history["epoch"] < resume_at].to_csv(index=False), self.history_csv)
 
-    def kept(self, model: keras.Model) -> bool:
-        """Whether this run finished before with exactly this compiled ``model`` (layers,
-        optimizer and schedule), parameters, seed, data and split: then its results are kept
-        as they are, ``fit`` has nothing to do, and ``finish`` returns the kept metrics. A
-        rerun after a disconnect so skips what had finished. Decided at the first call (a
-        later change of the model, such as unfreezing for phase 2, does not change it)."""
-        if self._kept is None:
-            self.fingerprint = _fingerprint(model, self.parameters, self.seed,
-                                            self.deterministic, self.data_settings,
-                                            self.split_sha256)
-            finished = (not (self.work.exists() and self._trained_anything())
-                        and self.run.validation_metrics(self.name).exists()
-                        and self.run.run_record(self.name).exists())
-            self._kept = finished and (self.run.read_run_record(self.name).get("fingerprint")
-                                       == self.fingerprint)
-            if self._kept:
-                shutil.rmtree(self.work, ignore_errors=True)  # holds only the new record
-                print(f"{self.name}: the same recipe finished before in {self.run.root}: "
-                      "kept as it is (nothing to train).")
-        return self._kept
+    def needs_training(self, model: keras.Model, phase: str | None = None) -> bool:
+        """Whether training phase ``phase`` (None: the last or only one) has to run ``fit``;
+        call it after the phase's ``compile``.
+
+        The phase's recipe is a fingerprint of ``model`` as compiled (its layers and which of
+        them train, the optimizer and its schedule, the loss), the run's parameters, seed,
+        data and split. False when this phase finished before with the same recipe and every
+        earlier phase was kept too: in the unfinished work folder (a rerun resumes after
+        it), or in the run folder (its results are kept as they are; of the last phase,
+        ``finish`` then returns the kept metrics). Else True: ``fit`` trains, or resumes,
+        this phase. A phase whose recipe changed trains again from its start, from the
+        earlier phases' kept models, and every later phase trains again after it.
+        """
+        key = phase or LAST_PHASE
+        fingerprint = _fingerprint(model, self.parameters, self.seed, self.deterministic,
+                                   self.data_settings, self.split_sha256)
+        self.fingerprints[key] = fingerprint
+        if not self._training and self.work.exists() and self._trained_anything():
+            recorded = self._work_fingerprints().get(key)
+            if recorded is not None and recorded != fingerprint:
+                print(f"{self.name}: the recipe of {_phase_text(phase)} changed since it "
+                      "started: it trains again from its start.")
+                self._discard_phase(phase)
+            elif recorded is not None and phase is not None and phase in self.finished_phases():
+                return False  # finished in the work folder; a later phase resumes
+        elif not self._training and self._finished_fingerprints().get(key) == fingerprint and (
+                phase is None or phase in self.run.finished_phases(self.name)):
+            if phase is not None:
+                self._kept_phases.append(phase)
+                return False
+            self._kept = True
+            shutil.rmtree(self.work, ignore_errors=True)  # holds only the new record
+            print(f"{self.name}: the same recipe finished before in {self.run.root}: "
+                  "kept as it is (nothing to train).")
+            return False
+        elif not self._training:
+            self._start_from_kept_phases()
+        self._training = True
+        files.write_json({**self._work_fingerprints(), key: fingerprint},
+                         self._fingerprints_path())
+        return True
+
+    def _work_fingerprints(self) -> dict[str, str]:
+        path = self._fingerprints_path()
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _finished_fingerprints(self) -> dict[str, str]:
+        """Each phase's recipe of the run that finished before ({} if none did)."""
+        if not (self.run.validation_metrics(self.name).exists()
+                and self.run.run_record(self.name).exists()):
+            return {}
+        return self.run.read_run_record(self.name).get("fingerprints") or {}
+
+    def _start_from_kept_phases(self) -> None:
+        """Start the work folder from the phases kept from the finished run (their models,
+        history and boundaries), so that the phase about to train continues from them."""
+        if not self._kept_phases:
+            return
+        boundaries = self.run.finished_phases(self.name)
+        kept = {phase: boundaries[phase] for phase in self._kept_phases}
+        for phase in kept:
+            files.copy_atomically(self.run.model(self.name, phase),
+                                  self._work_checkpoint(phase))
+        history = self.run.read_history(self.name)
+        files.write_text_atomically(
+            history[history["epoch"] < max(kept.values())].to_csv(index=False),
+            self.history_csv)
+        files.write_json({phase: self.fingerprints[phase] for phase in kept},
+                         self._fingerprints_path())
+        files.write_json(kept, self._phases_path())  # last: the phases now count as done
+        print(f"{self.name}: {', '.join(kept)} kept from the run that finished before; "
+              "training goes on from there.")
+        self._kept_phases = []
+
+    def _discard_phase(self, phase: str | None) -> None:
+        """Forget what the work folder holds of ``phase`` and of every phase after it."""
+        closed = self.finished_phases()
+        names = list(closed)
+        earlier = names[:names.index(phase)] if phase in closed else names
+        for name in {*names[len(earlier):], phase, None}:  # this phase, later ones, the last
+            self._work_checkpoint(name).unlink(missing_ok=True)
+            shutil.rmtree(self._backup_dir(name), ignore_errors=True)
+        start = closed[earlier[-1]] if earlier else 0
+        if self.history_csv.exists() and self.history_csv.stat().st_size:
+            history = pd.read_csv(self.history_csv)
+            files.write_text_atomically(history[history["epoch"] < start].to_csv(index=False),
+                                        self.history_csv)
+        files.write_json({name: value for name, value in self._work_fingerprints().items()
+                          if name in earlier}, self._fingerprints_path())
+        files.write_json({name: closed[name] for name in earlier}, self._phases_path())
 
     def epochs_done(self) -> int:
         """Epochs in the history so far (every phase)."""
@@ -698,11 +833,6 @@ class TrainingRun:
     def finished_phases(self) -> dict[str, int]:
         path = self._phases_path()
         return json.loads(path.read_text()) if path.exists() else {}
-
-    def phase_finished(self, phase: str) -> bool:
-        """Whether ``end_phase(phase)`` ran (a rerun then skips that phase), or the whole
-        run is ``kept``."""
-        return bool(self._kept) or phase in self.finished_phases()
 
     def end_phase(self, phase: str) -> int:
         """Record that training phase ``phase`` finished; returns the epochs done so far.
@@ -718,17 +848,66 @@ class TrainingRun:
 
     def phase_boundary(self, phase: str) -> int:
         """The epoch count at the end of finished phase ``phase`` (where the next begins)."""
-        if self._kept:
+        if self._kept or phase in self._kept_phases:
             return self.run.finished_phases(self.name)[phase]
         return self.finished_phases()[phase]
 
-    def finish(self) -> dict:
+    def finish(self, model: keras.Model | None = None) -> dict:
         """Keep the run: its best model (the last phase's best checkpoint; when the last
         phase trained no epoch, the last closed phase's best) with its sidecar and
         validation metrics, its history, phases and record, moved into the run folder in
-        place of an earlier run's. Returns the validation metrics."""
+        place of an earlier run's. Returns the validation metrics.
+
+        ``model``, the notebook's, then holds the kept model's weights (``fit`` leaves it
+        with the last epoch's), so what a later cell computes with it is what was reported.
+        Raises TrainingDivergedError, keeping nothing, when a loss in the history is not
+        finite."""
         if self._kept:
-            return json.loads(self.run.validation_metrics(self.name).read_text())
+            result = json.loads(self.run.validation_metrics(self.name).read_text())
+        else:
+            self._check_finite_history()
+            result = self._keep_best()
+        if model is not None:
+            kept_model = keras.saving.load_model(self.run.model(self.name), compile=False)
+            model.set_weights(kept_model.get_weights())
+        return result
+
+    def _check_finite_history(self) -> None:
+        """A run that went on after a non-finite loss (trained without ``callbacks``) is
+        refused here too."""
+        if not self.history_csv.exists() or not self.history_csv.stat().st_size:
+            return
+        history = pd.read_csv(self.history_csv)
+        losses = history[[column for column in ("loss", "val_loss") if column in history]]
+        bad = ~np.isfinite(losses.to_numpy(dtype=float)).all(axis=1)
+        if bad.any():
+            row = history[bad].iloc[0]
+            raise self._diverged(int(row["epoch"]), None,
+                                 {column: row[column] for column in losses.columns})
+
+    def _diverged(self, epoch: int, batch: int | None, values: dict) -> TrainingDivergedError:
+        """The error for a run whose loss went non-finite; its work folder is moved aside
+        (``work/NAME.diverged``), so a rerun starts afresh and finished results stay."""
+        aside = self.work.with_name(f"{self.name}.diverged")
+        shutil.rmtree(aside, ignore_errors=True)
+        if self.work.exists():
+            os.replace(self.work, aside)
+        where = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch is not None else "")
+        shown = ", ".join(f"{name} = {value}" for name, value in values.items())
+        causes = "a learning rate too high for this model (lower it)"
+        if self.precision == "mixed_float16":
+            causes += ("; float16's range (PRECISION = \"float32\" rules it out; float16 "
+                       "overflows above 65504)")
+        return TrainingDivergedError(
+            f"Run {self.name!r} diverged at {where}{self._phase_in_progress()}: {shown}. "
+            f"Nothing of it is kept; results that finished before stay in {self.run.root}. "
+            f"Likely causes: {causes}. Its history is in {aside}.")
+
+    def _phase_in_progress(self) -> str:
+        phase = getattr(self, "_current_phase", None)
+        return f" of phase {phase!r}" if phase else ""
+
+    def _keep_best(self) -> dict:
         kept = self.checkpoint()
         if not kept.exists():
             closed = list(self.finished_phases())
@@ -765,8 +944,7 @@ class TrainingRun:
         inference.write_sidecar(run.model(name), label=self.label, **self.image_settings)
         files.copy_atomically(self.history_csv, run.history(name))
         record = json.loads(self._record_path().read_text())
-        files.write_json({**record, "fingerprint": getattr(self, "fingerprint", None)},
-                         run.run_record(name))
+        files.write_json({**record, "fingerprints": self.fingerprints}, run.run_record(name))
         if self._phases_path().exists():
             files.copy_atomically(self._phases_path(), run.phases(name))
         files.write_json(result, run.validation_metrics(name))

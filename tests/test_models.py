@@ -161,3 +161,51 @@ def test_the_cnn_uses_fused_batchnorm_and_loads_back(tmp_path):
     model.save(tmp_path / "cnn.keras")
     loaded = keras.saving.load_model(tmp_path / "cnn.keras")
     assert isinstance(loaded.get_layer("block1_bn1"), models.FusedBatchNormalization)
+
+
+def _legacy_h5(model: keras.Model, path) -> None:
+    """Write ``model``'s weights in the legacy HDF5 layout (a group per layer, named by
+    ``layer_names``), as Keras's own ImageNet download is."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as file:
+        legacy_h5_format.save_weights_to_hdf5_group(file, model)
+
+
+@pytest.mark.parametrize("layout", ["weights.h5", "legacy h5"])
+def test_resnet50_weights_from_a_file_load_exactly(layout, tmp_path):
+    keras.utils.set_random_seed(1)
+    source = models.resnet50_base(SIZE, weights=None)
+    path = tmp_path / ("base.weights.h5" if layout == "weights.h5" else "base_notop.h5")
+    if layout == "weights.h5":
+        source.save_weights(path)
+    else:
+        _legacy_h5(source, path)
+    keras.utils.set_random_seed(2)  # other random weights, which the file must replace
+    loaded = models.resnet50_base(SIZE, weights=models.resnet50_weights(str(path)))
+    for expected, actual in zip(source.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(expected, actual)
+
+
+def test_a_weights_file_of_another_model_is_one_clear_line(tmp_path):
+    path = tmp_path / "cnn.weights.h5"
+    models.build_cnn(SIZE, filters=(8, 16)).save_weights(path)
+    with pytest.raises(models.WeightsUnavailableError,
+                       match="holds no weights of a ResNet50 base") as error:
+        models.resnet50_base(SIZE, weights=str(path))
+    assert "\n" not in str(error.value)
+
+
+def test_resnet50_weights_setting_and_label_say_where_the_weights_come_from(tmp_path):
+    path = tmp_path / "my_weights.h5"
+    path.write_bytes(b"")
+    assert models.resnet50_weights("imagenet") == "imagenet"
+    assert models.resnet50_weights("none") is None
+    assert models.resnet50_weights(str(path)) == str(path)
+    with pytest.raises(models.WeightsUnavailableError, match="no weights file"):
+        models.resnet50_weights(str(tmp_path / "missing.h5"))
+    assert models.resnet50_label("none") == "ResNet50, random init"
+    assert "ImageNet" in models.resnet50_label("imagenet")
+    assert models.resnet50_label(str(path)) == (
+        "ResNet50, weights from my_weights.h5, frozen then fine-tuned")

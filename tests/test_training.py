@@ -127,7 +127,7 @@ def test_callbacks_need_the_data_and_cover_the_standard_set(run):
         probe_batchnorm_images=16, stop_after_epoch=2)]
     # BackupAndRestore after the checkpoint and the history: an epoch counts as done only
     # once both have it.
-    assert kinds == ["ForgetRestoredEpoch", "EpochSeeds", "BestCheckpoint",
+    assert kinds == ["ForgetRestoredEpoch", "NonFiniteLossGuard", "EpochSeeds", "BestCheckpoint",
                      "ResumableEarlyStopping", "EpochTiming", "PreciseBatchNorm",
                      "BatchNormStatisticsProbe", "CSVLogger", "BackupAndRestore",
                      "StopAfterEpoch"]
@@ -305,7 +305,7 @@ def test_a_second_phase_after_a_resumed_first_starts_at_its_own_epoch(run):
 def test_phases_keep_their_own_best_and_a_skipped_last_phase_keeps_the_first(run):
     training_run, _ = _train_tiny(run, epochs=2, phase="first")
     assert training_run.end_phase("first") == 2
-    assert training_run.phase_boundary("first") == 2 and training_run.phase_finished("first")
+    assert training_run.phase_boundary("first") == 2 and "first" in training_run.finished_phases()
     phase_model = training_run.checkpoint("first").read_bytes()
     training_run.finish()  # no epoch in the last phase: phase 1's best is the model kept
     assert run.model("tiny", "first").read_bytes() == phase_model
@@ -373,14 +373,15 @@ def test_killed_at_random_moments_a_run_ends_as_one_never_killed(run, tmp_path_f
 
 
 def _run_once(run, learning_rate=2e-3):
-    """The recipe with the kept() check, as notebook 3 writes it; returns (kept, metrics)."""
+    """The recipe with the needs_training() check, as notebook 3 writes it; returns (kept,
+    metrics)."""
     training_run = training.TrainingRun(run, "tiny", label="Tiny CNN", seed=7, deterministic=True)
     train_data, validation_data = training_run.datasets(image_size=16, batch_size=8,
                                                         max_images=48, cache=None)
     model = models.build_cnn(16, filters=(4, 8), seed=7)
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    kept = training_run.kept(model)
+    kept = not training_run.needs_training(model)
     if not kept:
         model.fit(train_data, validation_data=validation_data, epochs=2, verbose=0,
                   callbacks=training_run.callbacks(precise_batchnorm_images=16))
@@ -395,3 +396,115 @@ def test_a_finished_run_of_the_same_recipe_is_kept_and_another_recipe_trains(run
     assert run.model("tiny").read_bytes() == model_bytes and not run.work("tiny").exists()
     assert _run_once(run, learning_rate=1e-3)[0] is False  # an edited recipe trains again
     assert run.model("tiny").read_bytes() != model_bytes
+
+
+def test_a_diverged_run_fails_keeps_nothing_and_blocks_nothing(run):
+    """A loss that goes non-finite stops the run with a message that says so; the run that
+    finished before stays in place, and another recipe then trains without a manual step."""
+    assert _run_once(run)[0] is False
+    model_bytes = run.model("tiny").read_bytes()
+    metrics = run.validation_metrics("tiny").read_text()
+    with pytest.raises(training.TrainingDivergedError) as error:
+        _run_once(run, learning_rate=1e9)
+    message = str(error.value)
+    assert "'tiny' diverged at epoch" in message and "learning rate" in message
+    assert "nan" in message.lower() or "inf" in message.lower()
+    assert run.model("tiny").read_bytes() == model_bytes
+    assert run.validation_metrics("tiny").read_text() == metrics
+    assert not run.work("tiny").exists() and run.work("tiny.diverged").is_dir()
+    assert _run_once(run, learning_rate=1e-3)[0] is False  # trains, not refused
+    assert run.model("tiny").read_bytes() != model_bytes
+
+
+def test_finish_refuses_a_history_with_a_non_finite_loss(run):
+    """A run trained without the standard callbacks (so without the guard) is checked too."""
+    training_run, _ = _train_tiny(run, epochs=1)
+    history = pd.read_csv(training_run.history_csv)
+    history.loc[0, "val_loss"] = float("nan")
+    history.to_csv(training_run.history_csv, index=False)
+    with pytest.raises(training.TrainingDivergedError, match="val_loss = nan"):
+        training_run.finish()
+    assert not run.model("tiny").exists() and not run.validation_metrics("tiny").exists()
+
+
+def test_after_finish_the_notebooks_model_is_the_kept_one(run):
+    """fit leaves the last epoch's weights; finish(model) puts the best epoch's in."""
+    for _ in range(2):  # trained, then kept as it is
+        training_run = training.TrainingRun(run, "tiny", label="Tiny", seed=7,
+                                            deterministic=True)
+        train_data, validation_data = training_run.datasets(image_size=16, batch_size=8,
+                                                            max_images=48, cache=None)
+        model = _tiny_model(4, training_run.steps_per_epoch)
+        if training_run.needs_training(model):
+            model.fit(train_data, validation_data=validation_data, epochs=4, verbose=0,
+                      callbacks=training_run.callbacks(precise_batchnorm_images=16))
+        validation = training_run.finish(model)
+        evaluated = model.evaluate(validation_data, verbose=0, return_dict=True)
+        assert evaluated["accuracy"] == pytest.approx(validation["accuracy"])
+        kept = keras.saving.load_model(run.model("tiny"))
+        for a, b in zip(model.get_weights(), kept.get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def _two_phases(run, *, freeze_in_phase_2=(), phase_1_rate=2e-3, stop_phase_2_after=0):
+    """A two-phase recipe as notebook 4 writes it: phase 2 unfreezes the layers but those
+    named in ``freeze_in_phase_2``. Returns which phases trained."""
+    training_run = training.TrainingRun(run, "two", label="Two phases", seed=7,
+                                        deterministic=True)
+    train_data, validation_data = training_run.datasets(image_size=16, batch_size=8,
+                                                        max_images=48, cache=None)
+    model = models.build_cnn(16, filters=(4, 8), seed=7)
+    model.compile(optimizer=keras.optimizers.AdamW(phase_1_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    trained = []
+    if training_run.needs_training(model, "first"):
+        trained.append("first")
+        model.fit(train_data, validation_data=validation_data, epochs=2, verbose=0,
+                  callbacks=training_run.callbacks("first", precise_batchnorm_images=16))
+        training_run.end_phase("first")
+    model.load_weights(training_run.checkpoint("first"))
+    for layer in model.layers:
+        layer.trainable = layer.name not in freeze_in_phase_2
+    model.compile(optimizer=keras.optimizers.AdamW(5e-4),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    boundary = training_run.phase_boundary("first")
+    if training_run.needs_training(model):
+        trained.append("last")
+        model.fit(train_data, validation_data=validation_data, initial_epoch=boundary,
+                  epochs=boundary + 2, verbose=0,
+                  callbacks=training_run.callbacks(initial_epoch=boundary,
+                                                   precise_batchnorm_images=16,
+                                                   stop_after_epoch=stop_phase_2_after))
+    training_run.finish(model)
+    return trained
+
+
+def test_an_edited_phase_retrains_from_that_phase_and_no_earlier(run):
+    assert _two_phases(run) == ["first", "last"]
+    first_model = run.model("two", "first").read_bytes()
+    last_model = run.model("two").read_bytes()
+    assert _two_phases(run) == []  # "Run all" again: both phases kept
+    assert run.model("two").read_bytes() == last_model
+    # The unfreezing edited: phase 2 trains again from phase 1's kept model.
+    assert _two_phases(run, freeze_in_phase_2=("block1_conv1",)) == ["last"]
+    assert run.model("two", "first").read_bytes() == first_model
+    assert run.model("two").read_bytes() != last_model
+    assert run.read_history("two")["epoch"].tolist() == [0, 1, 2, 3]
+    assert run.finished_phases("two") == {"first": 2}
+    frozen = keras.saving.load_model(run.model("two")).get_layer("block1_conv1")
+    first = keras.saving.load_model(run.model("two", "first")).get_layer("block1_conv1")
+    np.testing.assert_array_equal(frozen.kernel.numpy(), first.kernel.numpy())
+    # Phase 1 edited: both train again.
+    assert _two_phases(run, freeze_in_phase_2=("block1_conv1",), phase_1_rate=1e-3) == [
+        "first", "last"]
+    assert run.model("two", "first").read_bytes() != first_model
+
+
+def test_an_unfinished_phase_whose_recipe_changed_starts_again(run, capsys):
+    with pytest.raises(training.TrainingStoppedError):
+        _two_phases(run, stop_phase_2_after=3)  # phase 2 stopped after its first epoch
+    assert _two_phases(run, freeze_in_phase_2=("block1_conv1",)) == ["last"]
+    assert "changed since it started" in capsys.readouterr().out
+    history = run.read_history("two")
+    assert history["epoch"].tolist() == [0, 1, 2, 3]
+    assert run.finished_phases("two") == {"first": 2}
