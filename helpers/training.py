@@ -644,6 +644,8 @@ class TrainingRun:
             "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                          "keras": keras.__version__, "numpy": np.__version__},
             "platform": platform.platform(), "devices": device_names(),
+            "replicas": self.strategy.num_replicas_in_sync,
+            "global_batch_size": self.global_batch_size,
             "precision": self.precision, "git_commit": git_commit(),
         }, self._record_path())
 

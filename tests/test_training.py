@@ -34,6 +34,9 @@ def test_strategy_kind(gpus, kind):
     ([], True, "float32", "float32"),  # forced
     ([(6, 0)], True, "auto", "float32"),  # P100: no tensor cores; the GPU decides, not the CPU
     ([(7, 5)], False, "auto", "mixed_float16"),  # T4, Colab's usual GPU
+    ([(7, 0)], False, "auto", "mixed_float16"),  # V100
+    ([(7, 5), (7, 5)], False, "auto", "mixed_float16"),  # two T4s: MirroredStrategy, float16
+    ([(7, 5), (6, 0)], True, "auto", "float32"),  # a T4 beside a P100
     ([(8, 0), (6, 1)], False, "auto", "float32"),  # the slowest GPU decides
     ([(7, 5)], False, "mixed_bfloat16", "mixed_bfloat16"),
 ])
@@ -343,26 +346,33 @@ def test_recalibration_sets_exact_batch_statistics_and_leaves_weights_alone():
     assert training.batchnorm_layers(model) == [learned]
 
 
-def test_killed_at_random_moments_a_run_ends_as_one_never_killed(run, tmp_path_factory):
+@pytest.mark.parametrize("options, kills", [
+    ([], KILLS),
+    # A GPU box: two replicas, float16 with a loss scale that moves (tiny_training.py).
+    (["--simulated-gpus", "2", "--precision", "mixed_float16"], 1),
+], ids=["cpu", "two-simulated-gpus-float16"])
+def test_killed_at_random_moments_a_run_ends_as_one_never_killed(run, tmp_path_factory,
+                                                                options, kills):
     """SIGKILL at random moments (inside epochs, checkpoint, history and backup writes, the
     move into place), then run again until it finishes: same history, same models."""
     script = [sys.executable, str(REPOSITORY / "tests" / "scripts" / "tiny_training.py")]
     straight = _copy_split(run, tmp_path_factory.mktemp("straight"))
     started = time.monotonic()
-    subprocess.run([*script, str(straight.root)], check=True, capture_output=True, timeout=300)
+    subprocess.run([*script, str(straight.root), *options], check=True, capture_output=True,
+                   timeout=300)
     duration = time.monotonic() - started
-    generator = np.random.default_rng(0)
-    for _ in range(KILLS):
-        process = subprocess.Popen([*script, str(run.root)], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+    generator = np.random.default_rng(len(options))
+    for _ in range(kills):
+        process = subprocess.Popen([*script, str(run.root), *options],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             process.wait(timeout=generator.uniform(0.3, 1.0) * duration)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()
     for _ in range(2):  # a kill inside finish() can leave one more step to do
-        finished = subprocess.run([*script, str(run.root)], capture_output=True, text=True,
-                                  timeout=300)
+        finished = subprocess.run([*script, str(run.root), *options], capture_output=True,
+                                  text=True, timeout=300)
         if finished.returncode == 0 and run.validation_metrics("tiny").exists():
             break
     assert finished.returncode == 0, finished.stderr[-3000:]
