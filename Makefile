@@ -24,8 +24,12 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Two workers: most tests keep one core busy. The notebooks and the tests of their run folder
+# stay together on one worker, in order (the "study" group, tests/conftest.py).
+PYTEST_WORKERS ?= -n 2 --dist loadgroup
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_WORKERS)
 
 # The whole suite with the package versions of Google Colab's runtime
 # (.ci/colab-constraints.txt), in its own virtualenv.
@@ -37,7 +41,7 @@ $(COLAB_VENV)/.installed: requirements.txt requirements/study.txt requirements/d
 	touch $@
 
 test-colab-versions: $(COLAB_VENV)/.installed
-	$(COLAB_VENV)/bin/python -m pytest
+	$(COLAB_VENV)/bin/python -m pytest $(PYTEST_WORKERS)
 
 study: $(STAMP)
 	$(BIN)/python -m helpers.study --profile $(PROFILE) $(if $(DATA_DIR),--data-dir "$(DATA_DIR)")
