@@ -24,12 +24,21 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# Two workers: most tests keep one core busy. The notebooks and the tests of their run folder
-# stay together on one worker, in order (the "study" group, tests/conftest.py).
-PYTEST_WORKERS ?= -n 2 --dist loadgroup
+# The suite runs as two pytest processes at once, one per core (most tests keep one core
+# busy): the notebooks under nbval with the tests of the run folder they leave (in order,
+# tests/conftest.py) and a few slow files in the first, the rest in the second. The first's
+# report follows the second's; either failing fails the target.
+FIRST_HALF := tests/notebooks tests/test_smoke_study.py tests/test_bench.py tests/test_colab.py \
+	tests/test_replicas.py
 
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_WORKERS)
+	@$(BIN)/python -m pytest -p no:cacheprovider $(FIRST_HALF) > $(VENV)/first-half.log 2>&1 & \
+	first=$$!; \
+	$(BIN)/python -m pytest $(addprefix --ignore=,$(FIRST_HALF)); second=$$?; \
+	wait $$first; first=$$?; \
+	echo "== The first half of the suite ($(FIRST_HALF)), run beside the above:"; \
+	cat $(VENV)/first-half.log; \
+	exit $$(( first || second ))
 
 # The whole suite with the package versions of Google Colab's runtime
 # (.ci/colab-constraints.txt), in its own virtualenv.
@@ -41,7 +50,7 @@ $(COLAB_VENV)/.installed: requirements.txt requirements/study.txt requirements/d
 	touch $@
 
 test-colab-versions: $(COLAB_VENV)/.installed
-	$(COLAB_VENV)/bin/python -m pytest $(PYTEST_WORKERS)
+	$(COLAB_VENV)/bin/python -m pytest
 
 study: $(STAMP)
 	$(BIN)/python -m helpers.study --profile $(PROFILE) $(if $(DATA_DIR),--data-dir "$(DATA_DIR)")

@@ -735,21 +735,28 @@ class TrainingRun:
             files.write_text_atomically(
                 history[history["epoch"] < resume_at].to_csv(index=False), self.history_csv)
 
-    def needs_training(self, model: keras.Model, phase: str | None = None) -> bool:
+    def needs_training(self, model: keras.Model, phase: str | None = None, *,
+                       later_parameters: tuple[str, ...] = ()) -> bool:
         """Whether training phase ``phase`` (None: the last or only one) has to run ``fit``;
         call it after the phase's ``compile``.
 
         The phase's recipe is a fingerprint of ``model`` as compiled (its layers and which of
-        them train, the optimizer and its schedule, the loss), the run's parameters, seed,
-        data and split. False when this phase finished before with the same recipe and every
-        earlier phase was kept too: in the unfinished work folder (a rerun resumes after
-        it), or in the run folder (its results are kept as they are; of the last phase,
-        ``finish`` then returns the kept metrics). Else True: ``fit`` trains, or resumes,
-        this phase. A phase whose recipe changed trains again from its start, from the
-        earlier phases' kept models, and every later phase trains again after it.
+        them train, the optimizer and its schedule, the loss), the run's parameters but
+        ``later_parameters`` (those only later phases use), seed, data and split. False when
+        this phase finished before with the same recipe and every earlier phase was kept
+        too: in the unfinished work folder (a rerun resumes after it), or in the run folder
+        (its results are kept as they are; of the last phase, ``finish`` then returns the
+        kept metrics). Else True: ``fit`` trains, or resumes, this phase. A phase whose
+        recipe changed trains again from its start, from the earlier phases' kept models,
+        and every later phase trains again after it.
         """
         key = phase or LAST_PHASE
-        fingerprint = _fingerprint(model, self.parameters, self.seed, self.deterministic,
+        unknown = set(later_parameters) - set(self.parameters)
+        if unknown:
+            raise ValueError(f"later_parameters names no parameter of the run: {sorted(unknown)}")
+        parameters = {name: value for name, value in self.parameters.items()
+                      if name not in later_parameters}
+        fingerprint = _fingerprint(model, parameters, self.seed, self.deterministic,
                                    self.data_settings, self.split_sha256)
         self.fingerprints[key] = fingerprint
         if not self._training and self.work.exists() and self._trained_anything():
@@ -786,7 +793,14 @@ class TrainingRun:
         if not (self.run.validation_metrics(self.name).exists()
                 and self.run.run_record(self.name).exists()):
             return {}
-        return self.run.read_run_record(self.name).get("fingerprints") or {}
+        record = self.run.read_run_record(self.name)
+        if "fingerprints" in record:
+            return record["fingerprints"]
+        # Records before per-phase fingerprints hold one, taken the same way at the first
+        # compile: the whole recipe of a one-phase run, which so stays kept.
+        if record.get("fingerprint") and not self.run.finished_phases(self.name):
+            return {LAST_PHASE: record["fingerprint"]}
+        return {}
 
     def _start_from_kept_phases(self) -> None:
         """Start the work folder from the phases kept from the finished run (their models,
@@ -814,7 +828,8 @@ class TrainingRun:
         closed = self.finished_phases()
         names = list(closed)
         earlier = names[:names.index(phase)] if phase in closed else names
-        for name in {*names[len(earlier):], phase, None}:  # this phase, later ones, the last
+        started = [None if key == LAST_PHASE else key for key in self._work_fingerprints()]
+        for name in {*names, *started, phase, None} - set(earlier):  # this phase and later
             self._work_checkpoint(name).unlink(missing_ok=True)
             shutil.rmtree(self._backup_dir(name), ignore_errors=True)
         start = closed[earlier[-1]] if earlier else 0
@@ -890,10 +905,16 @@ class TrainingRun:
     def _diverged(self, epoch: int, batch: int | None, values: dict) -> TrainingDivergedError:
         """The error for a run whose loss went non-finite; its work folder is moved aside
         (``work/NAME.diverged``), so a rerun starts afresh and finished results stay."""
+        in_phase = self._phase_in_progress()  # read before the work folder moves
         aside = self.work.with_name(f"{self.name}.diverged")
         shutil.rmtree(aside, ignore_errors=True)
-        if self.work.exists():
-            os.replace(self.work, aside)
+        try:
+            if self.work.exists():
+                os.replace(self.work, aside)
+        except OSError:  # a file still open (Windows): the next run must not resume it
+            aside = self.work
+            print(f"Could not move {self.work} aside: delete it before running {self.name} "
+                  "again.")
         where = f"epoch {epoch + 1}" + (f", batch {batch + 1}" if batch is not None else "")
         shown = ", ".join(f"{name} = {value}" for name, value in values.items())
         causes = "a learning rate too high for this model (lower it)"
@@ -901,13 +922,17 @@ class TrainingRun:
             causes += ("; float16's range (PRECISION = \"float32\" rules it out; float16 "
                        "overflows above 65504)")
         return TrainingDivergedError(
-            f"Run {self.name!r} diverged at {where}{self._phase_in_progress()}: {shown}. "
+            f"Run {self.name!r} diverged at {where}{in_phase}: {shown}. "
             f"Nothing of it is kept; results that finished before stay in {self.run.root}. "
             f"Likely causes: {causes}. Its history is in {aside}.")
 
     def _phase_in_progress(self) -> str:
-        phase = getattr(self, "_current_phase", None)
-        return f" of phase {phase!r}" if phase else ""
+        if not hasattr(self, "_current_phase"):
+            return ""
+        phase = self._current_phase
+        if phase is None and not self.finished_phases():
+            return ""  # a run of one phase
+        return f" in {_phase_text(phase)}"
 
     def _keep_best(self) -> dict:
         kept = self.checkpoint()

@@ -60,13 +60,8 @@ def _is_notebook(item) -> bool:
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """nbval's notebooks first: the smoke run they leave behind is what ``smoke_run`` reads.
-    With pytest-xdist (``make test``), they and the tests of that run folder form one group,
-    which runs on one worker in this order."""
+    """nbval's notebooks first: the smoke run they leave behind is what ``smoke_run`` reads."""
     items.sort(key=lambda item: not _is_notebook(item))  # stable: keeps the order otherwise
-    for item in items:
-        if _is_notebook(item) or "smoke_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("study"))
 
 
 def pytest_collection_finish(session):
