@@ -13,6 +13,7 @@ import keras
 import pandas as pd
 
 from helpers import evaluate, files, inference, metrics, models
+from helpers.errors import DataError
 from helpers.runfolder import RunFolder
 
 # "Converged" for the convergence-speed figures: validation accuracy reached this.
@@ -127,8 +128,20 @@ def evaluate_on_test(run: RunFolder, name: str, loaded: inference.LoadedModel,
 
 def seed_runs(run: RunFolder, name: str) -> list[str]:
     """The runs (one per seed) model NAME was kept from (``training.keep_best_run``); empty
-    when it was trained once."""
-    return list(run.read_run_record(name).get("candidates", {}))
+    when it was trained once.
+
+    Raises DataError when a seed's run is not the one NAME was chosen among (a later run of
+    the notebook replaced some seeds, then failed or stopped before keeping a model): its
+    spread would mix two recipes."""
+    candidates = run.read_run_record(name).get("candidates", {})
+    for candidate, chosen_among in candidates.items():
+        path = run.validation_metrics(candidate)
+        if not path.exists() or json.loads(path.read_text()) != chosen_among:
+            raise DataError(
+                f"{candidate} is no longer the run {name} was kept among (a later run "
+                f"replaced it and did not finish all seeds): the seeds would mix two recipes. "
+                f"Run the notebook that trains {name} to its end.")
+    return list(candidates)
 
 
 def seed_spread(run: RunFolder, names: list[str]) -> pd.DataFrame:

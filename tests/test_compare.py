@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from helpers import compare, data, evaluate, inference, metrics, models, training
+from helpers.errors import DataError
 from helpers.runfolder import RunFolder
 
 
@@ -141,6 +142,13 @@ def test_the_best_seed_on_validation_is_kept_and_the_spread_covers_every_seed(sc
     assert record["kept_from"] == "cnn_seed2" and record["seed"] == 2
     assert json.loads(run.validation_metrics(kept_as).read_text())["accuracy"] == 0.7
     assert compare.seed_runs(run, kept_as) == names and compare.seed_runs(run, "cnn_seed1") == []
+    # A later run replaced one seed, then stopped before keeping a model: no mixed spread.
+    replaced = run.validation_metrics("cnn_seed3").read_text()
+    run.validation_metrics("cnn_seed3").write_text(json.dumps(
+        {"n_images": 10, "accuracy": 0.9, "macro_f1": 0.9}))
+    with pytest.raises(DataError, match="cnn_seed3 is no longer the run cnn_kept was kept"):
+        compare.seed_runs(run, kept_as)
+    run.validation_metrics("cnn_seed3").write_text(replaced)
 
     spread = compare.seed_spread(run, names)
     assert spread.index.tolist() == names and spread["seed"].tolist() == [1, 2, 3]
