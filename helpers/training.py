@@ -880,12 +880,14 @@ class TrainingRun:
         Raises TrainingDivergedError, keeping nothing, when a loss in the history is not
         finite."""
         if self._kept:
-            result = json.loads(self.run.validation_metrics(self.name).read_text())
+            result, kept_model = json.loads(
+                self.run.validation_metrics(self.name).read_text()), None
         else:
             self._check_finite_history()
-            result = self._keep_best()
+            result, kept_model = self._keep_best()
         if model is not None:
-            kept_model = keras.saving.load_model(self.run.model(self.name), compile=False)
+            if kept_model is None:
+                kept_model = keras.saving.load_model(self.run.model(self.name), compile=False)
             model.set_weights(kept_model.get_weights())
         return result
 
@@ -934,7 +936,8 @@ class TrainingRun:
             return ""  # a run of one phase
         return f" in {_phase_text(phase)}"
 
-    def _keep_best(self) -> dict:
+    def _keep_best(self) -> tuple[dict, keras.Model]:
+        """Score the best checkpoint on validation and keep it; returns (metrics, model)."""
         kept = self.checkpoint()
         if not kept.exists():
             closed = list(self.finished_phases())
@@ -950,7 +953,7 @@ class TrainingRun:
         result = {"n_images": int(len(true)), "accuracy": metrics.accuracy(true, predicted),
                   "macro_f1": metrics.macro_f1(true, predicted)}
         self._keep(result)
-        return result
+        return result, best
 
     def _keep(self, result: dict) -> None:
         """Copy the run's results into place, then remove its work folder. A kill midway
