@@ -1,40 +1,114 @@
-"""Small file helpers shared by the command lines."""
+"""Small file helpers shared by the command lines and the notebooks.
+
+Every file is written through a temporary file of a unique name beside it and a rename, so a
+reader (or a kill mid-write) sees the old file or the new one, never half, two writers never
+share a temporary file, and a failed write leaves no temporary file behind. An output lands
+only on a regular file or on nothing: a link to a regular file is written through (the link
+stays), anything else (a folder, a device, a FIFO, a socket, a link to nothing) is refused.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from helpers.errors import DataError
 
+# The permissions a new file gets (what open() would give it): mkstemp makes 0600 files.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class OutputError(DataError):
+    """An output cannot be written where it was asked for; the message says why."""
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """What is at ``path``, in words: "regular file", "folder", "device", "FIFO", "socket",
+    "link to nothing" or "nothing"."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # nothing there, or a file on the way
+        return "link to nothing" if os.path.islink(path) else "nothing"
+    if stat.S_ISREG(mode):
+        return "regular file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "special file"
+
+
+def output_target(path: str | os.PathLike) -> Path:
+    """The file an output written at ``path`` lands in: ``path`` itself when it is a regular
+    file or nothing, the file a link at ``path`` points to when that is a regular file.
+    OutputError for anything else, naming what is there."""
+    path = Path(path)
+    kind = file_kind(path)
+    link = path.is_symlink()
+    if kind == "regular file":
+        return path.resolve() if link else path
+    if kind == "nothing":
+        return path
+    what = f"a link to a {kind}" if link and kind != "link to nothing" else f"a {kind}"
+    raise OutputError(f"{path} is {what}, not a regular file: an output is written only to "
+                      "a regular file or a new name. Give another file name.")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path of a unique name beside the output ``path`` (see ``output_target``),
+    moved onto it when the ``with`` block ends without error, and removed when it fails.
+    ``suffix`` ends the temporary name (Keras saves only to names ending in .keras)."""
+    target = output_target(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                        suffix=suffix)
+    os.close(descriptor)
+    temporary = Path(name)
+    try:
+        yield temporary
+        mode = (stat.S_IMODE(target.stat().st_mode) if target.exists()
+                else 0o666 & ~_UMASK)
+        os.chmod(temporary, mode)
+        os.replace(temporary, target)
+    except OSError as error:
+        about = (f" ({error.filename})" if error.filename
+                 and Path(error.filename) not in (temporary, target) else "")
+        raise OutputError(f"Could not write {path}: {error.strerror or error}{about}.") from error
+    finally:
+        temporary.unlink(missing_ok=True)
+
 
 def write_text_atomically(text: str, path: str | os.PathLike) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, creating the parent
-    folder: a reader (or a kill mid-write) sees the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    """Write ``text`` (UTF-8) to ``path`` atomically, creating its folder (module doc)."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
 
 
 def copy_atomically(source: str | os.PathLike, destination: str | os.PathLike) -> None:
-    """Copy a file through a temporary file and a rename (see ``write_text_atomically``)."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f".{destination.name}.tmp")
-    shutil.copyfile(source, temporary)
-    os.replace(temporary, destination)
+    """Copy a file to ``destination`` atomically, creating its folder (module doc)."""
+    with atomic_output(destination) as temporary:
+        shutil.copyfile(source, temporary)
 
 
 def list_files(folder: str | os.PathLike, skip_hidden: bool = False) -> list[Path]:
     """Every file under ``folder``, sorted, following linked folders (a class folder may be a
     link) but listing each real folder once, so a link back up cannot loop. Links to nothing
-    are listed too: whoever reads them reports them. ``skip_hidden`` leaves out names that
-    start with a dot, and everything under such folders."""
+    and special files (FIFOs, devices) are listed too: whoever reads them reports them
+    (``file_kind``) without opening them. ``skip_hidden`` leaves out names that start with a
+    dot, and everything under such folders."""
     found, visited = [], set()
     for current, subfolders, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(current)
@@ -50,28 +124,75 @@ def list_files(folder: str | os.PathLike, skip_hidden: bool = False) -> list[Pat
     return sorted(found)
 
 
-# Files the study reads: an output that would replace one is refused.
+def display_name(path: str | os.PathLike) -> str:
+    """``path`` as text that can be printed and written as UTF-8: bytes of a name that are
+    not UTF-8 (kept by Python as surrogates) shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_utf8_name(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is valid UTF-8 (a file copied from an old system may not be)."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def check_writable(target: Path, option: str) -> None:
+    """Refuse, before any work, an output whose folder cannot be made or written: under a
+    file, read-only, no permission (a probe file is made and removed there)."""
+    folder = target.parent
+    while not folder.exists() and not folder.is_symlink():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{option} {target}: {folder} is a {file_kind(folder)}, not a folder, "
+                          "so nothing can be written under it.")
+    try:
+        descriptor, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.")
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise OutputError(f"{option} {target}: cannot write in {folder} "
+                          f"({error.strerror or error}).") from None
+
+
+# Files the study reads wherever they are (a split made with ``data split`` beside no run
+# folder): an output that would replace one is refused.
 _STUDY_FILES = {"split.csv", "split.json", "audit.json", "audit_index.csv"}
 
 
 def check_output_path(path: str | os.PathLike, inputs: list[str | os.PathLike] = (),
-                      input_folders: list[str | os.PathLike] = ()) -> Path:
-    """``path`` as an output file, refused (DataError, before any work) when it is a folder,
-    one of ``inputs`` or inside ``input_folders``, a model (``.keras``), a model's sidecar (a
-    ``.json`` beside a ``.keras``) or an existing file of a run folder's ``data/``."""
+                      input_folders: list[str | os.PathLike] = (),
+                      option: str = "--out") -> Path:
+    """``path`` as an output file of a command line, checked before any work: OutputError
+    when it is not a regular file or a new name (``output_target``), cannot be written, is
+    one of ``inputs`` or inside ``input_folders``, a model (``.keras``) or a model's sidecar
+    (a ``.json`` beside a ``.keras``), or lies among a run folder's own files (its data,
+    models, histories, records, metrics, predictions, figures, notebooks, logs). ``option``
+    names the option in the messages."""
+    from helpers.runfolder import owning_run_folder  # runfolder reads splits: imports more
+
     path = Path(path)
-    if path.is_dir():
-        raise DataError(f"--out {path} is a folder: give the name of a file to write.")
-    resolved = path.resolve()
+    target = output_target(path)
+    resolved = target.resolve()
     if any(resolved == Path(item).resolve() for item in inputs) or any(
             resolved.is_relative_to(Path(folder).resolve()) for folder in input_folders):
-        raise DataError(f"--out {path} is one of the inputs: it would be overwritten.")
-    if path.suffix == ".keras" or (path.suffix == ".json" and path.with_suffix(".keras").exists()):
-        raise DataError(f"--out {path} would replace a model or the sidecar a model needs "
-                        "to load: give another file name.")
-    if path.name in _STUDY_FILES and path.exists():
-        raise DataError(f"--out {path} would replace a file the study reads: give another "
-                        "file name.")
+        raise OutputError(f"{option} {path} is one of the inputs, or inside an input folder: "
+                          "it would change what is read. Write it elsewhere.")
+    if target.suffix == ".keras" or (target.suffix == ".json"
+                                     and target.with_suffix(".keras").exists()):
+        raise OutputError(f"{option} {path} would replace a model or the sidecar a model needs "
+                          "to load: give another file name.")
+    if target.name in _STUDY_FILES and target.exists():
+        raise OutputError(f"{option} {path} would replace a file the study reads: give "
+                          "another file name.")
+    run = owning_run_folder(resolved)
+    if run is not None:
+        raise OutputError(f"{option} {path} lies among the files of the run folder {run}, "
+                          "which the study writes and reads: write it outside "
+                          f"{run}'s folders (e.g. {run / 'exports' / target.name}).")
+    check_writable(target, option)
     return path
 
 

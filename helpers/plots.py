@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,14 +11,14 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from helpers import metrics
+from helpers import files, metrics
 
 
 def save_figure(figure: plt.Figure, path: str | os.PathLike | None) -> None:
     """Save ``figure`` as PNG at ``path`` (creating its folder) when a path is given."""
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=120, bbox_inches="tight")
+        with files.atomic_output(path, suffix=".png") as temporary:
+            figure.savefig(temporary, dpi=120, bbox_inches="tight")
 
 
 def plot_training_curves(histories: dict[str, pd.DataFrame],

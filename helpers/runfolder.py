@@ -15,20 +15,24 @@ contract. Every path is asked of a ``RunFolder``; nothing else builds one by han
     work/NAME/                              a run in progress: its checkpoints, history,
                                             phases, record and backups, moved into the
                                             places above when it finishes
+    work/NAME.diverged/, NAME.set-aside/    a run that diverged, one that could not resume
     config/NAME.json                        the run record: parameters, split hash, versions
     metrics/NAME_validation.json            validation metrics of the kept model
     metrics/NAME_test.json                  the test report (notebook 5)
     metrics/comparison.csv                  the comparison table (notebook 5)
     predictions/NAME_SUBSET[_tta].csv       per-image predictions
     figures/NAME.png                        figures
-    notebooks/                              executed notebooks of a headless study
+    notebooks/                              executed notebooks of a headless study, their
+                                            completion records and failed runs
     logs/NOTEBOOK.log                       what its kernels wrote to stderr
     report.html                             the executed notebooks as one page
+    .lock                                   who writes the folder now (``runlock``)
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +40,40 @@ import pandas as pd
 
 from helpers import split
 from helpers.errors import DataError
+
+# What a run folder holds, under its root: the study writes and reads these, so no command's
+# output may land among them (``files.check_output_path``).
+RESULT_PARTS = ("data", "synthetic", "models", "history", "work", "config", "metrics",
+                "predictions", "figures", "notebooks", "logs", "report.html", ".lock")
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a run folder: notebook 1 left its audit or split there, or a
+    study or a training run holds its lock, or it holds trained models and their records."""
+    return ((folder / "data" / "split.json").is_file() or (folder / "data" / "audit.json").is_file()
+            or (folder / ".lock").exists()
+            or ((folder / "models").is_dir() and (folder / "config").is_dir()))
+
+
+def owning_run_folder(path: str | os.PathLike) -> Path | None:
+    """The run folder among whose own files (RESULT_PARTS) ``path`` lies, or None."""
+    path = Path(path).resolve()
+    for folder in path.parents:
+        relative = path.relative_to(folder)
+        if relative.parts[0] in RESULT_PARTS and is_run_folder(folder):
+            return folder
+    return None
+
+
+def check_root(root: str | os.PathLike) -> None:
+    """DataError when a run folder ``root`` is a file, or lies under one."""
+    root = Path(root)
+    for path in (root, *root.parents):
+        if path.is_dir():
+            return
+        if path.exists():
+            where = "is a file" if path == root else f"lies under {path}, which is a file"
+            raise DataError(f"The run folder {root} {where}: give a folder.")
 
 
 @dataclass(frozen=True)

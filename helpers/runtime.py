@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from helpers import project
-from helpers.runfolder import RunFolder
+from helpers.runfolder import RunFolder, check_root
 from helpers.training import device_names
 
 # Where a Colab user's run folders go when they keep them on Google Drive.
@@ -42,5 +42,6 @@ def run_folder(run_dir: str | os.PathLike, use_google_drive: bool, is_colab: boo
         path = Path(DRIVE_FOLDER) / Path(run_dir).name
     else:
         path = project.resolve(run_dir)
+    check_root(path)
     path.mkdir(parents=True, exist_ok=True)
     return RunFolder(path)

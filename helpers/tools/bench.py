@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from helpers import files
+from helpers.errors import DataError
 
 BATCH_SIZE = 64
 IMAGE_SIZE = 64
@@ -546,6 +547,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="only print where the CNN's training step spends its time, per "
                         "layer, in float32 and bfloat16 (nothing else is measured)")
     args = parser.parse_args(argv)
+    try:  # before the minutes of work, not after
+        files.check_output_path(args.out, input_folders=[
+            folder for folder in (args.data_dir, getattr(args, "sample_dir", None)) if folder])
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     from helpers import models
 
     if args.layer_profile:
