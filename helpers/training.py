@@ -26,8 +26,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from helpers import files, inference, keras_fixes, metrics, pipeline
-from helpers.errors import DataError
+from helpers import files, inference, keras_fixes, metrics, pipeline, runlock
 from helpers.runfolder import RunFolder
 
 keras_fixes.apply()  # float16 on several GPUs trains with NaN weights without it
@@ -410,9 +409,8 @@ class BestCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs and logs.get("val_loss", math.inf) < self.best:
             self.best = logs["val_loss"]
-            temporary = self.path.with_name(f".{self.path.stem}.tmp.keras")
-            self.model.save(temporary)
-            os.replace(temporary, self.path)
+            with files.atomic_output(self.path, suffix=".keras") as temporary:
+                self.model.save(temporary)
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -480,8 +478,11 @@ class TrainingRun:
     and ``finish`` copies its results into place (``models/``, ``history/``, ``config/``,
     ``metrics/``). So finished results of an earlier run of NAME are replaced only by a
     finished new one; a failed or interrupted run leaves them whole. An unfinished run is
-    resumed (by BackupAndRestore) when its notebook runs again, and refused when the split,
-    the seed or its parameters changed since it started. ``needs_training``, called after
+    resumed (by BackupAndRestore) when its notebook runs again, and set aside
+    (``work/NAME.set-aside``) when the split, the seed, its parameters or its precision
+    changed since it started, so a failed experiment never blocks the next run. A finished
+    run whose files are not all in place is not finished: it trains again. The run folder's
+    lock (``runlock``) is held from creation to ``finish``. ``needs_training``, called after
     each phase's ``compile``, compares that phase's recipe with the one that finished before:
     a phase trains again when its recipe or an earlier phase's changed, and only then.
     A loss that is not finite stops the run as diverged (``TrainingDivergedError``); nothing
@@ -501,6 +502,8 @@ class TrainingRun:
         self.deterministic = deterministic
         self.parameters = _normalized(parameters or {})
         self.work = run.work(name)
+        # One writer per run folder: held until ``finish`` (or the process ends).
+        runlock.acquire(run.root, f"training {name}")
         self.split_frame, self.data_root = run.load_split()
         self.split_sha256 = files.file_sha256(run.split_csv)
         self._kept = False  # the whole run finished before with the same recipe
@@ -512,8 +515,14 @@ class TrainingRun:
         if self.work.exists():
             self._check_resumable()
         elif run.validation_metrics(name).exists():
-            print(f"{name} finished before in {run.root}: kept if this is the same recipe, "
-                  "else trained again (its results stay in place until the new run finishes).")
+            missing = self._missing_finished_files()
+            if missing:
+                print(f"{name} finished before in {run.root}, but {', '.join(missing)} "
+                      "is missing: it trains again.")
+            else:
+                print(f"{name} finished before in {run.root}: kept if this is the same recipe, "
+                      "else trained again (its results stay in place until the new run "
+                      "finishes).")
         set_seed(seed, deterministic)
         self.strategy = select_strategy()
         self.precision = configure_precision(precision)
@@ -551,8 +560,15 @@ class TrainingRun:
     def _fingerprints_path(self) -> Path:
         return self.work / "fingerprints.json"
 
-    def _start_again(self) -> str:
-        return f"To start {self.name!r} afresh, delete {self.work}."
+    def _set_aside(self, why: str) -> None:
+        """Move an unfinished run that cannot be resumed out of the way (``work/NAME.set-aside``,
+        replacing an earlier one), so this run starts afresh and nothing is lost."""
+        aside = self.work.with_name(f"{self.name}.set-aside")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(self.work, aside)
+        print(f"The unfinished run {self.name!r} in {self.run.root} started with {why}: "
+              f"resuming it would mix two runs. It is set aside in {aside} (to resume it, set "
+              f"that back and move it back to {self.work}); this run starts afresh.")
 
     def _trained_anything(self) -> bool:
         return (self.history_csv.exists() or self._phases_path().exists()
@@ -560,39 +576,27 @@ class TrainingRun:
 
     def _check_resumable(self) -> None:
         """An unfinished run resumes only with the split, seed and parameters it started
-        with."""
+        with; else it is set aside (``_set_aside``)."""
         if not self._record_path().exists():
             return  # killed before its record was written: nothing trained yet
         record = json.loads(self._record_path().read_text())
         if record["split_sha256"] != self.split_sha256:
-            raise DataError(
-                f"The unfinished run {self.name!r} in {self.run.root} started on another split "
-                f"than {self.run.split_csv} holds now; resuming would train on images that are "
-                f"now validation or test images. Restore that split to resume it. "
-                f"{self._start_again()}")
-        if (record["seed"], record["deterministic"]) != (self.seed, self.deterministic):
-            raise DataError(
-                f"The unfinished run {self.name!r} in {self.run.root} started with seed "
-                f"{record['seed']} (deterministic {record['deterministic']}); resuming with "
-                f"seed {self.seed} (deterministic {self.deterministic}) would mix two runs. "
-                f"Set them back to resume it. {self._start_again()}")
-        if record["parameters"] != self.parameters:
+            self._set_aside(f"another split than {self.run.split_csv} holds now")
+        elif (record["seed"], record["deterministic"]) != (self.seed, self.deterministic):
+            self._set_aside(f"seed {record['seed']} (deterministic {record['deterministic']}), "
+                            f"not {self.seed} ({self.deterministic})")
+        elif record["parameters"] != self.parameters:
             changed = sorted(key for key in {*record["parameters"], *self.parameters}
                              if record["parameters"].get(key) != self.parameters.get(key))
-            raise DataError(
-                f"The unfinished run {self.name!r} in {self.run.root} started with other "
-                f"parameters ({', '.join(changed)} changed); resuming would mix two runs. "
-                f"Set them back to resume it. {self._start_again()}")
+            self._set_aside(f"other parameters ({', '.join(changed)})")
 
     def _check_resumable_precision(self) -> None:
         if not self._record_path().exists():
             return
         recorded = json.loads(self._record_path().read_text()).get("precision")
         if recorded is not None and recorded != self.precision:
-            raise DataError(
-                f"The unfinished run {self.name!r} in {self.run.root} started in {recorded}; "
-                f"this machine and PRECISION give {self.precision}. Set PRECISION = "
-                f"\"{recorded}\" to resume it. {self._start_again()}")
+            self._set_aside(f"precision {recorded}, where this machine and PRECISION give "
+                            f"{self.precision} (PRECISION = \"{recorded}\" resumes it)")
 
     def datasets(self, *, image_size: int, batch_size: int, crop_fraction: float = 1.0,
                  resize_method: str = "bilinear", max_images: int = 0,
@@ -630,12 +634,9 @@ class TrainingRun:
     def _write_record(self) -> None:
         if self._record_path().exists():
             recorded = json.loads(self._record_path().read_text())["data"]
-            if recorded != _normalized(self.data_settings):
-                raise DataError(
-                    f"The unfinished run {self.name!r} in {self.run.root} started with other "
-                    f"data settings ({recorded}); resuming would mix two runs. "
-                    f"{self._start_again()}")
-            return
+            if recorded == _normalized(self.data_settings):
+                return
+            self._set_aside(f"other data settings ({recorded})")
         files.write_json({
             "name": self.name, "label": self.label, "seed": self.seed,
             "deterministic": self.deterministic, "parameters": self.parameters,
@@ -788,10 +789,22 @@ class TrainingRun:
         path = self._fingerprints_path()
         return json.loads(path.read_text()) if path.exists() else {}
 
+    def _missing_finished_files(self) -> list[str]:
+        """The files of the run that finished before that are gone (relative to the run
+        folder): such a run is not finished, and trains again."""
+        run, name = self.run, self.name
+        needed = [run.model(name), inference.sidecar_path(run.model(name)), run.history(name),
+                  run.run_record(name), run.validation_metrics(name)]
+        try:
+            needed += [run.model(name, phase) for phase in run.finished_phases(name)]
+        except ValueError:  # a damaged phases file
+            needed.append(run.phases(name))
+        return [str(path.relative_to(run.root)) for path in needed if not path.is_file()]
+
     def _finished_fingerprints(self) -> dict[str, str]:
-        """Each phase's recipe of the run that finished before ({} if none did)."""
-        if not (self.run.validation_metrics(self.name).exists()
-                and self.run.run_record(self.name).exists()):
+        """Each phase's recipe of the run that finished before ({} if none did, or if any of
+        its files is missing)."""
+        if self._missing_finished_files():
             return {}
         record = self.run.read_run_record(self.name)
         if "fingerprints" in record:
@@ -889,6 +902,7 @@ class TrainingRun:
             if kept_model is None:
                 kept_model = keras.saving.load_model(self.run.model(self.name), compile=False)
             model.set_weights(kept_model.get_weights())
+        runlock.release(self.run.root)
         return result
 
     def _check_finite_history(self) -> None:
@@ -923,6 +937,7 @@ class TrainingRun:
         if self.precision == "mixed_float16":
             causes += ("; float16's range (PRECISION = \"float32\" rules it out; float16 "
                        "overflows above 65504)")
+        runlock.release(self.run.root)
         return TrainingDivergedError(
             f"Run {self.name!r} diverged at {where}{in_phase}: {shown}. "
             f"Nothing of it is kept; results that finished before stay in {self.run.root}. "

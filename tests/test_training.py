@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -12,8 +13,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from helpers import data, inference, models, training
-from helpers.errors import DataError
+from helpers import data, inference, models, runlock, training
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
 from tests.conftest import REPOSITORY
@@ -244,8 +244,6 @@ def test_finished_results_stay_until_a_new_run_of_the_same_name_finishes(run, ca
         _train_tiny(run, epochs=3, stop_after_epoch=1)
     assert "stay in place until the new run finishes" in capsys.readouterr().out
     assert all(path.read_bytes() == content for path, content in kept.items())
-    with pytest.raises(DataError, match="other parameters .EPOCHS changed."):
-        _train_tiny(run, epochs=2)  # resuming it with other parameters would mix two runs
     _train_tiny(run, epochs=3)[0].finish()  # resumed to the end: now it replaces the old one
     assert run.read_history("tiny")["epoch"].tolist() == [0, 1, 2]
     assert run.model("tiny_other").exists() and run.validation_metrics("tiny_other").exists()
@@ -268,20 +266,24 @@ def test_the_batchnorm_probe_leaves_training_unchanged(run, tmp_path_factory):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
 
 
-def test_a_run_resumes_only_on_the_split_it_started_with(run, synthetic_source):
+def test_a_run_resumes_only_on_the_split_it_started_with(run, synthetic_source, capsys):
     with pytest.raises(training.TrainingStoppedError):
         _train_tiny(run, stop_after_epoch=1)
     root, _ = synthetic_source
     assert data.main(["prepare", "--source", "local", "--data-dir", str(root), "--run-dir",
                       str(run.root), "--seed", "3", "--force"]) == 0
-    with pytest.raises(DataError, match="started on another split"):
-        training.TrainingRun(run, "tiny", label="Tiny CNN", seed=7, deterministic=True)
-    with pytest.raises(DataError, match="started with seed 7"):  # after the split is restored
-        (run.work("tiny") / "record.json").write_text(json.dumps(
-            {**json.loads((run.work("tiny") / "record.json").read_text()),
-             "split_sha256": hashlib.sha256(run.split_csv.read_bytes()).hexdigest()}))
-        training.TrainingRun(run, "tiny", label="Tiny CNN", seed=8, deterministic=True)
-    shutil.rmtree(run.work("tiny"))  # what the message says to do to start afresh
+    record = json.loads((run.work("tiny") / "record.json").read_text())
+    training.TrainingRun(run, "tiny", label="Tiny CNN", seed=7, deterministic=True)
+    assert "started with another split" in capsys.readouterr().out
+    aside = run.root / "work" / "tiny.set-aside"
+    assert json.loads((aside / "record.json").read_text()) == record  # set aside, whole
+    assert not run.work("tiny").exists()
+    # Back with the new split's hash: now the seed differs, and it is set aside again.
+    shutil.move(aside, run.work("tiny"))
+    (run.work("tiny") / "record.json").write_text(json.dumps(
+        {**record, "split_sha256": hashlib.sha256(run.split_csv.read_bytes()).hexdigest()}))
+    training.TrainingRun(run, "tiny", label="Tiny CNN", seed=8, deterministic=True)
+    assert "started with seed 7" in capsys.readouterr().out and aside.is_dir()
     _train_tiny(run, epochs=1)[0].finish()
 
 
@@ -428,6 +430,50 @@ def test_a_diverged_run_fails_keeps_nothing_and_blocks_nothing(run):
     assert not run.work("tiny").exists() and run.work("tiny.diverged").is_dir()
     assert _run_once(run, learning_rate=1e-3)[0] is False  # trains, not refused
     assert run.model("tiny").read_bytes() != model_bytes
+
+
+def test_a_failed_run_with_other_parameters_never_blocks_the_one_that_finished(run, capsys):
+    """A run stopped with an unusual recipe is set aside when the recipe that finished
+    before runs again: that one is kept as it is, nothing is deleted by hand."""
+    assert _run_once(run)[0] is False
+    model_bytes = run.model("tiny").read_bytes()
+    with pytest.raises(training.TrainingStoppedError):  # another recipe, stopped midway
+        _train_tiny(run, epochs=5, stop_after_epoch=1)
+    kept, _ = _run_once(run)  # the original recipe again
+    assert kept and "set aside" in capsys.readouterr().out
+    assert run.model("tiny").read_bytes() == model_bytes
+    assert (run.root / "work" / "tiny.set-aside" / "record.json").exists()
+    assert not run.work("tiny").exists()
+
+
+def test_a_finished_run_with_a_missing_file_trains_again(run, capsys):
+    assert _run_once(run)[0] is False
+    for missing in [run.model("tiny"), inference.sidecar_path(run.model("tiny"))]:
+        missing.unlink()
+        kept, result = _run_once(run)  # the same recipe: kept only if all its files are there
+        assert not kept and "is missing: it trains again" in capsys.readouterr().out
+        assert missing.is_file() and result == json.loads(
+            run.validation_metrics("tiny").read_text())
+
+
+def test_training_holds_the_run_folders_lock_until_finish(run):
+    """A training run takes the run folder's lock (naming itself) and gives it back at finish;
+    meanwhile another process is refused."""
+    training_run = training.TrainingRun(run, "tiny", label="Tiny CNN", seed=7)
+    holder = json.loads(runlock.lock_path(run.root).read_text())
+    assert holder["pid"] == os.getpid() and holder["purpose"] == "training tiny"
+    other = subprocess.run(
+        [sys.executable, "-c", "import sys; from helpers import runlock, errors\n"
+         "try:\n    runlock.acquire(sys.argv[1], 'another study')\n"
+         "except errors.DataError as error:\n    print(error)\n    sys.exit(3)", str(run.root)],
+        capture_output=True, text=True, cwd=REPOSITORY)
+    assert other.returncode == 3 and f"process {os.getpid()}" in other.stdout
+    training_run.datasets(image_size=16, batch_size=8, max_images=48, cache=None)
+    model = _tiny_model(1, training_run.steps_per_epoch)
+    model.fit(training_run.training_data, validation_data=training_run.validation_data,
+              epochs=1, verbose=0, callbacks=training_run.callbacks(precise_batchnorm_images=0))
+    training_run.finish()
+    assert not runlock.lock_path(run.root).exists()
 
 
 def test_finish_refuses_a_history_with_a_non_finite_loss(run):

@@ -1,0 +1,173 @@
+"""One writer per run folder: a lock file naming the process and host that hold it.
+
+A headless study holds the lock of its run folder from start to end, and a training
+notebook from ``training.TrainingRun`` to ``finish``; a second writer is refused at once,
+with one line naming the holder. The study passes its lock to the notebook kernels it starts
+(the environment variable LOCK_VARIABLE), so they write under it. A lock left by a process
+that is no longer running on this host is stale: it is said and taken over. A lock of another
+host cannot be checked from here: the message says how to remove it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime
+import json
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from helpers.errors import DataError
+
+LOCK_NAME = ".lock"
+# The lock a parent process (the headless study) holds, inherited by the kernels it starts.
+LOCK_VARIABLE = "BLOOD_CELL_STUDY_LOCK"
+
+# Locks this process holds: run folder -> (token, how many times acquired).
+_held: dict[Path, list] = {}
+
+
+class RunFolderBusyError(DataError):
+    """Another process holds the run folder's lock."""
+
+
+def lock_path(root: str | os.PathLike) -> Path:
+    """The lock file of a run folder."""
+    return Path(root) / LOCK_NAME
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _read_holder(path: Path) -> dict | None:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _create(path: Path, holder: dict) -> bool:
+    """Create the lock file with its content in one step; False when it exists already."""
+    text = json.dumps(holder, indent=2) + "\n"
+    temporary = path.with_name(f"{LOCK_NAME}.{holder['token']}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    try:
+        os.link(temporary, path)  # fails when the lock exists: no moment with half a file
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links (a mounted Drive): create exclusively
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "w", encoding="utf-8") as lock_file:
+            lock_file.write(text)
+        return True
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def describe(holder: dict) -> str:
+    """``process PID on HOST (PURPOSE, since TIME)``."""
+    return (f"process {holder.get('pid')} on {holder.get('host')} ({holder.get('purpose')}, "
+            f"since {holder.get('started')})")
+
+
+def acquire(root: str | os.PathLike, purpose: str) -> None:
+    """Take the lock of run folder ``root`` for this process (again: a count), or
+    RunFolderBusyError naming the holder. The lock of a parent process given in
+    LOCK_VARIABLE counts as this process's own."""
+    root = Path(root).resolve()
+    if root in _held:
+        _held[root][1] += 1
+        return
+    path = lock_path(root)
+    inherited = os.environ.get(LOCK_VARIABLE)
+    holder = _read_holder(path)
+    if inherited and holder and holder.get("token") == inherited:
+        _held[root] = [None, 1]  # the parent's: it releases it
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "token": uuid.uuid4().hex}
+    for _ in range(3):  # a stale lock taken over, or one released while we looked
+        if _create(path, mine):
+            _held[root] = [mine["token"], 1]
+            return
+        holder = _read_holder(path)
+        if holder is None:
+            if not path.exists():
+                continue
+            raise RunFolderBusyError(
+                f"{root} is locked by {path}, which is not readable: if no study or training "
+                f"notebook is running on this folder, delete {path} and run again.")
+        same_host = holder.get("host") == socket.gethostname()
+        if same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+            print(f"The lock of {root} was left by {describe(holder)}, which is no longer "
+                  "running: taken over.", file=sys.stderr)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        if same_host:
+            raise RunFolderBusyError(
+                f"{root} is in use by {describe(holder)}: wait for it to end, or stop it "
+                "(a notebook kernel that stopped with an error holds it until you restart "
+                "or shut down that kernel). If no study or notebook runs on it (the process "
+                f"number was reused), delete {path}.")
+        raise RunFolderBusyError(
+            f"{root} is in use by {describe(holder)}, which cannot be checked from here: "
+            f"wait for it to end, or if it is not running any more, delete {path}.")
+    raise RunFolderBusyError(f"Could not take the lock {path}: run again.")
+
+
+def release(root: str | os.PathLike) -> None:
+    """Give back one acquisition of the lock of ``root``; the last removes the lock file
+    (only if it is still this process's)."""
+    root = Path(root).resolve()
+    if root not in _held:
+        return
+    _held[root][1] -= 1
+    if _held[root][1] > 0:
+        return
+    token = _held.pop(root)[0]
+    path = lock_path(root)
+    holder = _read_holder(path)
+    if token is not None and holder and holder.get("token") == token:
+        path.unlink(missing_ok=True)
+
+
+def token(root: str | os.PathLike) -> str | None:
+    """The token of the lock this process holds on ``root`` (for LOCK_VARIABLE), or None."""
+    entry = _held.get(Path(root).resolve())
+    return entry[0] if entry else None
+
+
+@contextlib.contextmanager
+def held(root: str | os.PathLike, purpose: str) -> Iterator[None]:
+    """The lock of ``root`` for the duration of a ``with`` block."""
+    acquire(root, purpose)
+    try:
+        yield
+    finally:
+        release(root)
+
+
+@atexit.register
+def _release_all() -> None:
+    for root in list(_held):
+        _held[root][1] = 1
+        release(root)
