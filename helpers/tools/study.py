@@ -11,9 +11,17 @@ CPU has bfloat16 units; ResNet50 from random init, since such machines are often
 ``--data-dir`` uses a folder you have instead of downloading from Kaggle.
 
 The executed notebooks go to ``RUN_DIR/notebooks/``. A notebook already completed with the
-same parameters and the same source is skipped (``--force`` reruns all); once one runs, the
-ones after it run too, since their inputs may have changed. The run stops at the first
-failing notebook, naming the cell and the error. At the end the comparison table is printed.
+same parameters and the same source is skipped (``--force`` reruns all), unless a file it wrote
+into the run folder is missing (its record, ``notebooks/NAME.done.json``, lists them); once one
+runs, the ones after it run too, since their inputs may have changed. The run stops at the
+first failing notebook, naming the cell and the error; the notebook as far as it ran is
+``notebooks/NAME.failed.ipynb``, and the ``NAME.ipynb`` of an earlier successful run stays.
+Ctrl-C stops it the same way (exit status 130); the same command resumes.
+
+The study holds the run folder's lock (``helpers.runlock``) from start to end and passes it to
+the kernels it starts, so their training writes under it; a second study on the same folder,
+or one started while a notebook elsewhere trains into it, is refused at once, naming the
+holder. At the end the comparison table is printed.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import nbformat
@@ -36,26 +44,76 @@ import pandas as pd
 import papermill
 import yaml
 
-from helpers import files, progressbar, project
-from helpers.runfolder import RunFolder
+from helpers import files, progressbar, project, runlock
+from helpers.errors import DataError
+from helpers.runfolder import RunFolder, check_root
 
 NOTEBOOKS = ("01_data", "02_explore", "03_train_cnn", "04_train_resnet50", "05_compare")
 NOTEBOOK_DIR = project.ROOT / "notebooks"
 PROFILE_DIR = NOTEBOOK_DIR / "profiles"
 DEFAULT_PROFILE = "cpu"
+# Folders of a run folder that hold no notebook's results: the executed notebooks, the
+# kernels' logs and trainings in progress (moved into place when they finish).
+NOT_RESULTS = ("notebooks", "logs", "work")
+RESUME = "run the same command again to resume"
 
 
 class StudyError(RuntimeError):
-    """A notebook failed, or the profile or an override is wrong."""
+    """A notebook failed, or the profile, an override or the run folder is wrong."""
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C while the study was at notebook ``notebook`` (still a KeyboardInterrupt)."""
+
+    def __init__(self, notebook: str) -> None:
+        super().__init__(notebook)
+        self.notebook = notebook
+
+
+# How a value of each type reads in a message: what it is, and what to give instead.
+_KINDS: dict[type, tuple[str, str]] = {
+    bool: ("true or false", "true or false"),
+    int: ("a whole number", "a whole number, such as 10"),
+    float: ("a number", "a number, such as 0.001"),
+    str: ("text", "text (in quotes where it would read as a number or true/false)"),
+    list: ("a list", "a list, such as [a, b]"),
+    dict: ("a mapping", "a mapping, such as {a: 1}"),
+}
+
+
+def _what_it_is(value: object) -> str:
+    kind = type(value)
+    return _KINDS[kind][0] if kind in _KINDS else f"a {kind.__name__}"
+
+
+def _what_to_give(expected: type) -> str:
+    return _KINDS[expected][1] if expected in _KINDS else f"a {expected.__name__}"
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where (PyYAML's own text spans lines)."""
+    problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def load_profile(name: str) -> dict:
-    """The parameters of profile ``name`` (``notebooks/profiles/NAME.yaml``)."""
+    """The parameters of profile ``name`` (``notebooks/profiles/NAME.yaml``); StudyError
+    naming the file when it is not a YAML mapping of parameter names."""
     path = PROFILE_DIR / f"{name}.yaml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
         raise StudyError(f"No profile {name!r} (known: {known})")
-    return yaml.safe_load(path.read_text()) or {}
+    try:
+        profile = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise StudyError(f"{path} is not valid YAML: {_yaml_problem(error)}") from None
+    if profile is None:  # an empty profile: the notebooks' defaults
+        return {}
+    if not isinstance(profile, dict) or not all(isinstance(key, str) for key in profile):
+        got = "names that are not text" if isinstance(profile, dict) else _what_it_is(profile)
+        raise StudyError(f"{path} must be lines of NAME: value (a YAML mapping), not {got}")
+    return profile
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -65,7 +123,12 @@ def parse_override(text: str) -> tuple[str, object]:
         raise StudyError(f"--set takes NAME=VALUE with an UPPER_CASE name, got {text!r}")
     if name == "RUN_DIR":
         raise StudyError("The run folder is given with --run-dir, not --set RUN_DIR.")
-    parsed = yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise StudyError(f"The value in --set {text} is not valid YAML "
+                         f"({_yaml_problem(error)}): write text in quotes, lists as [a, b]"
+                         ) from None
     # YAML 1.1 reads 5e-5 (no dot) as text; the notebooks write floats that way.
     if isinstance(parsed, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", parsed):
         parsed = float(parsed)
@@ -116,16 +179,21 @@ def check_parameters(parameters: dict, declared: dict[str, tuple[type, object]])
         valid = (isinstance(value, expected) and not (expected is int and isinstance(value, bool))
                  or expected is float and isinstance(value, int) and not isinstance(value, bool))
         if not valid:
-            raise StudyError(f"{name} must be of type {expected.__name__}, got {value!r}")
+            got = "no value" if value is None else f"{value!r}, which is {_what_it_is(value)}"
+            raise StudyError(f"{name} must be of type {expected.__name__}, got {got}: "
+                             f"give {_what_to_give(expected)}")
 
 
 # What libraries print on stderr while they start (TensorFlow's C++ logging before absl is set
-# up, CUDA probing on a machine without a GPU, oneDNN and graph-optimizer notices) and tqdm's
-# fallback warning: not part of the study's report.
+# up, CUDA probing on a machine without a GPU, oneDNN and graph-optimizer notices), tqdm's
+# fallback warning, and the decoder's complaints about files the audit reports anyway: not
+# part of the study's report.
 START_UP_NOISE = re.compile(
     r"absl::InitializeLog|oneDNN custom operations|TF_ENABLE_ONEDNN_OPTS|cudart_stub|"
     r"cuda_platform|cuInit|cuda drivers|node_def_util|loop_optimizer|IProgress not found|"
-    r"Kernel is running over TCP|cpu_feature_guard|rebuild TensorFlow with the appropriate")
+    r"Kernel is running over TCP|cpu_feature_guard|rebuild TensorFlow with the appropriate|"
+    # TensorFlow's decoder logging each file it refuses: the audit reports them, with reasons.
+    r"jpeg_mem\.cc|local_rendezvous\.cc|Invalid PNG data|Premature end of JPEG")
 
 
 def remove_start_up_noise(path: Path) -> int:
@@ -147,24 +215,83 @@ def remove_start_up_noise(path: Path) -> int:
                     continue
             kept_outputs.append(output)
         cell["outputs"] = kept_outputs
-    nbformat.write(notebook, path)
+    files.write_text_atomically(nbformat.writes(notebook), path)
     return removed
 
 
-def completion_record(source: Path, parameters: dict) -> dict:
-    """What makes a finished notebook reusable: its source's hash and its parameters."""
+def completion_record(source: Path, parameters: dict, written: Iterable[str] = ()) -> dict:
+    """What makes a finished notebook reusable: its source's hash and its parameters; and
+    the run folder's files it wrote (``written``), which must still be there."""
     return {"source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
-            "parameters": parameters}
+            "parameters": parameters, "files": sorted(written)}
+
+
+def read_record(path: Path) -> dict | None:
+    """A stored completion record, or None (none, or damaged: the notebook runs again)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def same_run(stored: dict | None, record: dict) -> bool:
+    """Whether a stored record is of the same source and parameters (its files aside)."""
+    return stored is not None and all(stored.get(key) == record[key]
+                                      for key in ("source_sha256", "parameters"))
+
+
+def recorded_files(stored: dict | None) -> list[str]:
+    """The files a stored record lists (none in records written before the list was kept)."""
+    listed = (stored or {}).get("files", [])
+    return [path for path in listed if isinstance(path, str)] if isinstance(listed, list) else []
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """The run folder's result files, by path relative to ``root``: (size, mtime_ns). Leaves
+    out NOT_RESULTS and names starting with a dot (the lock, files being written)."""
+    found = {}
+    for path in files.list_files(root, skip_hidden=True):
+        relative = path.relative_to(root)
+        if relative.parts[0] in NOT_RESULTS:
+            continue
+        try:
+            status = path.stat()
+        except OSError:  # a link to nothing, or a file removed while we looked
+            continue
+        found[relative.as_posix()] = (status.st_size, status.st_mtime_ns)
+    return found
 
 
 def failure_message(name: str, error: papermill.PapermillExecutionError, output: Path,
                     log_file: Path) -> str:
-    """Which notebook and cell failed, with the error, the cell's code, and where to look."""
+    """Which notebook and cell failed (or were interrupted), with the error, the cell's code,
+    and where to look."""
     code = "\n".join("    " + line for line in error.source.splitlines()[:12])
+    log = f"What its kernel wrote to stderr: {log_file}"
+    if error.ename == "KeyboardInterrupt":
+        return (f"interrupted in {name}, in the cell run as In [{error.exec_count}]; {RESUME}\n"
+                f"{code}\nThe notebook as far as it ran: {output}\n{log}")
+    evalue = f": {error.evalue}" if str(error.evalue).strip() else ""
     return (f"{name} failed in the cell run as In [{error.exec_count}]:\n"
-            f"  {error.ename}: {error.evalue}\n{code}\n"
-            f"The executed notebook with the full traceback: {output}\n"
-            f"What its kernel wrote to stderr: {log_file}")
+            f"  {error.ename}{evalue}\n{code}\n"
+            f"The executed notebook with the full traceback: {output}\n{log}")
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set inside the block (the kernels started there inherit
+    them), as it was after."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -192,47 +319,91 @@ def run_study(parameters: dict, run_dir: str, force: bool = False,
     Each notebook gets the profile's parameters it declares, with RUN_DIR set to
     ``run_dir`` (a relative one is relative to the repository root, in the notebooks too).
     Each shows one line on stdout (its progress in cells); its kernel's stderr goes to
-    ``RUN_DIR/logs/NAME.log``. Raises StudyError at the first failure.
+    ``RUN_DIR/logs/NAME.log``. The run folder's lock is held throughout (RunFolderBusyError
+    when another process holds it). Raises StudyError at the first failure, and
+    StudyInterrupted (a KeyboardInterrupt naming the notebook) on Ctrl-C.
     """
     run = RunFolder(project.resolve(run_dir))
-    run.notebooks.mkdir(parents=True, exist_ok=True)
-    executed, rerun_rest = [], force
-    for number, name in enumerate(notebooks, start=1):
-        source = notebook_dir / f"{name}.ipynb"
-        declared = notebook_parameters(source)
-        given = {key: value for key, value in {**parameters, "RUN_DIR": run_dir}.items()
-                 if key in declared}
-        output = run.notebooks / f"{name}.ipynb"
-        record_path = run.notebooks / f"{name}.done.json"
-        record = completion_record(source, given)
-        counter = f"[{number}/{len(notebooks)}] {name}"
-        if (not rerun_rest and output.exists() and record_path.exists()
-                and json.loads(record_path.read_text()) == record):
+    check_root(run.root)
+    with runlock.held(run.root, f"python -m helpers.study into {run.root}"):
+        run.notebooks.mkdir(parents=True, exist_ok=True)
+        # Left by a study that was killed: under the lock, no other study writes here.
+        for leftover in [*run.notebooks.glob(".*.running-*"), *run.notebooks.glob(".*.tmp")]:
+            leftover.unlink(missing_ok=True)
+        executed, rerun_rest = [], force
+        for number, name in enumerate(notebooks, start=1):
+            counter = f"[{number}/{len(notebooks)}] {name}"
+            try:
+                if _run_notebook(run, run_dir, notebook_dir / f"{name}.ipynb", parameters,
+                                 counter, rerun_rest, log):
+                    executed.append(name)
+                    rerun_rest = True
+            except KeyboardInterrupt:
+                raise StudyInterrupted(name) from None
+    return executed
+
+
+def _run_notebook(run: RunFolder, run_dir: str, source: Path, parameters: dict, counter: str,
+                  rerun: bool, log) -> bool:
+    """Execute one notebook of the study unless it is done (and ``rerun`` is false); whether
+    it ran."""
+    name = source.stem
+    declared = notebook_parameters(source)
+    given = {key: value for key, value in {**parameters, "RUN_DIR": run_dir}.items()
+             if key in declared}
+    output = run.notebooks / f"{name}.ipynb"
+    record_path = run.notebooks / f"{name}.done.json"
+    stored = read_record(record_path)
+    if not rerun and same_run(stored, completion_record(source, given)):
+        missing = next((path for path in recorded_files(stored)
+                        if not (run.root / path).exists()), None)
+        if missing is None and output.exists():
             log(f"{counter}: done before with the same parameters, skipped (--force reruns it)")
-            continue
-        rerun_rest = True
-        record_path.unlink(missing_ok=True)
-        progress = {"file": sys.stdout, "desc": counter, "mininterval": 1.0,
-                    "bar_format": "{desc}: {n_fmt}/{total_fmt} cells, {elapsed}"}
-        # Kernels launched from here print progress bars as one final line (helpers.progressbar).
-        headless_before = os.environ.get(progressbar.HEADLESS_VARIABLE)
-        os.environ[progressbar.HEADLESS_VARIABLE] = "1"
+            return False
+        missing = missing or output.relative_to(run.root).as_posix()
+        log(f"{counter}: {missing} is missing, run again")
+    record_path.unlink(missing_ok=True)
+    # A rerun that resumes may leave some of its files as they were: still its files.
+    earlier = {path for path in recorded_files(stored) if (run.root / path).exists()}
+    before = snapshot(run.root)
+    _execute(run, source, given, counter)
+    written = {path for path, status in snapshot(run.root).items()
+               if before.get(path) != status}
+    files.write_json(completion_record(source, given, written | earlier), record_path)
+    return True
+
+
+def _execute(run: RunFolder, source: Path, given: dict, counter: str) -> None:
+    """Execute ``source`` into ``notebooks/NAME.ipynb`` through a temporary file, so that a
+    failed run leaves the completed notebook of an earlier one: the failed one goes to
+    ``NAME.failed.ipynb``."""
+    name = source.stem
+    output = run.notebooks / f"{name}.ipynb"
+    failed = run.notebooks / f"{name}.failed.ipynb"
+    running = run.notebooks / f".{name}.running-{os.getpid()}.ipynb"
+    progress = {"file": sys.stdout, "desc": counter, "mininterval": 1.0,
+                "bar_format": "{desc}: {n_fmt}/{total_fmt} cells, {elapsed}"}
+    # Kernels launched from here print progress bars as one final line (helpers.progressbar)
+    # and hold the study's lock (their training code acquires it on the same folder).
+    variables = {progressbar.HEADLESS_VARIABLE: "1"}
+    token = runlock.token(run.root)
+    if token is not None:  # None: this process writes under an inherited lock, passed on as is
+        variables[runlock.LOCK_VARIABLE] = token
+    try:
         try:
-            with stderr_to(run.log(name)):
-                papermill.execute_notebook(str(source), str(output), parameters=given,
+            with environment(variables), stderr_to(run.log(name)):
+                papermill.execute_notebook(str(source), str(running), parameters=given,
                                            cwd=str(project.ROOT), kernel_name="python3",
                                            progress_bar=progress)
-        except papermill.PapermillExecutionError as error:
-            raise StudyError(failure_message(name, error, output, run.log(name))) from None
-        finally:
-            if headless_before is None:
-                del os.environ[progressbar.HEADLESS_VARIABLE]
-            else:
-                os.environ[progressbar.HEADLESS_VARIABLE] = headless_before
-        remove_start_up_noise(output)
-        files.write_json(record, record_path)
-        executed.append(name)
-    return executed
+            remove_start_up_noise(running)
+            os.replace(running, output)
+        except BaseException:  # Ctrl-C included: no temporary file stays behind
+            if running.exists():
+                os.replace(running, failed)
+            raise
+    except papermill.PapermillExecutionError as error:
+        raise StudyError(failure_message(name, error, failed, run.log(name))) from None
+    failed.unlink(missing_ok=True)
 
 
 def write_report(run: RunFolder, notebooks: tuple[str, ...] = NOTEBOOKS) -> Path:
@@ -253,6 +424,8 @@ def write_report(run: RunFolder, notebooks: tuple[str, ...] = NOTEBOOKS) -> Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status: 1 on an error (one line, or the failing
+    cell), 130 on Ctrl-C."""
     parser = argparse.ArgumentParser(prog="python -m helpers.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default=DEFAULT_PROFILE,
@@ -264,27 +437,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rerun every notebook")
     args = parser.parse_args(argv)
     try:
-        parameters = load_profile(args.profile)
-        if args.data_dir:
-            parameters.update(DATA_SOURCE="local",
-                              DATA_DIR=str(Path(args.data_dir).expanduser().resolve()))
-        parameters.update(parse_override(text) for text in args.set)
-        check_parameters(parameters, all_declared_parameters())
-        # A folder given here is relative to where you are; the default to the repository.
-        run_dir = (str(Path(args.run_dir).expanduser().resolve()) if args.run_dir
-                   else f"runs/{args.profile}")
-        print(f"Profile {args.profile}, run folder {project.resolve(run_dir)}")
-        run_study(parameters, run_dir, force=args.force)
-    except StudyError as error:
+        _study(args)
+    except (StudyError, DataError) as error:  # DataError: the run folder's lock is held
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except StudyInterrupted as interrupt:
+        print(f"error: interrupted in {interrupt.notebook}; {RESUME}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {RESUME}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _study(args: argparse.Namespace) -> None:
+    """The study as the command line asks: run, then the comparison table and the report."""
+    parameters = load_profile(args.profile)
+    if args.data_dir:
+        parameters.update(DATA_SOURCE="local",
+                          DATA_DIR=str(Path(args.data_dir).expanduser().resolve()))
+    parameters.update(parse_override(text) for text in args.set)
+    # The module's NOTEBOOKS and NOTEBOOK_DIR as they are now, not when the defaults were made.
+    check_parameters(parameters, all_declared_parameters(NOTEBOOK_DIR, NOTEBOOKS))
+    # A folder given here is relative to where you are; the default to the repository.
+    run_dir = (str(Path(args.run_dir).expanduser().resolve()) if args.run_dir
+               else f"runs/{args.profile}")
+    check_root(project.resolve(run_dir))
+    print(f"Profile {args.profile}, run folder {project.resolve(run_dir)}")
+    run_study(parameters, run_dir, force=args.force, notebooks=NOTEBOOKS,
+              notebook_dir=NOTEBOOK_DIR)
     run = RunFolder(project.resolve(run_dir))
     if run.comparison_table.exists():
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print("\n" + pd.read_csv(run.comparison_table, index_col="model").T.to_string())
     if all((run.notebooks / f"{name}.ipynb").exists() for name in NOTEBOOKS):
-        print(f"\nThe executed notebooks as one page: {write_report(run)}")
-    return 0
+        print(f"\nThe executed notebooks as one page: {write_report(run, NOTEBOOKS)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,283 @@
+"""The headless runner (helpers/tools/study.py): the run folder's lock, errors as one line,
+missing outputs, interrupts and failed reruns.
+
+Each notebook here is a tiny one written in tmp_path (a kernel start costs seconds); where no
+notebook needs to run, papermill is replaced by a stand-in that records the call.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import nbformat
+import papermill
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from helpers import runlock
+from helpers.tools import study
+
+
+def _tiny_notebook(path, code, parameters='RUN_DIR: str = "x"  # run folder'):
+    notebook = new_notebook(cells=[new_markdown_cell("# tiny"), new_code_cell(parameters)])
+    notebook.cells[1].metadata["tags"] = ["parameters"]
+    notebook.cells.append(new_code_cell(code))
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    nbformat.write(notebook, path)
+
+
+@pytest.fixture()
+def sources(tmp_path):
+    folder = tmp_path / "sources"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture()
+def no_execution(monkeypatch):
+    """papermill replaced: the calls it got (none expected)."""
+    calls = []
+
+    def execute_notebook(input_path, output_path, **_):
+        calls.append(input_path)
+        raise AssertionError(f"{input_path} was executed")
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    return calls
+
+
+@pytest.fixture()
+def profiles(tmp_path, monkeypatch):
+    """A profile folder of one's own: ``ok`` (no overrides) and whatever a test writes."""
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "ok.yaml").write_text("# nothing overridden\n")
+    monkeypatch.setattr(study, "PROFILE_DIR", folder)
+    return folder
+
+
+def _error_line(capsys) -> str:
+    """What main wrote on stderr, checked to be one line starting with ``error: ``."""
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and "<class" not in err
+    return err
+
+
+def _hidden(folder) -> list[str]:
+    return sorted(path.name for path in folder.iterdir() if path.name.startswith("."))
+
+
+# -- the lock ----------------------------------------------------------------------------------
+
+def test_a_second_study_on_the_same_run_folder_is_refused_naming_the_holder(
+        tmp_path, capsys, no_execution):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = {"pid": holder.pid, "host": socket.gethostname(), "purpose": "another study",
+                "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                "token": "0123456789abcdef"}
+        runlock.lock_path(run_dir).write_text(json.dumps(lock))
+        assert study.main(["--profile", "smoke", "--run-dir", str(run_dir)]) == 1
+        err = _error_line(capsys)
+        assert f"process {holder.pid} on {socket.gethostname()}" in err
+        assert "another study" in err
+        assert no_execution == []
+        assert sorted(path.name for path in run_dir.iterdir()) == [".lock"]  # nothing made
+        assert json.loads(runlock.lock_path(run_dir).read_text()) == lock  # still the holder's
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_kernels_hold_the_studys_lock_and_it_is_gone_after(tmp_path, sources, monkeypatch):
+    monkeypatch.delenv(runlock.LOCK_VARIABLE, raising=False)
+    _tiny_notebook(sources / "a.ipynb", "import json, os\nfrom pathlib import Path\n"
+                   "from helpers import runlock\n"
+                   "runlock.acquire(RUN_DIR, 'a training notebook')  # the study's: no error\n"
+                   "runlock.release(RUN_DIR)\n"
+                   "Path(RUN_DIR, 'seen.json').write_text(json.dumps({\n"
+                   f"    'variable': os.environ.get({runlock.LOCK_VARIABLE!r}),\n"
+                   "    'lock': json.loads(Path(RUN_DIR, '.lock').read_text())}))")
+    _tiny_notebook(sources / "b.ipynb", "1 / 0")
+    run_dir = tmp_path / "run"
+    run = lambda names: study.run_study(  # noqa: E731
+        {}, str(run_dir), notebooks=names, notebook_dir=sources, log=lambda message: None)
+
+    assert run(("a",)) == ["a"]
+    seen = json.loads((run_dir / "seen.json").read_text())
+    assert seen["variable"] == seen["lock"]["token"] and seen["variable"]
+    assert seen["lock"]["pid"] == os.getpid()
+    assert "python -m helpers.study into" in seen["lock"]["purpose"]
+    assert not runlock.lock_path(run_dir).exists()
+    assert runlock.LOCK_VARIABLE not in os.environ
+    with pytest.raises(study.StudyError):
+        run(("a", "b"))
+    assert not runlock.lock_path(run_dir).exists()
+    assert runlock.LOCK_VARIABLE not in os.environ
+
+
+# -- errors as one line ------------------------------------------------------------------------
+
+def test_broken_profiles_and_overrides_are_one_line_errors(profiles, capsys, no_execution):
+    (profiles / "list.yaml").write_text("- CNN_EPOCHS\n- 3\n")
+    (profiles / "scalar.yaml").write_text("just some text\n")
+    (profiles / "broken.yaml").write_text("CNN_EPOCHS: [1,\n")
+    (profiles / "numbers.yaml").write_text("1: 2\n")
+    for name in ("list", "scalar", "broken", "numbers"):
+        assert study.main(["--profile", name]) == 1
+        assert str(profiles / f"{name}.yaml") in _error_line(capsys)
+        with pytest.raises(study.StudyError, match=f"{name}.yaml"):
+            study.load_profile(name)
+    assert study.main(["--profile", "ok", "--set", "CNN_EPOCHS=[1,"]) == 1
+    assert "--set CNN_EPOCHS=[1," in _error_line(capsys)
+    with pytest.raises(study.StudyError, match=r"CNN_EPOCHS=\[1,"):
+        study.parse_override("CNN_EPOCHS=[1,")
+    assert no_execution == []
+
+
+def test_a_value_of_the_wrong_type_is_said_in_words(profiles, capsys, no_execution):
+    assert study.main(["--profile", "ok", "--set", "CNN_EPOCHS=ten"]) == 1
+    err = _error_line(capsys)
+    assert "CNN_EPOCHS" in err and "'ten'" in err and "a whole number" in err
+    declared = study.all_declared_parameters()
+    for name in declared:  # every declared type reads as words
+        with pytest.raises(study.StudyError) as failure:
+            study.check_parameters({name: {"a": 1}}, declared)
+        assert name in str(failure.value) and "<class" not in str(failure.value)
+    assert no_execution == []
+
+
+def test_a_run_folder_that_is_a_file_is_refused_before_anything_runs(
+        tmp_path, profiles, capsys, no_execution):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    for run_dir in (a_file, a_file / "run"):
+        assert study.main(["--profile", "ok", "--run-dir", str(run_dir)]) == 1
+        assert str(a_file) in _error_line(capsys)
+    assert a_file.read_text() == "not a folder"
+    assert no_execution == []
+
+
+# -- missing outputs ---------------------------------------------------------------------------
+
+def test_a_notebook_whose_output_file_is_missing_runs_again(tmp_path, sources):
+    _tiny_notebook(sources / "a.ipynb", "from pathlib import Path\n"
+                   "Path(RUN_DIR, 'out').mkdir(exist_ok=True)\n"
+                   "Path(RUN_DIR, 'out', 'a.txt').write_text('made by a')\n"
+                   "Path(RUN_DIR, '.hidden').write_text('not an output')")
+    _tiny_notebook(sources / "b.ipynb", "1 + 1")
+    run_dir = tmp_path / "run"
+    messages = []
+    run = lambda: study.run_study(  # noqa: E731
+        {}, str(run_dir), notebooks=("a", "b"), notebook_dir=sources, log=messages.append)
+
+    assert run() == ["a", "b"]
+    record_path = run_dir / "notebooks" / "a.done.json"
+    assert json.loads(record_path.read_text())["files"] == ["out/a.txt"]
+    assert json.loads((run_dir / "notebooks" / "b.done.json").read_text())["files"] == []
+    (run_dir / "out" / "a.txt").unlink()
+    messages.clear()
+    assert run() == ["a", "b"]  # and b after it
+    assert messages[0] == "[1/2] a: out/a.txt is missing, run again"
+    assert (run_dir / "out" / "a.txt").read_text() == "made by a"
+    # A record written before the file list: accepted as before.
+    for name in ("a", "b"):
+        path = run_dir / "notebooks" / f"{name}.done.json"
+        record = json.loads(path.read_text())
+        del record["files"]
+        path.write_text(json.dumps(record))
+    assert run() == []
+
+
+# -- interrupts --------------------------------------------------------------------------------
+
+def test_an_interrupted_cell_reads_as_an_interrupt(tmp_path, sources):
+    _tiny_notebook(sources / "a.ipynb", "raise KeyboardInterrupt")
+    with pytest.raises(study.StudyError) as failure:
+        study.run_study({}, str(tmp_path / "run"), notebooks=("a",), notebook_dir=sources,
+                        log=lambda message: None)
+    lines = str(failure.value).splitlines()
+    assert lines[0] == ("interrupted in a, in the cell run as In [3]; run the same command "
+                        "again to resume")
+    assert str(tmp_path / "run" / "notebooks" / "a.failed.ipynb") in str(failure.value)
+
+
+def test_an_error_without_a_message_has_no_dangling_colon(tmp_path):
+    error = papermill.PapermillExecutionError(2, 3, "raise ValueError()", "ValueError", "", [])
+    message = study.failure_message("a", error, tmp_path / "a.ipynb", tmp_path / "a.log")
+    assert "  ValueError\n" in message and "ValueError:" not in message
+    error = papermill.PapermillExecutionError(2, 3, "1 / 0", "ZeroDivisionError",
+                                              "division by zero", [])
+    message = study.failure_message("a", error, tmp_path / "a.ipynb", tmp_path / "a.log")
+    assert "  ZeroDivisionError: division by zero\n" in message
+
+
+def test_ctrl_c_in_the_study_is_one_line_and_exit_code_130(
+        tmp_path, sources, profiles, monkeypatch, capsys):
+    _tiny_notebook(sources / "a.ipynb", "1 + 1")
+    monkeypatch.setattr(study, "NOTEBOOKS", ("a",))
+    monkeypatch.setattr(study, "NOTEBOOK_DIR", sources)
+
+    def interrupted(input_path, output_path, **_):
+        nbformat.write(nbformat.read(input_path, as_version=4), output_path)  # half done
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    run_dir = tmp_path / "run"
+    try:
+        code = study.main(["--profile", "ok", "--run-dir", str(run_dir)])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt went through main")
+    assert code == 130
+    assert _error_line(capsys) == (
+        "error: interrupted in a; run the same command again to resume\n")
+    assert not runlock.lock_path(run_dir).exists()
+    assert (run_dir / "notebooks" / "a.failed.ipynb").exists()
+    assert _hidden(run_dir / "notebooks") == []
+
+
+# -- a failed rerun ----------------------------------------------------------------------------
+
+def test_a_failed_rerun_keeps_the_completed_notebook(tmp_path, sources):
+    _tiny_notebook(sources / "a.ipynb", "assert not FAIL, 'asked to fail'",
+                   parameters='RUN_DIR: str = "x"  # run folder\nFAIL: bool = False  # fail')
+    run_dir = tmp_path / "run"
+    notebooks = run_dir / "notebooks"
+    run = lambda fail: study.run_study(  # noqa: E731
+        {"FAIL": fail}, str(run_dir), notebooks=("a",), notebook_dir=sources,
+        log=lambda message: None)
+
+    assert run(False) == ["a"]
+    completed = (notebooks / "a.ipynb").read_bytes()
+    assert _hidden(notebooks) == []
+    with pytest.raises(study.StudyError) as failure:
+        run(True)
+    assert (notebooks / "a.ipynb").read_bytes() == completed
+    failed = notebooks / "a.failed.ipynb"
+    assert str(failed) in str(failure.value) and "asked to fail" in failed.read_text()
+    assert _hidden(notebooks) == []
+    assert not (notebooks / "a.done.json").exists()
+    # A rerun that succeeds replaces the completed notebook and removes the failed one.
+    assert run(False) == ["a"]
+    assert not failed.exists() and _hidden(notebooks) == []
+    assert (notebooks / "a.done.json").exists()
+
+
+def test_a_leftover_temporary_notebook_is_removed(tmp_path, no_execution):
+    """One left by a study that was killed (the lock says no other study writes here)."""
+    run_dir = tmp_path / "run"
+    (run_dir / "notebooks").mkdir(parents=True)
+    leftover = run_dir / "notebooks" / f".a.running-{os.getpid() + 1}.ipynb"
+    leftover.write_text("{}")
+    assert study.run_study({}, str(run_dir), notebooks=(), log=lambda message: None) == []
+    assert not leftover.exists()
+
