@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
-from helpers import files, progressbar
+from helpers import files, pipeline, progressbar
 from helpers.labels import CLASS_NAMES
 from helpers.locate import class_folders
 
-# The formats the tf.data pipeline decodes (tf.io.decode_image); anything else is reported.
+# The formats the study uses (pipeline.decode_rgb decodes them); anything else is reported.
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP")
 
 # A size held by fewer than this share of the images is listed as unusual.
@@ -45,24 +46,34 @@ class AuditResult:
 
 
 def inspect_file(path: Path) -> dict:
-    """Hash one file and try to decode it fully; never raises for bad content or for a file
-    that cannot be read (a dangling link, no permission, gone while reading)."""
+    """Hash one file and decode it as training will (``pipeline.decode_rgb``); never raises
+    for bad content or for a file that cannot be read (a dangling link, no permission, gone
+    while reading). A FIFO, device or folder is reported without being opened."""
     row = {
         "bytes": 0, "sha256": "", "is_image": False, "decodable": False, "format": "",
         "width": 0, "height": 0, "mode": "", "problem": "",
     }
+    kind = files.file_kind(path)
+    if kind == "link to nothing":
+        row["problem"] = "unreadable: a link to a file that does not exist"
+        return row
+    if kind != "regular file":
+        row["problem"] = f"unreadable: a {kind}, not a regular file (not opened)"
+        return row
     try:
         data = path.read_bytes()
     except OSError as error:
-        reason = ("a link to a file that does not exist" if path.is_symlink()
-                  and not path.exists() else error.strerror or type(error).__name__)
-        row["problem"] = f"unreadable: {reason}"
+        row["problem"] = f"unreadable: {error.strerror or type(error).__name__}"
         return row
     row.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    if not files.is_utf8_name(path):
+        row["problem"] = ("unreadable: its name is not valid UTF-8 (it cannot be listed in a "
+                          "split or a report): rename it")
+        return row
     if not data:
         row["problem"] = "not an image: empty file"
         return row
-    try:
+    try:  # the header: format, size and colour mode, and Pillow's limit on pixels
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
@@ -77,29 +88,34 @@ def inspect_file(path: Path) -> dict:
         return row
     row.update(is_image=True, format=image.format or "", mode=image.mode)
     row["width"], row["height"] = image.size
-    try:
-        image.load()  # a full decode: a truncated JPEG opens fine and fails only here
-    except Image.DecompressionBombError as error:
-        row["problem"] = f"too large to decode safely: {error}"
-        return row
-    except (OSError, ValueError, SyntaxError) as error:
-        row["problem"] = f"corrupt image: {error}"
-        return row
-    row["decodable"] = True
     if row["format"] not in SUPPORTED_FORMATS:
         supported = ", ".join(SUPPORTED_FORMATS)
         row["problem"] = f"unsupported format {row['format']} (supported: {supported})"
+        return row
+    try:  # the decoder the pipeline uses decides: a truncated JPEG opens and fails only here
+        pipeline.decode_rgb(data)
+    except tf.errors.OpError as error:
+        reason = error.message.split("}}")[-1].replace("[Op:DecodeImage]", "").strip()
+        try:  # Pillow often says more precisely what is wrong ("image file is truncated")
+            image.load()
+        except (OSError, ValueError, SyntaxError) as pillow_error:
+            reason = f"{pillow_error}; {reason}"
+        row["problem"] = f"corrupt image: TensorFlow cannot decode it ({reason[:300]})"
+        return row
+    row["decodable"] = True
     return row
 
 
-def _list_files(data_root: Path) -> list[tuple[str, str, str]]:
-    """Every file under the root as (relative path, top folder, label or '')."""
+def _list_files(data_root: Path) -> list[tuple[Path, str, str, str]]:
+    """Every file under the root as (path, relative path as text, top folder, label or '').
+    A name that is not UTF-8 is shown with its odd bytes as \\xNN (``files.display_name``)."""
     labels = class_folders(data_root)
     listed = []
     for path in files.list_files(data_root):
         relative = path.relative_to(data_root)
         top = relative.parts[0] if len(relative.parts) > 1 else ""
-        listed.append((relative.as_posix(), top, labels.get(top, "")))
+        listed.append((path, files.display_name(relative.as_posix()), files.display_name(top),
+                       labels.get(top, "")))
     return listed
 
 
@@ -107,20 +123,19 @@ def audit(data_root: str | os.PathLike, workers: int | None = None,
           progress: bool = False) -> AuditResult:
     """Index every file under ``data_root`` (the folder holding the class folders).
 
-    Hashing and decoding run on ``workers`` threads (Pillow and hashlib release the GIL);
-    the default is one per CPU core.
+    Hashing and decoding run on ``workers`` threads (hashlib and TensorFlow's decoder release
+    the GIL); the default is one per CPU core.
     """
     data_root = Path(data_root)
-    files = _list_files(data_root)
-    paths = [data_root / relative for relative, _, _ in files]
+    listed = _list_files(data_root)
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(inspect_file, paths)
+        results = pool.map(inspect_file, [path for path, _, _, _ in listed])
         if progress:
-            results = progressbar.track(results, len(paths), "audit", "file")
+            results = progressbar.track(results, len(listed), "audit", "file")
         rows = [
             {"path": relative, "folder": folder, "label": label, **result}
-            for (relative, folder, label), result in zip(files, results, strict=True)
+            for (_, relative, folder, label), result in zip(listed, results, strict=True)
         ]
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     return AuditResult(data_root=data_root, index=index, summary=summarize(index, data_root))
@@ -136,7 +151,8 @@ def summarize(index: pd.DataFrame, data_root: Path) -> dict:
     usable = index[usable_mask(index)]
     in_class = index[index["label"] != ""]
     folders = class_folders(data_root)
-    folder_names = {entry.name for entry in data_root.iterdir() if entry.is_dir()}
+    folder_names = {files.display_name(entry.name) for entry in data_root.iterdir()
+                    if entry.is_dir()}
     unknown_folders = sorted(folder_names - set(folders))
     per_class = {label: int((usable["label"] == label).sum()) for label in CLASS_NAMES}
 
@@ -158,6 +174,7 @@ def summarize(index: pd.DataFrame, data_root: Path) -> dict:
 
     problem_rows = in_class[in_class["problem"] != ""]
     unreadable = problem_rows["problem"].str.startswith("unreadable")
+    unsupported = problem_rows["problem"].str.startswith("unsupported format")
     return {
         "data_root": str(data_root),
         "n_files": int(len(index)),
@@ -174,9 +191,8 @@ def summarize(index: pd.DataFrame, data_root: Path) -> dict:
         "outside_class_folders": sorted(index.loc[index["label"] == "", "path"]),
         "unreadable": sorted(problem_rows.loc[unreadable, "path"]),
         "not_images": sorted(problem_rows.loc[~problem_rows["is_image"] & ~unreadable, "path"]),
-        "corrupt": sorted(problem_rows.loc[problem_rows["is_image"]
-                                           & ~problem_rows["decodable"], "path"]),
-        "unsupported_format": sorted(problem_rows.loc[problem_rows["decodable"], "path"]),
+        "corrupt": sorted(problem_rows.loc[problem_rows["is_image"] & ~unsupported, "path"]),
+        "unsupported_format": sorted(problem_rows.loc[unsupported, "path"]),
         "problems": dict(zip(problem_rows["path"], problem_rows["problem"], strict=True)),
         "formats": dict(Counter(usable["format"]).most_common()),
         "modes": dict(Counter(usable["mode"]).most_common()),

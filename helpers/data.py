@@ -2,7 +2,8 @@
 
     python -m helpers.data audit DATA_DIR [--json FILE] [--index-csv FILE]
     python -m helpers.data split DATA_DIR --out FILE [--seed N] [--force]
-    python -m helpers.data prepare [--source kaggle|medmnist|local] [--data-dir DIR] --run-dir DIR
+    python -m helpers.data prepare [--source kaggle|medmnist|local|synthetic] [--data-dir DIR]
+                                   --run-dir DIR [--seed N] [--force]
     python -m helpers.data synthetic OUT_DIR [--images-per-class N] [--image-size N] [--seed N]
 
 DATA_DIR may be any folder that contains the class folders, however deeply (a download).
@@ -13,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
-from helpers import acquire, audit, files, locate, split, synthetic
+from helpers import acquire, audit, files, locate, runlock, split, synthetic
 from helpers.errors import DataError
-from helpers.runfolder import RunFolder
+from helpers.runfolder import RunFolder, check_root, owning_run_folder
+
+SOURCES = (*acquire.SOURCES, "synthetic")
 
 
 def _print_split(result: split.SplitResult, split_csv: Path) -> None:
@@ -29,14 +34,20 @@ def _print_split(result: split.SplitResult, split_csv: Path) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> None:
+    for option, out in [("--json", args.json), ("--index-csv", args.index_csv)]:
+        if out:
+            files.check_output_path(out, input_folders=[args.data_dir], option=option)
+    if args.json and args.index_csv and files.output_target(args.json).resolve() == (
+            files.output_target(args.index_csv).resolve()):
+        raise DataError("--json and --index-csv name the same file: give two names.")
     result = audit.audit(locate.find_data_root(args.data_dir), progress=True)
     print(audit.format_summary(result.summary))
     if args.json:
         files.write_json(result.summary, args.json)
-        print(f"\nJSON report: {args.json}")
+        print(f"\nJSON report: {files.display_name(args.json)}")
     if args.index_csv:
-        result.index.to_csv(args.index_csv, index=False)
-        print(f"Per-file index: {args.index_csv}")
+        files.write_text_atomically(result.index.to_csv(index=False), args.index_csv)
+        print(f"Per-file index: {files.display_name(args.index_csv)}")
 
 
 def check_split_output(split_csv: Path) -> None:
@@ -46,6 +57,12 @@ def check_split_output(split_csv: Path) -> None:
         raise DataError(f"--out {split_csv}: the split is a .csv file (its metadata goes to the "
                         ".json beside it).")
     metadata = split.metadata_path(split_csv)
+    for path in (split_csv, metadata):
+        run = owning_run_folder(files.output_target(path).resolve())
+        if run is not None:
+            raise DataError(f"--out {split_csv} lies in the run folder {run}: its split is made "
+                            f"by notebook 01 or `python -m helpers.data prepare --run-dir {run}`.")
+        files.check_writable(files.output_target(path), "--out")
     if split_csv.exists():
         split.read_split(split_csv)  # raises when it is not a split
     if metadata.exists():
@@ -67,26 +84,63 @@ def run_split(args: argparse.Namespace) -> None:
 
 def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None,
             cache_dir: str | Path = "data", medmnist_size: int = 224,
-            seed: int = split.DEFAULT_SEED,
-            force: bool = False) -> tuple[audit.AuditResult, split.SplitResult]:
+            seed: int = split.DEFAULT_SEED, force: bool = False,
+            synthetic_images_per_class: int = 12) -> tuple[audit.AuditResult, split.SplitResult]:
     """Acquire the data, audit it and write (or reuse) the split in ``RUN_DIR/data``.
 
-    Writes audit.json, audit_index.csv, split.csv and split.json there.
+    Writes audit.json, audit_index.csv, split.csv and split.json there, holding the run
+    folder's lock. ``source`` "synthetic" draws ``synthetic_images_per_class`` cells per
+    class (with the download's quirks; drawn from ``seed``) into ``data_dir``, by default
+    ``RUN_DIR/synthetic``. A saved split that no longer fits is refused (StaleSplitError)
+    before anything in the run folder changes: the synthetic cells are drawn beside their
+    folder and moved into it only once the split is accepted.
     """
-    data_root = acquire.acquire(source, data_dir=data_dir, cache_dir=cache_dir,
-                                medmnist_size=medmnist_size)
-    result = audit.audit(data_root, progress=True)
     run = RunFolder(run_dir)
-    files.write_json(result.summary, run.audit_json)
-    files.write_text_atomically(result.index.to_csv(index=False), run.audit_index)
-    split_result = split.make_split(result, run.split_csv, seed=seed, force=force)
+    check_root(run.root)
+    with runlock.held(run.root, "preparing the data (notebook 01)"):
+        staging = None
+        if source == "synthetic":
+            data_root = Path(data_dir) if data_dir else run.synthetic_data
+            synthetic.check_folder(data_root)
+            staging = data_root.with_name(f".{data_root.name}.new-{os.getpid()}")
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            data_root = acquire.acquire(source, data_dir=data_dir, cache_dir=cache_dir,
+                                        medmnist_size=medmnist_size)
+        try:
+            if staging is not None:
+                synthetic.make_synthetic_dataset(
+                    staging, images_per_class=synthetic_images_per_class, seed=seed)
+                drawn = audit.audit(staging, progress=True)
+                result = audit.AuditResult(data_root, drawn.index,
+                                           {**drawn.summary, "data_root": str(data_root)})
+            else:
+                result = audit.audit(data_root, progress=True)
+            split_result = split.make_split(result, run.split_csv, seed=seed, force=force)
+            if staging is not None:
+                _replace_folder(staging, data_root)
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+        files.write_json(result.summary, run.audit_json)
+        files.write_text_atomically(result.index.to_csv(index=False), run.audit_index)
     return result, split_result
+
+
+def _replace_folder(new: Path, folder: Path) -> None:
+    """Put the folder ``new`` in the place of ``folder`` (moved aside, then removed)."""
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(new, folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def run_prepare(args: argparse.Namespace) -> None:
     result, split_result = prepare(args.source, args.run_dir, data_dir=args.data_dir,
                                    cache_dir=args.cache_dir, medmnist_size=args.medmnist_size,
-                                   seed=args.seed, force=args.force)
+                                   seed=args.seed, force=args.force,
+                                   synthetic_images_per_class=args.images_per_class)
     run = RunFolder(args.run_dir)
     print(f"Data: {result.data_root}")
     print(audit.format_summary(result.summary))
@@ -95,6 +149,10 @@ def run_prepare(args: argparse.Namespace) -> None:
 
 
 def run_synthetic(args: argparse.Namespace) -> None:
+    run = owning_run_folder(Path(args.out_dir).resolve() / "x")
+    if run is not None:
+        raise DataError(f"{args.out_dir} lies among the files of the run folder {run}: give "
+                        "a folder of its own (notebook 01 draws a run's synthetic data).")
     planted = synthetic.make_synthetic_dataset(
         args.out_dir, images_per_class=args.images_per_class, image_size=args.image_size,
         seed=args.seed, quirks=not args.no_quirks)
@@ -122,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare_parser = commands.add_parser(
         "prepare", help="acquire, audit and split into RUN_DIR/data")
-    prepare_parser.add_argument("--source", choices=acquire.SOURCES, default="kaggle")
+    prepare_parser.add_argument("--source", choices=SOURCES, default="kaggle")
     prepare_parser.add_argument("--data-dir", help="the folder to use with --source local")
     prepare_parser.add_argument("--cache-dir", default="data",
                                 help="where medmnist downloads go (default: data)")
@@ -132,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare_parser.add_argument("--seed", type=int, default=split.DEFAULT_SEED)
     prepare_parser.add_argument("--force", action="store_true",
                                 help="make a new split even if a saved one exists")
+    prepare_parser.add_argument("--images-per-class", type=int, default=12,
+                                help="cells drawn per class with --source synthetic")
     prepare_parser.set_defaults(run=run_prepare)
 
     synthetic_parser = commands.add_parser("synthetic", help="write a synthetic test dataset")
@@ -151,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was half written (run it again)", file=sys.stderr)
+        return 130
     return 0
 
 

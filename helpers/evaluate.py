@@ -190,10 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
     print(format_report(report))
     if args.out:
-        files.write_json(report, args.out)
-        print(f"\nWrote {args.out}")
+        try:
+            files.write_json(report, args.out)
+        except DataError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"\nWrote {files.display_name(args.out)}")
     else:
         print("\n(--out FILE writes the full report as JSON)")
     return 0

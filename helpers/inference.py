@@ -24,7 +24,7 @@ import tensorflow as tf
 from helpers import files, models, progressbar  # noqa: F401 (models registers the custom layers)
 from helpers.errors import DataError
 from helpers.labels import CLASS_NAMES
-from helpers.pipeline import decode_and_resize
+from helpers.pipeline import RESIZE_METHODS, check_crop_fraction, decode_and_resize
 
 PREDICT_BATCH_SIZE = 64
 # Show a progress bar from this many images on.
@@ -108,6 +108,37 @@ def write_sidecar(model_path: str | os.PathLike, *, label: str, image_size: int,
 
 SIDECAR_KEYS = {"label": str, "class_names": list, "image_size": int, "resize_method": str,
                 "crop_fraction": (int, float)}
+_KIND_NAMES = {str: "text", list: "a list", int: "a whole number", (int, float): "a number"}
+# How far a row of a model's outputs may be from summing to 1 and still count as
+# probabilities (float16 softmax outputs are rounded).
+PROBABILITY_TOLERANCE = 1e-2
+
+
+def _sidecar_problems(info: object) -> list[str]:
+    """What is wrong with a sidecar's content (empty: nothing)."""
+    if not isinstance(info, dict):
+        return ["it is not a JSON object"]
+    problems = [f"{key} missing or not {_KIND_NAMES[kind]}"
+                for key, kind in SIDECAR_KEYS.items()
+                if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool)]
+    if problems:
+        return problems
+    names = info["class_names"]
+    if not names or not all(isinstance(name, str) and name for name in names):
+        problems.append(f"class_names must be non-empty strings, got {names!r}")
+    elif len(set(names)) != len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        problems.append(f"class_names repeats {', '.join(repeated)}")
+    if info["image_size"] <= 0:
+        problems.append(f"image_size must be positive, got {info['image_size']}")
+    if info["resize_method"] not in RESIZE_METHODS:
+        problems.append(f"resize_method {info['resize_method']!r} is none of "
+                        f"{', '.join(RESIZE_METHODS)}")
+    try:
+        check_crop_fraction(info["crop_fraction"])
+    except ValueError as error:
+        problems.append(str(error))
+    return problems
 
 
 def read_sidecar(path: Path) -> dict:
@@ -117,20 +148,35 @@ def read_sidecar(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelFileError(f"{path} is not readable JSON ({error}). Copy it again from the "
                              "run folder's models/.") from None
-    problems = [f"{key} missing or not a {kind if isinstance(kind, type) else 'number'}"
-                for key, kind in SIDECAR_KEYS.items()
-                if not isinstance(info, dict) or not isinstance(info.get(key), kind)]
-    if not problems and not (info["image_size"] > 0 and 0 < info["crop_fraction"] <= 1):
-        problems.append("image_size must be positive and crop_fraction in (0, 1]")
+    problems = _sidecar_problems(info)
     if problems:
         raise ModelFileError(f"{path} is damaged: {'; '.join(problems)}. Copy it again from "
                              "the run folder's models/.")
     return info
 
 
+def check_probabilities(probabilities: np.ndarray, path: Path) -> None:
+    """ModelFileError unless every row is a probability distribution (a softmax's output)."""
+    sums = probabilities.sum(axis=1)
+    if (np.isfinite(probabilities).all() and probabilities.min() >= -PROBABILITY_TOLERANCE
+            and probabilities.max() <= 1 + PROBABILITY_TOLERANCE
+            and np.abs(sums - 1).max() <= PROBABILITY_TOLERANCE):
+        return
+    raise ModelFileError(
+        f"{path} gives outputs that are not class probabilities (values from "
+        f"{np.nanmin(probabilities):.4g} to {np.nanmax(probabilities):.4g}, rows summing to "
+        f"{np.nanmin(sums):.4g}-{np.nanmax(sums):.4g}): its last layer must be a softmax, as "
+        "the training notebooks build it.")
+
+
 def load_model(model_path: str | os.PathLike) -> LoadedModel:
-    """Load ``NAME.keras`` and its ``NAME.json``; ModelFileError says what is wrong."""
+    """Load ``NAME.keras`` and its ``NAME.json``; ModelFileError says what is wrong, also
+    when the sidecar disagrees with the model or the model's outputs are not probabilities."""
     path = Path(model_path)
+    if path.is_dir():
+        inside = sorted(path.glob("*.keras"))
+        hint = f" (it holds {', '.join(p.name for p in inside[:4])})" if inside else ""
+        raise ModelFileError(f"{path} is a folder: give the model file NAME.keras in it{hint}.")
     if not path.is_file():
         raise ModelFileError(f"Model file not found: {path}")
     if path.suffix != ".keras" or not zipfile.is_zipfile(path):
@@ -147,13 +193,28 @@ def load_model(model_path: str | os.PathLike) -> LoadedModel:
         model = keras.saving.load_model(path)
     except Exception as error:  # Keras raises many types for a damaged or foreign file
         raise ModelFileError(f"Could not load {path} as a Keras model: {error}") from error
-    n_outputs = model.output_shape[-1]
+    input_shape, output_shape = model.input_shape, model.output_shape
+    if not (isinstance(input_shape, tuple) and len(input_shape) == 4
+            and isinstance(output_shape, tuple) and len(output_shape) == 2):
+        raise ModelFileError(f"{path.name} takes {input_shape} and gives {output_shape}: a model "
+                             "of this study takes a batch of RGB images and gives one row of "
+                             "class probabilities per image.")
+    size = info["image_size"]
+    if input_shape[-1] != 3 or any(side not in (None, size) for side in input_shape[1:3]):
+        raise ModelFileError(f"{path.name} takes images of shape {input_shape[1:]} but "
+                             f"{info_path.name} says {size}x{size} RGB: the sidecar belongs "
+                             "to another model. Copy both from the same run folder.")
+    n_outputs = output_shape[-1]
     if n_outputs != len(info["class_names"]):
         raise ModelFileError(f"{path.name} has {n_outputs} outputs but {info_path.name} names "
                              f"{len(info['class_names'])} classes.")
-    return LoadedModel(model=model, path=path, label=info["label"],
-                       class_names=tuple(info["class_names"]), image_size=info["image_size"],
-                       resize_method=info["resize_method"], crop_fraction=info["crop_fraction"])
+    loaded = LoadedModel(model=model, path=path, label=info["label"],
+                         class_names=tuple(info["class_names"]), image_size=size,
+                         resize_method=info["resize_method"],
+                         crop_fraction=info["crop_fraction"])
+    # Fail before any work on a model without a softmax (every batch is checked as well).
+    check_probabilities(loaded.step(False)(tf.fill((1, size, size, 3), 128.0)).numpy(), path)
+    return loaded
 
 
 def image_dataset(paths: Sequence[str | os.PathLike], loaded: LoadedModel,
@@ -200,6 +261,7 @@ def predict_probabilities(loaded: LoadedModel, paths: Sequence[str | os.PathLike
     outputs = []
     for images in batches:
         probabilities = step(images).numpy()
+        check_probabilities(probabilities, loaded.path)
         outputs.append(probabilities)
         if bar is not None:
             bar.update(len(probabilities))

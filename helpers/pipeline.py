@@ -21,6 +21,25 @@ from helpers.labels import CLASS_NAMES
 RESIZE_METHODS = ("bilinear", "bicubic", "area", "lanczos3")
 
 
+# The smallest central crop: a tenth of each side of a 360 px image is 36 px; less keeps no cell.
+MIN_CROP_FRACTION = 0.1
+
+
+def check_crop_fraction(crop_fraction: float) -> None:
+    """ValueError unless ``crop_fraction`` is a number in [MIN_CROP_FRACTION, 1]."""
+    if (isinstance(crop_fraction, bool) or not isinstance(crop_fraction, int | float)
+            or not MIN_CROP_FRACTION <= crop_fraction <= 1):
+        raise ValueError(f"crop_fraction must be a number in [{MIN_CROP_FRACTION}, 1], "
+                         f"got {crop_fraction!r}")
+
+
+def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
+    """The one decoder of the study: JPEG/PNG/BMP bytes to a uint8 RGB image (grayscale
+    repeated, alpha dropped). The audit calls it on every file, so whatever enters a split
+    decodes here when it trains."""
+    return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+
+
 def decode_and_resize(image_bytes: tf.Tensor, image_size: int,
                       resize_method: str = "bilinear", crop_fraction: float = 1.0) -> tf.Tensor:
     """Decode JPEG/PNG/BMP bytes to RGB, keep the central ``crop_fraction`` of each side, and
@@ -30,9 +49,8 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int,
     so a crop spends more of a small input on the cell. Resizing is antialiased, so
     shrinking a 360 px image to 64 px averages pixels instead of skipping them.
     """
-    if not 0 < crop_fraction <= 1:
-        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    check_crop_fraction(crop_fraction)
+    image = decode_rgb(image_bytes)
     if crop_fraction < 1:
         image = tf.image.central_crop(image, crop_fraction)
     image = tf.image.resize(image, (image_size, image_size), method=resize_method,

@@ -2,9 +2,11 @@
 
     python -m helpers.predict MODEL IMAGE_OR_DIR... [--out predictions.csv]
 
-Folders are searched recursively. Any JPEG, PNG or BMP works (grayscale and RGBA are
-converted to RGB). Files that are not usable images stay in the output with the reason in
-the ``problem`` column, so every input gets a row.
+Folders are searched recursively, hidden files included. Any JPEG, PNG or BMP that
+TensorFlow decodes works (grayscale and RGBA are converted to RGB). Files that are not usable
+images (not decodable, not a regular file, a name that is not UTF-8) stay in the output with
+the reason in the ``problem`` column, so every input gets a row; none is opened unless it is
+a regular file.
 """
 
 from __future__ import annotations
@@ -25,16 +27,16 @@ TOP_K = 3
 
 
 def input_files(inputs: list[str | os.PathLike]) -> list[Path]:
-    """The files named, and every file under the folders named (sorted, hidden ones out,
+    """The files named, and every file under the folders named (sorted, hidden ones too,
     linked folders followed). Each gets a row of the predictions, usable or not."""
     found = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += files.list_files(item, skip_hidden=True)
+            found += files.list_files(item)
         elif item.exists() or item.is_symlink():  # a file, or a link to nothing: a row
             found.append(item)
         else:
-            raise DataError(f"No such file or folder: {item}")
+            raise DataError(f"No such file or folder: {files.display_name(item)}")
     return found
 
 
@@ -50,7 +52,7 @@ def predict_files(loaded: inference.LoadedModel, paths: list[Path],
     by_path = {path: (top[row], probabilities[row]) for row, path in enumerate(usable)}
     rows = []
     for path, problem in zip(paths, problems, strict=True):
-        row = {"path": str(path), "problem": problem}
+        row = {"path": files.display_name(path), "problem": problem}
         if path in by_path:
             classes, scores = by_path[path]
             for rank, index in enumerate(classes, start=1):
@@ -84,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
     for row in predictions.itertuples():
         if row.problem:
             print(f"{row.path}: skipped ({row.problem})")
@@ -92,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"({row.class_2} {row.probability_2:.3f}, {row.class_3} "
                   f"{row.probability_3:.3f})")
     if args.out:
-        files.write_text_atomically(predictions.to_csv(index=False), args.out)
-        print(f"Wrote {args.out}")
+        try:
+            files.write_text_atomically(predictions.to_csv(index=False), args.out)
+        except DataError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"Wrote {files.display_name(args.out)}")
     n_skipped = int((predictions["problem"] != "").sum())
     print(f"{len(predictions) - n_skipped} image(s) classified, {n_skipped} skipped")
     if n_skipped == len(predictions):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from helpers import files
 from helpers.audit import AuditResult, usable_mask
 from helpers.errors import DataError, StaleSplitError
 from helpers.labels import CLASS_NAMES
@@ -23,6 +24,10 @@ SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
 SPLIT_COLUMNS = ["path", "label", "sha256", "split"]
 DEFAULT_SEED = 42
+# How to get out of a refused split, in every message that refuses one.
+REMAKE = ("Make a new split: NEW_SPLIT = True in notebook 01, or `--force` with python -m "
+          "helpers.data prepare or split (results made with the old split do not compare "
+          "with new ones), or use another run folder.")
 
 
 @dataclass
@@ -100,13 +105,8 @@ def write_split(result: SplitResult, split_csv: str | os.PathLike, seed: int,
         "counts": split_counts(result.split).to_dict(orient="index"),
         "excluded": result.excluded.to_dict(orient="records"),
     }
-    for path, text in [
-        (split_csv, result.split.to_csv(index=False, lineterminator="\n")),
-        (metadata_path(split_csv), json.dumps(metadata, indent=2) + "\n"),
-    ]:
-        temporary = path.with_name(path.name + ".part")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+    files.write_text_atomically(result.split.to_csv(index=False, lineterminator="\n"), split_csv)
+    files.write_json(metadata, metadata_path(split_csv))
 
 
 def read_split(split_csv: str | os.PathLike) -> pd.DataFrame:
@@ -114,14 +114,21 @@ def read_split(split_csv: str | os.PathLike) -> pd.DataFrame:
     try:
         split = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise StaleSplitError(f"{split_csv} is empty or not a CSV ({error}). Make the split "
-                              "again: notebook 01 or python -m helpers.data prepare.") from None
+        raise StaleSplitError(f"{split_csv} is empty or not a CSV ({error}). {REMAKE}") from None
     if list(split.columns) != SPLIT_COLUMNS:
         raise StaleSplitError(
-            f"{split_csv} has columns {list(split.columns)}, expected {SPLIT_COLUMNS}.")
+            f"{split_csv} has columns {list(split.columns)}, expected {SPLIT_COLUMNS}. {REMAKE}")
     unknown = set(split["split"]) - set(SPLIT_NAMES)
     if unknown:
-        raise StaleSplitError(f"{split_csv} has unknown split names {sorted(unknown)}.")
+        raise StaleSplitError(f"{split_csv} has unknown split names {sorted(unknown)}. "
+                              f"{REMAKE}")
+    for column, what in [("path", "file"), ("sha256", "content")]:
+        repeated = split.loc[split[column].duplicated(), column]
+        if len(repeated):
+            raise StaleSplitError(
+                f"{split_csv} lists the same {what} in {len(repeated)} more row(s) than once "
+                f"(e.g. {repeated.iloc[0]}): an image would count twice, or sit in two "
+                f"subsets. {REMAKE}")
     return split
 
 
@@ -151,6 +158,15 @@ def _differences(saved: pd.DataFrame, current: pd.DataFrame) -> list[str]:
     return notes
 
 
+def _saved_seed(metadata_file: Path) -> int | None:
+    """The seed recorded beside a split, or None when the file is missing or damaged."""
+    try:
+        seed = json.loads(metadata_file.read_text(encoding="utf-8"))["seed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
 def make_split(audit_result: AuditResult, split_csv: str | os.PathLike,
                seed: int = DEFAULT_SEED, force: bool = False) -> SplitResult:
     """Create the split, or reuse the saved one at ``split_csv`` if it still fits the data.
@@ -168,17 +184,16 @@ def make_split(audit_result: AuditResult, split_csv: str | os.PathLike,
     if split_csv.exists() and not force:
         saved = read_split(split_csv)
         problems = _differences(saved, images)
-        metadata_file = metadata_path(split_csv)
-        saved_seed = (json.loads(metadata_file.read_text())["seed"]
-                      if metadata_file.exists() else None)
-        if saved_seed != seed:
+        saved_seed = _saved_seed(metadata_path(split_csv))
+        if saved_seed is None:
+            problems.append(f"its metadata {metadata_path(split_csv)} is missing, damaged or "
+                            "has no seed")
+        elif saved_seed != seed:
             problems.append(f"it was made with seed {saved_seed}, this run asks for seed {seed}")
         if problems:
             raise StaleSplitError(
                 f"The saved split {split_csv} does not match the data in "
-                f"{audit_result.data_root}:\n  - " + "\n  - ".join(problems)
-                + "\nDelete it, or ask for a new split (--force / FORCE_NEW_SPLIT), "
-                "knowing that results made with the old split are not comparable.")
+                f"{audit_result.data_root}:\n  - " + "\n  - ".join(problems) + f"\n{REMAKE}")
         return SplitResult(split=saved, excluded=excluded, reused=True)
     result = SplitResult(split=assign_splits(images, seed), excluded=excluded)
     write_split(result, split_csv, seed, audit_result.data_root)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from helpers import files
+from helpers.errors import DataError
 from helpers.labels import CLASS_NAMES
 
 # Per class: cell radius (share of image), nucleus lobes, nucleus radius (share of cell),
@@ -81,25 +84,62 @@ def make_synthetic_dataset(root: str | os.PathLike, images_per_class: int = 12,
     ``corrupt`` (a truncated JPEG) and ``unknown_folder`` (an empty folder).
     """
     root = Path(root)
+    if images_per_class < 1 or image_size < 16:
+        raise DataError(f"A synthetic dataset needs at least 1 image per class and 16 px "
+                        f"(asked: {images_per_class} per class, {image_size} px).")
+    check_folder(root)
     rng = np.random.default_rng(seed)
     for label in CLASS_NAMES:
         (root / label).mkdir(parents=True, exist_ok=True)
         for number in range(images_per_class):
             pixels = make_cell_image(label, image_size, rng)
             Image.fromarray(pixels).save(root / label / f"{label}_{number:04d}.jpg", quality=92)
+    for path in files.list_files(root):  # drawn before with more images or quirks: not now
+        relative = path.relative_to(root).as_posix()
+        number = _DRAWN.fullmatch(relative)
+        if (int(number["number"]) >= images_per_class if number
+                else relative in _PLANTED.values() and not quirks):
+            path.unlink()
     if not quirks:
         return {}
-    planted = {
-        "not_image": "neutrophil/.DS_000001.jpg",
-        "duplicate_of": "basophil/basophil_0000.jpg",
-        "duplicate": "basophil/basophil_copy.jpg",
-        "cross_class_of": "eosinophil/eosinophil_0000.jpg",
-        "cross_class": "neutrophil/neutrophil_from_eosinophil.jpg",
-        "grayscale": "lymphocyte/lymphocyte_gray.jpg",
-        "rgba": "monocyte/monocyte_rgba.png",
-        "corrupt": "platelet/platelet_truncated.jpg",
-        "unknown_folder": "unknown_folder",
-    }
+    _plant_quirks(root, image_size, rng)
+    return dict(_PLANTED)
+
+
+def check_folder(root: str | os.PathLike) -> None:
+    """Refuse a folder that holds files this module does not draw (real images, say):
+    drawing would mix made-up cells into them."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root} is a {files.file_kind(root)}, not a folder: give a folder "
+                        "for the synthetic dataset.")
+    foreign = [path for path in (files.list_files(root) if root.exists() else [])
+               if not (_DRAWN.fullmatch(path.relative_to(root).as_posix())
+                       or path.relative_to(root).as_posix() in _PLANTED.values())]
+    if foreign:
+        raise DataError(f"{root} holds files that are not a synthetic dataset's (e.g. "
+                        f"{files.display_name(foreign[0])}, {len(foreign)} in all): drawing "
+                        "there would mix made-up cells into them. Give an empty or new folder.")
+
+
+# The files make_synthetic_dataset writes: drawn cells, and the quirks it plants.
+_DRAWN = re.compile(r"(?P<label>" + "|".join(CLASS_NAMES)
+                    + r")/(?P=label)_(?P<number>\d{4})\.jpg")
+_PLANTED = {
+    "not_image": "neutrophil/.DS_000001.jpg",
+    "duplicate_of": "basophil/basophil_0000.jpg",
+    "duplicate": "basophil/basophil_copy.jpg",
+    "cross_class_of": "eosinophil/eosinophil_0000.jpg",
+    "cross_class": "neutrophil/neutrophil_from_eosinophil.jpg",
+    "grayscale": "lymphocyte/lymphocyte_gray.jpg",
+    "rgba": "monocyte/monocyte_rgba.png",
+    "corrupt": "platelet/platelet_truncated.jpg",
+    "unknown_folder": "unknown_folder",
+}
+
+
+def _plant_quirks(root: Path, image_size: int, rng: np.random.Generator) -> None:
+    planted = _PLANTED
     (root / planted["not_image"]).write_bytes(_APPLEDOUBLE_HEADER + bytes(4070))
     shutil.copyfile(root / planted["duplicate_of"], root / planted["duplicate"])
     shutil.copyfile(root / planted["cross_class_of"], root / planted["cross_class"])
@@ -116,4 +156,3 @@ def make_synthetic_dataset(root: str | os.PathLike, images_per_class: int = 12,
     cut = scan_start + (len(encoded) - scan_start) // 2
     (root / planted["corrupt"]).write_bytes(encoded[:cut])
     (root / planted["unknown_folder"]).mkdir(exist_ok=True)
-    return planted

@@ -1,10 +1,12 @@
 """The repository's set-up files agree with each other and with the README."""
 
+import ast
 import re
 
 import yaml
 
 from helpers import colab
+from helpers.tools import study
 from tests.conftest import REPOSITORY
 
 REQUIRED = ["tensorflow", "keras", "numpy", "pandas", "matplotlib", "seaborn", "scikit-learn",
@@ -64,3 +66,33 @@ def test_ci_runs_the_readme_test_command():
     assert ci_lines[-1] == "make test"
     workflow = (REPOSITORY / ".github" / "workflows" / "ci.yml").read_text()
     assert "bash .ci/run" in workflow
+
+
+# Upper-case names in strings that are not notebook parameters: environment variables, a
+# file name, words of usage lines, the setup cell's variable the lint looks for.
+NOT_PARAMETERS = {"KAGGLE_USERNAME", "KAGGLE_KEY", "TF_ENABLE_ONEDNN_OPTS",
+                  "TF_CPP_MIN_LOG_LEVEL", "BLOOD_CELLS_HEADLESS", "BLOOD_CELL_STUDY_LOCK",
+                  "DS_000001", "UPPER_CASE", "IMAGE_OR_DIR", "IS_COLAB"}
+
+
+def _message_texts(path) -> list[str]:
+    """Every string of a module but its docstrings: its messages, in the end."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)
+                  and ast.get_docstring(node) is not None}
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+            and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_every_parameter_a_message_names_exists():
+    """A refusal that tells the user to set a parameter names one a notebook declares (an
+    earlier message named FORCE_NEW_SPLIT, which none did)."""
+    declared = set(study.all_declared_parameters())
+    named = set()
+    for path in (REPOSITORY / "helpers").rglob("*.py"):
+        for text in _message_texts(path):
+            named |= set(re.findall(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b", text))
+            named |= set(re.findall(r"\b([A-Z][A-Z0-9_]+) = ", text))
+    assert {"NEW_SPLIT", "PRECISION"} <= named  # the scan sees the messages that name them
+    assert named - NOT_PARAMETERS <= declared
