@@ -212,8 +212,10 @@ def load_model(model_path: str | os.PathLike) -> LoadedModel:
                          class_names=tuple(info["class_names"]), image_size=size,
                          resize_method=info["resize_method"],
                          crop_fraction=info["crop_fraction"])
-    # Fail before any work on a model without a softmax (every batch is checked as well).
-    check_probabilities(loaded.step(False)(tf.fill((1, size, size, 3), 128.0)).numpy(), path)
+    # Fail before any work on a model without a softmax (every batch is checked as well);
+    # one eager call, as tracing the step here would cost more than it checks.
+    check_probabilities(np.asarray(model(tf.fill((1, size, size, 3), 128.0), training=False),
+                                   dtype=np.float32), path)
     return loaded
 
 

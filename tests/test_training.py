@@ -384,10 +384,12 @@ def test_killed_at_random_moments_a_run_ends_as_one_never_killed(run, tmp_path_f
         assert keras.saving.load_model(run.model("tiny", phase)).count_params() > 0
 
 
-def _run_once(run, learning_rate=2e-3):
+def _run_once(run, learning_rate=2e-3, while_open=None):
     """The recipe with the needs_training() check, as notebook 3 writes it; returns (kept,
-    metrics)."""
+    metrics). ``while_open`` is called once the run is created."""
     training_run = training.TrainingRun(run, "tiny", label="Tiny CNN", seed=7, deterministic=True)
+    if while_open is not None:
+        while_open()
     train_data, validation_data = training_run.datasets(image_size=16, batch_size=8,
                                                         max_images=48, cache=None)
     model = models.build_cnn(16, filters=(4, 8), seed=7)
@@ -446,33 +448,27 @@ def test_a_failed_run_with_other_parameters_never_blocks_the_one_that_finished(r
     assert not run.work("tiny").exists()
 
 
-def test_a_finished_run_with_a_missing_file_trains_again(run, capsys):
+def test_a_finished_run_with_a_missing_file_trains_again_under_the_run_folders_lock(run,
+                                                                                    capsys):
     assert _run_once(run)[0] is False
-    for missing in [run.model("tiny"), inference.sidecar_path(run.model("tiny"))]:
-        missing.unlink()
-        kept, result = _run_once(run)  # the same recipe: kept only if all its files are there
-        assert not kept and "is missing: it trains again" in capsys.readouterr().out
-        assert missing.is_file() and result == json.loads(
-            run.validation_metrics("tiny").read_text())
+    missing = inference.sidecar_path(run.model("tiny"))  # any of its files: the model too
+    missing.unlink()
+    kept, result = _run_once(run)  # the same recipe: kept only if all its files are there
+    assert not kept and "models/tiny.json is missing: it trains again" in capsys.readouterr().out
+    assert missing.is_file() and result == json.loads(run.validation_metrics("tiny").read_text())
+    # A training run holds the run folder's lock, naming itself, until finish; meanwhile
+    # another process is refused, naming this one.
+    def check_lock():
+        holder = json.loads(runlock.lock_path(run.root).read_text())
+        assert holder["pid"] == os.getpid() and holder["purpose"] == "training tiny"
+        other = subprocess.run(
+            [sys.executable, "-c", "import sys; from helpers import runlock, errors\n"
+             "try:\n    runlock.acquire(sys.argv[1], 'another study')\n"
+             "except errors.DataError as error:\n    print(error)\n    sys.exit(3)",
+             str(run.root)], capture_output=True, text=True, cwd=REPOSITORY)
+        assert other.returncode == 3 and f"process {os.getpid()}" in other.stdout
 
-
-def test_training_holds_the_run_folders_lock_until_finish(run):
-    """A training run takes the run folder's lock (naming itself) and gives it back at finish;
-    meanwhile another process is refused."""
-    training_run = training.TrainingRun(run, "tiny", label="Tiny CNN", seed=7)
-    holder = json.loads(runlock.lock_path(run.root).read_text())
-    assert holder["pid"] == os.getpid() and holder["purpose"] == "training tiny"
-    other = subprocess.run(
-        [sys.executable, "-c", "import sys; from helpers import runlock, errors\n"
-         "try:\n    runlock.acquire(sys.argv[1], 'another study')\n"
-         "except errors.DataError as error:\n    print(error)\n    sys.exit(3)", str(run.root)],
-        capture_output=True, text=True, cwd=REPOSITORY)
-    assert other.returncode == 3 and f"process {os.getpid()}" in other.stdout
-    training_run.datasets(image_size=16, batch_size=8, max_images=48, cache=None)
-    model = _tiny_model(1, training_run.steps_per_epoch)
-    model.fit(training_run.training_data, validation_data=training_run.validation_data,
-              epochs=1, verbose=0, callbacks=training_run.callbacks(precise_batchnorm_images=0))
-    training_run.finish()
+    assert _run_once(run, while_open=check_lock)[0] is True  # kept: all its files are back
     assert not runlock.lock_path(run.root).exists()
 
 
