@@ -4,8 +4,10 @@ A headless study holds the lock of its run folder from start to end, and a train
 notebook from ``training.TrainingRun`` to ``finish``; a second writer is refused at once,
 with one line naming the holder. The study passes its lock to the notebook kernels it starts
 (the environment variable LOCK_VARIABLE), so they write under it. A lock left by a process
-that is no longer running on this host is stale: it is said and taken over. A lock of another
-host cannot be checked from here: the message says how to remove it.
+that is no longer running on this host is stale: it is said and taken over. The holder
+refreshes its lock file every HEARTBEAT_SECONDS, so a lock of another host (a Colab machine
+gone after a disconnect, its run folder on Drive) counts as stale once it has not been
+refreshed for STALE_AFTER_SECONDS.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import json
 import os
 import socket
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +31,37 @@ LOCK_NAME = ".lock"
 # The lock a parent process (the headless study) holds, inherited by the kernels it starts.
 LOCK_VARIABLE = "BLOOD_CELL_STUDY_LOCK"
 
+HEARTBEAT_SECONDS = 60
+STALE_AFTER_SECONDS = 600
+
 # Locks this process holds: run folder -> (token, how many times acquired).
 _held: dict[Path, list] = {}
+_heartbeat: threading.Thread | None = None
+
+
+def _refresh_held_locks() -> None:
+    """Touch the lock files this process holds, every HEARTBEAT_SECONDS (a daemon thread)."""
+    while True:
+        time.sleep(HEARTBEAT_SECONDS)
+        for root, (token, _) in list(_held.items()):
+            if token is not None:
+                with contextlib.suppress(OSError):
+                    os.utime(lock_path(root))
+
+
+def _start_heartbeat() -> None:
+    global _heartbeat
+    if _heartbeat is None:
+        _heartbeat = threading.Thread(target=_refresh_held_locks, name="run folder lock",
+                                      daemon=True)
+        _heartbeat.start()
+
+
+def _seconds_since_refresh(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 class RunFolderBusyError(DataError):
@@ -107,6 +140,7 @@ def acquire(root: str | os.PathLike, purpose: str) -> None:
     for _ in range(3):  # a stale lock taken over, or one released while we looked
         if _create(path, mine):
             _held[root] = [mine["token"], 1]
+            _start_heartbeat()
             return
         holder = _read_holder(path)
         if holder is None:
@@ -116,9 +150,16 @@ def acquire(root: str | os.PathLike, purpose: str) -> None:
                 f"{root} is locked by {path}, which is not readable: if no study or training "
                 f"notebook is running on this folder, delete {path} and run again.")
         same_host = holder.get("host") == socket.gethostname()
+        silent = _seconds_since_refresh(path)
         if same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
-            print(f"The lock of {root} was left by {describe(holder)}, which is no longer "
-                  "running: taken over.", file=sys.stderr)
+            gone = "is no longer running"
+        elif not same_host and silent > STALE_AFTER_SECONDS:
+            gone = f"has not refreshed it for {silent / 60:.0f} minutes (its machine is gone)"
+        else:
+            gone = ""
+        if gone:
+            print(f"The lock of {root} was left by {describe(holder)}, which {gone}: taken "
+                  "over.", file=sys.stderr)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             continue
@@ -129,8 +170,9 @@ def acquire(root: str | os.PathLike, purpose: str) -> None:
                 "or shut down that kernel). If no study or notebook runs on it (the process "
                 f"number was reused), delete {path}.")
         raise RunFolderBusyError(
-            f"{root} is in use by {describe(holder)}, which cannot be checked from here: "
-            f"wait for it to end, or if it is not running any more, delete {path}.")
+            f"{root} is in use by {describe(holder)}, which refreshed its lock {silent:.0f} s "
+            f"ago: wait for it to end. If that machine is gone, the lock counts as stale "
+            f"{STALE_AFTER_SECONDS // 60} minutes after its last refresh; or delete {path}.")
     raise RunFolderBusyError(f"Could not take the lock {path}: run again.")
 
 

@@ -1,0 +1,75 @@
+"""The run folder's lock: one writer, stale locks taken over, a parent's lock passed on."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import runlock
+from tests.conftest import REPOSITORY
+
+
+def _write_lock(root, *, pid, host, age_seconds=0):
+    path = runlock.lock_path(root)
+    path.write_text(json.dumps({"pid": pid, "host": host, "purpose": "training cnn",
+                                "started": "2026-11-28T10:00:00", "token": "theirs"}))
+    past = time.time() - age_seconds
+    os.utime(path, (past, past))
+    return path
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_lock_of_a_dead_process_on_this_host_is_said_and_taken_over(tmp_path, capsys):
+    _write_lock(tmp_path, pid=_dead_pid(), host=socket.gethostname())
+    with runlock.held(tmp_path, "a study"):
+        assert json.loads(runlock.lock_path(tmp_path).read_text())["pid"] == os.getpid()
+    assert "no longer running: taken over" in capsys.readouterr().err
+    assert not runlock.lock_path(tmp_path).exists()
+
+
+def test_a_lock_of_another_host_is_refused_until_it_goes_silent(tmp_path, capsys):
+    """A Colab machine gone after a disconnect cannot be asked: its lock counts as stale
+    once its holder stopped refreshing it."""
+    _write_lock(tmp_path, pid=123, host="colab-vm-gone", age_seconds=30)
+    with pytest.raises(runlock.RunFolderBusyError, match="process 123 on colab-vm-gone"):
+        runlock.acquire(tmp_path, "a study")
+    _write_lock(tmp_path, pid=123, host="colab-vm-gone",
+                age_seconds=runlock.STALE_AFTER_SECONDS + 60)
+    with runlock.held(tmp_path, "a study"):
+        pass
+    assert "has not refreshed it for 11 minutes" in capsys.readouterr().err
+
+
+def test_the_holder_refreshes_its_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr(runlock, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(runlock, "_heartbeat", None)
+    with runlock.held(tmp_path, "a study"):
+        path = runlock.lock_path(tmp_path)
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+        time.sleep(0.5)
+        assert time.time() - path.stat().st_mtime < 5
+
+
+def test_a_child_given_the_token_writes_under_its_parents_lock(tmp_path):
+    child = ("import sys; from helpers import runlock\n"
+             "runlock.acquire(sys.argv[1], 'kernel'); runlock.release(sys.argv[1])")
+    with runlock.held(tmp_path, "a study"):
+        refused = subprocess.run([sys.executable, "-c", child, str(tmp_path)],
+                                 capture_output=True, text=True, cwd=REPOSITORY)
+        assert refused.returncode != 0 and f"process {os.getpid()}" in refused.stderr
+        environment = {**os.environ, runlock.LOCK_VARIABLE: runlock.token(tmp_path)}
+        allowed = subprocess.run([sys.executable, "-c", child, str(tmp_path)],
+                                 capture_output=True, text=True, cwd=REPOSITORY,
+                                 env=environment)
+        assert allowed.returncode == 0, allowed.stderr
+        assert runlock.lock_path(tmp_path).exists()  # the child did not remove its parent's
+    assert not runlock.lock_path(tmp_path).exists()
