@@ -30,6 +30,9 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP")
 # A size held by fewer than this share of the images is listed as unusual.
 UNUSUAL_SIZE_SHARE = 0.01
 
+NOT_UTF8 = ("unreadable: its name is not valid UTF-8 (it cannot be listed in a split or a "
+            "report): rename it")
+
 INDEX_COLUMNS = [
     "path", "folder", "label", "bytes", "sha256",
     "is_image", "decodable", "format", "width", "height", "mode", "problem",
@@ -66,9 +69,8 @@ def inspect_file(path: Path) -> dict:
         row["problem"] = f"unreadable: {error.strerror or type(error).__name__}"
         return row
     row.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-    if not files.is_utf8_name(path):
-        row["problem"] = ("unreadable: its name is not valid UTF-8 (it cannot be listed in a "
-                          "split or a report): rename it")
+    if not files.is_utf8_name(path.name):
+        row["problem"] = NOT_UTF8
         return row
     if not data:
         row["problem"] = "not an image: empty file"
@@ -137,6 +139,9 @@ def audit(data_root: str | os.PathLike, workers: int | None = None,
             {"path": relative, "folder": folder, "label": label, **result}
             for (_, relative, folder, label), result in zip(listed, results, strict=True)
         ]
+    for row, (path, _, _, _) in zip(rows, listed, strict=True):
+        if not row["problem"] and not files.is_utf8_name(path.relative_to(data_root)):
+            row.update(problem=NOT_UTF8, decodable=False)  # a folder on its way is not UTF-8
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     return AuditResult(data_root=data_root, index=index, summary=summarize(index, data_root))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from helpers import acquire, audit, files, locate, runlock, split, synthetic
 from helpers.errors import DataError
-from helpers.runfolder import RunFolder, check_root, owning_run_folder
+from helpers.runfolder import RunFolder, check_root, mark, owning_run_folder
 
 SOURCES = (*acquire.SOURCES, "synthetic")
 
@@ -78,6 +78,9 @@ def check_split_output(split_csv: Path) -> None:
 def run_split(args: argparse.Namespace) -> None:
     split_csv = Path(args.out)
     check_split_output(split_csv)
+    if files.output_target(split_csv).resolve().is_relative_to(Path(args.data_dir).resolve()):
+        raise DataError(f"--out {split_csv} lies inside the data folder {args.data_dir}: it "
+                        "would be audited as data. Write it elsewhere.")
     result = audit.audit(locate.find_data_root(args.data_dir), progress=True)
     _print_split(split.make_split(result, split_csv, seed=args.seed, force=args.force), split_csv)
 
@@ -98,6 +101,7 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
     run = RunFolder(run_dir)
     check_root(run.root)
     with runlock.held(run.root, "preparing the data (notebook 01)"):
+        mark(run.root)
         staging = None
         if source == "synthetic":
             data_root = Path(data_dir) if data_dir else run.synthetic_data
@@ -153,10 +157,23 @@ def run_synthetic(args: argparse.Namespace) -> None:
     if run is not None:
         raise DataError(f"{args.out_dir} lies among the files of the run folder {run}: give "
                         "a folder of its own (notebook 01 draws a run's synthetic data).")
+    synthetic.check_folder(args.out_dir)
+    files.check_writable(Path(args.out_dir) / "x", "OUT_DIR")
     planted = synthetic.make_synthetic_dataset(
         args.out_dir, images_per_class=args.images_per_class, image_size=args.image_size,
         seed=args.seed, quirks=not args.no_quirks)
     print(f"Synthetic dataset in {args.out_dir}; planted quirks: {json.dumps(planted, indent=2)}")
+
+
+def _count(text: str) -> int:
+    """A whole number of 0 or more (seeds, counts), for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: give 0 or more")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     split_parser = commands.add_parser("split", help="write (or reuse) the split CSV")
     split_parser.add_argument("data_dir")
     split_parser.add_argument("--out", required=True, help="split CSV to write or reuse")
-    split_parser.add_argument("--seed", type=int, default=split.DEFAULT_SEED)
+    split_parser.add_argument("--seed", type=_count, default=split.DEFAULT_SEED)
     split_parser.add_argument("--force", action="store_true",
                               help="make a new split even if a saved one exists")
     split_parser.set_defaults(run=run_split)
@@ -187,18 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     prepare_parser.add_argument("--medmnist-size", type=int, default=224,
                                 choices=sorted(acquire.MEDMNIST_FILES))
     prepare_parser.add_argument("--run-dir", default="runs/latest")
-    prepare_parser.add_argument("--seed", type=int, default=split.DEFAULT_SEED)
+    prepare_parser.add_argument("--seed", type=_count, default=split.DEFAULT_SEED)
     prepare_parser.add_argument("--force", action="store_true",
                                 help="make a new split even if a saved one exists")
-    prepare_parser.add_argument("--images-per-class", type=int, default=12,
+    prepare_parser.add_argument("--images-per-class", type=_count, default=12,
                                 help="cells drawn per class with --source synthetic")
     prepare_parser.set_defaults(run=run_prepare)
 
     synthetic_parser = commands.add_parser("synthetic", help="write a synthetic test dataset")
     synthetic_parser.add_argument("out_dir")
-    synthetic_parser.add_argument("--images-per-class", type=int, default=12)
-    synthetic_parser.add_argument("--image-size", type=int, default=64)
-    synthetic_parser.add_argument("--seed", type=int, default=0)
+    synthetic_parser.add_argument("--images-per-class", type=_count, default=12)
+    synthetic_parser.add_argument("--image-size", type=_count, default=64)
+    synthetic_parser.add_argument("--seed", type=_count, default=0)
     synthetic_parser.add_argument("--no-quirks", action="store_true")
     synthetic_parser.set_defaults(run=run_synthetic)
     return parser

@@ -72,12 +72,13 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
     moved onto it when the ``with`` block ends without error, and removed when it fails.
     ``suffix`` ends the temporary name (Keras saves only to names ending in .keras)."""
     target = output_target(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
-                                        suffix=suffix)
-    os.close(descriptor)
-    temporary = Path(name)
+    temporary = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                            suffix=suffix)
+        os.close(descriptor)
+        temporary = Path(name)
         yield temporary
         mode = (stat.S_IMODE(target.stat().st_mode) if target.exists()
                 else 0o666 & ~_UMASK)
@@ -88,7 +89,8 @@ def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
                  and Path(error.filename) not in (temporary, target) else "")
         raise OutputError(f"Could not write {path}: {error.strerror or error}{about}.") from error
     finally:
-        temporary.unlink(missing_ok=True)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
 
 
 def write_text_atomically(text: str, path: str | os.PathLike) -> None:
@@ -157,9 +159,9 @@ def check_writable(target: Path, option: str) -> None:
                           f"({error.strerror or error}).") from None
 
 
-# Files the study reads wherever they are (a split made with ``data split`` beside no run
-# folder): an output that would replace one is refused.
-_STUDY_FILES = {"split.csv", "split.json", "audit.json", "audit_index.csv"}
+# A split made with ``data split`` outside any run folder, which training may read: an
+# output of another command that would replace one is refused.
+_STUDY_FILES = {"split.csv", "split.json"}
 
 
 def check_output_path(path: str | os.PathLike, inputs: list[str | os.PathLike] = (),

@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         paths = input_files(args.inputs)
         if args.out:
             files.check_output_path(args.out, [args.model, inference.sidecar_path(args.model),
-                                               *paths])
+                                               *paths],
+                                    input_folders=[item for item in args.inputs
+                                                   if Path(item).is_dir()])
         loaded = inference.load_model(args.model)
         if not paths:
             raise DataError("No files found in the inputs given.")

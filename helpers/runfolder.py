@@ -15,7 +15,7 @@ contract. Every path is asked of a ``RunFolder``; nothing else builds one by han
     work/NAME/                              a run in progress: its checkpoints, history,
                                             phases, record and backups, moved into the
                                             places above when it finishes
-    work/NAME.diverged/, NAME.set-aside/    a run that diverged, one that could not resume
+    work/NAME.diverged/, NAME.set-aside-TIME/  a run that diverged, runs that could not resume
     config/NAME.json                        the run record: parameters, split hash, versions
     metrics/NAME_validation.json            validation metrics of the kept model
     metrics/NAME_test.json                  the test report (notebook 5)
@@ -27,6 +27,7 @@ contract. Every path is asked of a ``RunFolder``; nothing else builds one by han
     logs/NOTEBOOK.log                       what its kernels wrote to stderr
     report.html                             the executed notebooks as one page
     .lock                                   who writes the folder now (``runlock``)
+    .blood-cell-study-run                   marks the folder as a run folder
 """
 
 from __future__ import annotations
@@ -44,15 +45,26 @@ from helpers.errors import DataError
 # What a run folder holds, under its root: the study writes and reads these, so no command's
 # output may land among them (``files.check_output_path``).
 RESULT_PARTS = ("data", "synthetic", "models", "history", "work", "config", "metrics",
-                "predictions", "figures", "notebooks", "logs", "report.html", ".lock")
+                "predictions", "figures", "notebooks", "logs", "report.html", ".lock",
+                ".blood-cell-study-run")
+
+
+# The file that marks a run folder (written by notebook 1, the study and training runs).
+MARKER = ".blood-cell-study-run"
 
 
 def is_run_folder(folder: Path) -> bool:
-    """Whether ``folder`` is a run folder: notebook 1 left its audit or split there, or a
-    study or a training run holds its lock, or it holds trained models and their records."""
-    return ((folder / "data" / "split.json").is_file() or (folder / "data" / "audit.json").is_file()
-            or (folder / ".lock").exists()
+    """Whether ``folder`` is a run folder: marked by the study, or holding its lock, or (of an
+    earlier version, before the marker) trained models and their records."""
+    return ((folder / MARKER).exists() or (folder / ".lock").exists()
             or ((folder / "models").is_dir() and (folder / "config").is_dir()))
+
+
+def mark(root: str | os.PathLike) -> None:
+    """Mark ``root`` as a run folder (``is_run_folder``), creating it."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).touch()
 
 
 def owning_run_folder(path: str | os.PathLike) -> Path | None:

@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -40,13 +41,24 @@ _heartbeat: threading.Thread | None = None
 
 
 def _refresh_held_locks() -> None:
-    """Touch the lock files this process holds, every HEARTBEAT_SECONDS (a daemon thread)."""
+    """Touch the lock files this process holds, every HEARTBEAT_SECONDS (a daemon thread);
+    a lock that is no longer this process's (taken over while this machine slept) is said,
+    once, and no longer touched."""
     while True:
         time.sleep(HEARTBEAT_SECONDS)
-        for root, (token, _) in list(_held.items()):
-            if token is not None:
-                with contextlib.suppress(OSError):
-                    os.utime(lock_path(root))
+        for root, entry in list(_held.items()):
+            if entry[0] is None:
+                continue
+            path = lock_path(root)
+            holder = _read_holder(path)
+            if holder is None or holder.get("token") != entry[0]:
+                entry[0] = None
+                print(f"warning: the lock of {root} is no longer this process's (now: "
+                      f"{describe(holder) if holder else 'none'}); another writer may use the "
+                      "folder.", file=sys.stderr)
+                continue
+            with contextlib.suppress(OSError):
+                os.utime(path)
 
 
 def _start_heartbeat() -> None:
@@ -113,6 +125,24 @@ def _create(path: Path, holder: dict) -> bool:
         temporary.unlink(missing_ok=True)
 
 
+def _remove_if_still(path: Path, holder: dict, token: str) -> bool:
+    """Remove the lock file if it is still ``holder``'s: it is moved to a name of this
+    process's first, so two processes that both judged it stale cannot remove each other's
+    new lock. Whether it was removed."""
+    aside = path.with_name(f"{LOCK_NAME}.stale-{token}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return False
+    if (_read_holder(aside) or {}).get("token") == holder.get("token"):
+        aside.unlink(missing_ok=True)
+        return True
+    with contextlib.suppress(OSError):  # another process's new lock: put it back
+        os.link(aside, path)
+    aside.unlink(missing_ok=True)
+    return False
+
+
 def describe(holder: dict) -> str:
     """``process PID on HOST (PURPOSE, since TIME)``."""
     return (f"process {holder.get('pid')} on {holder.get('host')} ({holder.get('purpose')}, "
@@ -133,7 +163,14 @@ def acquire(root: str | os.PathLike, purpose: str) -> None:
     if inherited and holder and holder.get("token") == inherited:
         _held[root] = [None, 1]  # the parent's: it releases it
         return
-    root.mkdir(parents=True, exist_ok=True)
+    try:  # a folder that cannot be written: one line, before anything else
+        root.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = tempfile.mkstemp(dir=root, prefix=f"{LOCK_NAME}.probe-")
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise DataError(f"Cannot write in the run folder {root} ({error.strerror or error}): "
+                        "give a folder you can write to.") from None
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "token": uuid.uuid4().hex}
@@ -158,10 +195,9 @@ def acquire(root: str | os.PathLike, purpose: str) -> None:
         else:
             gone = ""
         if gone:
-            print(f"The lock of {root} was left by {describe(holder)}, which {gone}: taken "
-                  "over.", file=sys.stderr)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            if _remove_if_still(path, holder, mine["token"]):
+                print(f"The lock of {root} was left by {describe(holder)}, which {gone}: "
+                      "taken over.", file=sys.stderr)
             continue
         if same_host:
             raise RunFolderBusyError(

@@ -25,9 +25,10 @@ SPLIT_FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
 SPLIT_COLUMNS = ["path", "label", "sha256", "split"]
 DEFAULT_SEED = 42
 # How to get out of a refused split, in every message that refuses one.
-REMAKE = ("Make a new split: NEW_SPLIT = True in notebook 01, or `--force` with python -m "
-          "helpers.data prepare or split (results made with the old split do not compare "
-          "with new ones), or use another run folder.")
+REMAKE = ("Make a new split: NEW_SPLIT = True in notebook 01 (`--set NEW_SPLIT=true` with "
+          "python -m helpers.study), or `--force` with python -m helpers.data prepare or "
+          "split (results made with the old split do not compare with new ones), or use "
+          "another run folder.")
 
 
 @dataclass
@@ -176,6 +177,8 @@ def make_split(audit_result: AuditResult, split_csv: str | os.PathLike,
     StaleSplitError saying what changed, unless ``force`` makes a new split over it.
     """
     split_csv = Path(split_csv)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DataError(f"The split's seed must be a whole number of 0 or more, got {seed!r}.")
     if not usable_mask(audit_result.index).any():
         raise DataError(f"No usable image in the class folders under {audit_result.data_root} "
                         f"({len(audit_result.index)} file(s), none a readable image in a "

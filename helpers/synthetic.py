@@ -84,6 +84,8 @@ def make_synthetic_dataset(root: str | os.PathLike, images_per_class: int = 12,
     ``corrupt`` (a truncated JPEG) and ``unknown_folder`` (an empty folder).
     """
     root = Path(root)
+    if seed < 0:
+        raise DataError(f"The synthetic dataset's seed must be 0 or more, got {seed}.")
     if images_per_class < 1 or image_size < 16:
         raise DataError(f"A synthetic dataset needs at least 1 image per class and 16 px "
                         f"(asked: {images_per_class} per class, {image_size} px).")
@@ -101,6 +103,9 @@ def make_synthetic_dataset(root: str | os.PathLike, images_per_class: int = 12,
                 else relative in _PLANTED.values() and not quirks):
             path.unlink()
     if not quirks:
+        unknown = root / _PLANTED["unknown_folder"]
+        if unknown.is_dir() and not any(unknown.iterdir()):
+            unknown.rmdir()
         return {}
     _plant_quirks(root, image_size, rng)
     return dict(_PLANTED)
@@ -124,7 +129,7 @@ def check_folder(root: str | os.PathLike) -> None:
 
 # The files make_synthetic_dataset writes: drawn cells, and the quirks it plants.
 _DRAWN = re.compile(r"(?P<label>" + "|".join(CLASS_NAMES)
-                    + r")/(?P=label)_(?P<number>\d{4})\.jpg")
+                    + r")/(?P=label)_(?P<number>\d{4,})\.jpg")
 _PLANTED = {
     "not_image": "neutrophil/.DS_000001.jpg",
     "duplicate_of": "basophil/basophil_0000.jpg",

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import time
 import warnings
+import weakref
 from pathlib import Path
 
 import h5py
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from helpers import files, inference, keras_fixes, metrics, pipeline, runlock
+from helpers import files, inference, keras_fixes, metrics, pipeline, runfolder, runlock
 from helpers.runfolder import RunFolder
 
 keras_fixes.apply()  # float16 on several GPUs trains with NaN weights without it
@@ -479,7 +480,7 @@ class TrainingRun:
     ``metrics/``). So finished results of an earlier run of NAME are replaced only by a
     finished new one; a failed or interrupted run leaves them whole. An unfinished run is
     resumed (by BackupAndRestore) when its notebook runs again, and set aside
-    (``work/NAME.set-aside``) when the split, the seed, its parameters or its precision
+    (``work/NAME.set-aside-TIME``) when the split, the seed, its parameters or its precision
     changed since it started, so a failed experiment never blocks the next run. A finished
     run whose files are not all in place is not finished: it trains again. The run folder's
     lock (``runlock``) is held from creation to ``finish``. ``needs_training``, called after
@@ -500,12 +501,24 @@ class TrainingRun:
                  parameters: dict | None = None):
         self.run, self.name, self.label, self.seed = run, name, label, seed
         self.deterministic = deterministic
+        self._requested_precision = precision
         self.parameters = _normalized(parameters or {})
         self.work = run.work(name)
-        # One writer per run folder: held until ``finish`` (or the process ends).
-        runlock.acquire(run.root, f"training {name}")
-        self.split_frame, self.data_root = run.load_split()
+        self.split_frame, self.data_root = run.load_split()  # no split: refused, no lock taken
         self.split_sha256 = files.file_sha256(run.split_csv)
+        # One writer per run folder: this run holds the lock until ``finish``, or until it is
+        # dropped (a run that failed and is replaced by a new one in a notebook's kernel).
+        runlock.acquire(run.root, f"training {name}")
+        self._release_lock = weakref.finalize(self, runlock.release, run.root)
+        runfolder.mark(run.root)
+        try:
+            self._start()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _start(self) -> None:
+        run, name = self.run, self.name
         self._kept = False  # the whole run finished before with the same recipe
         self._kept_phases: list[str] = []  # phases kept from the finished run, in order
         self._training = False  # a phase of this run trains, so every later one does
@@ -523,9 +536,9 @@ class TrainingRun:
                 print(f"{name} finished before in {run.root}: kept if this is the same recipe, "
                       "else trained again (its results stay in place until the new run "
                       "finishes).")
-        set_seed(seed, deterministic)
+        set_seed(self.seed, self.deterministic)
         self.strategy = select_strategy()
-        self.precision = configure_precision(precision)
+        self.precision = configure_precision(self._requested_precision)
         if self.work.exists():
             self._check_resumable_precision()
         # The training data's pass number: EpochSeeds sets it to the epoch, so the shuffle
@@ -561,10 +574,14 @@ class TrainingRun:
         return self.work / "fingerprints.json"
 
     def _set_aside(self, why: str) -> None:
-        """Move an unfinished run that cannot be resumed out of the way (``work/NAME.set-aside``,
-        replacing an earlier one), so this run starts afresh and nothing is lost."""
-        aside = self.work.with_name(f"{self.name}.set-aside")
-        shutil.rmtree(aside, ignore_errors=True)
+        """Move an unfinished run that cannot be resumed out of the way
+        (``work/NAME.set-aside-TIME``), so this run starts afresh and nothing is lost."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.work.with_name(f"{self.name}.set-aside-{stamp}")
+        number = 1
+        while aside.exists():  # two set aside within a second
+            number += 1
+            aside = self.work.with_name(f"{self.name}.set-aside-{stamp}-{number}")
         os.replace(self.work, aside)
         print(f"The unfinished run {self.name!r} in {self.run.root} started with {why}: "
               f"resuming it would mix two runs. It is set aside in {aside} (to resume it, set "
@@ -902,7 +919,7 @@ class TrainingRun:
             if kept_model is None:
                 kept_model = keras.saving.load_model(self.run.model(self.name), compile=False)
             model.set_weights(kept_model.get_weights())
-        runlock.release(self.run.root)
+        self._release_lock()
         return result
 
     def _check_finite_history(self) -> None:
@@ -937,7 +954,7 @@ class TrainingRun:
         if self.precision == "mixed_float16":
             causes += ("; float16's range (PRECISION = \"float32\" rules it out; float16 "
                        "overflows above 65504)")
-        runlock.release(self.run.root)
+        self._release_lock()
         return TrainingDivergedError(
             f"Run {self.name!r} diverged at {where}{in_phase}: {shown}. "
             f"Nothing of it is kept; results that finished before stay in {self.run.root}. "

@@ -202,7 +202,8 @@ def test_a_refused_split_changes_nothing_in_the_run_folder_and_names_the_paramet
     after = {path: (path.read_bytes(), path.stat().st_mtime_ns)
              for path in run.root.rglob("*") if path.is_file()}
     assert after == before
-    assert sorted(path.name for path in run.root.iterdir()) == ["data", "synthetic"]
+    assert sorted(path.name for path in run.root.iterdir()) == [".blood-cell-study-run", "data",
+                                                                "synthetic"]
     data.prepare("synthetic", run.root, seed=2, synthetic_images_per_class=3, force=True)
     assert json.loads(run.split_metadata.read_text())["seed"] == 2
 
@@ -213,3 +214,21 @@ def test_a_non_utf8_name_given_on_the_command_line_is_one_line(saved_model, tmp_
     assert "caf\\xe9" in capsys.readouterr().err
     with pytest.raises(DataError):
         predict.input_files([missing])
+
+
+def test_outputs_inside_the_inputs_and_a_synthetic_folder_under_a_file_are_refused(
+        saved_model, synthetic_source, tmp_path, capsys):
+    root, _ = synthetic_source
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("notes")
+    cases = [predict.main([str(saved_model), str(root), "--out", str(root / "predictions.csv")]),
+             data.main(["split", str(root), "--out", str(root / "split.csv")]),
+             data.main(["synthetic", str(a_file / "cells")]),
+             data.main(["synthetic", str(a_file)])]
+    assert cases == [1, 1, 1, 1]
+    errors = capsys.readouterr().err
+    assert errors.count("error: ") == 4 and "Traceback" not in errors
+    assert not (root / "predictions.csv").exists() and not (root / "split.csv").exists()
+    with pytest.raises(SystemExit):  # argparse: a usage line and the reason
+        data.main(["split", str(root), "--out", str(tmp_path / "s.csv"), "--seed", "-1"])
+    assert "-1 is negative" in capsys.readouterr().err

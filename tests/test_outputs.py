@@ -17,6 +17,7 @@ def run_folder(tmp_path):
     """A run folder after a study: its data, a history and metrics."""
     root = tmp_path / "run"
     for relative, text in [("data/split.json", '{"seed": 42}'), ("data/split.csv", "x"),
+                           ("data/audit.json", "{}"), (".blood-cell-study-run", ""),
                            ("history/cnn.csv", "epoch\n0\n"),
                            ("metrics/cnn_validation.json", "{}")]:
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -52,9 +53,10 @@ def test_an_output_is_never_written_onto_what_is_not_a_regular_file(tmp_path, ki
         path.symlink_to(os.devnull)
     else:
         path.symlink_to(tmp_path / "nowhere.csv")
+    before = files.file_kind(path)
     with pytest.raises(files.OutputError, match=f"is a.* {kind.split()[-1]}"):
         files.write_text_atomically("text", path)
-    assert files.file_kind(path) == files.file_kind(path)  # still there, unchanged in kind
+    assert files.file_kind(path) == before != "regular file"  # still there, as it was
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]
     if kind == "device":
         assert Path(os.devnull).is_char_device()
@@ -127,6 +129,17 @@ def test_each_write_has_a_temporary_file_of_its_own(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["a.json", "copy.png", "image.png"]
     # Written files get the usual permissions, not a temporary file's 0600.
     assert (out.stat().st_mode & 0o777) == (0o666 & ~files._UMASK)
+
+
+def test_a_command_may_write_its_own_output_again(synthetic_source, tmp_path):
+    """The audit's own report and a split beside no run folder, written twice: the second
+    time is not mistaken for a run folder's files."""
+    root, _ = synthetic_source
+    for _ in range(2):
+        assert data.main(["audit", str(root), "--json", str(tmp_path / "data" / "audit.json"),
+                          "--index-csv", str(tmp_path / "data" / "audit_index.csv")]) == 0
+        assert data.main(["split", str(root), "--out", str(tmp_path / "data" / "split.csv"),
+                          "--force"]) == 0
 
 
 def test_a_read_only_place_is_found_before_the_work(tmp_path, monkeypatch, capsys):

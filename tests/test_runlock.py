@@ -10,6 +10,7 @@ import time
 import pytest
 
 from helpers import runlock
+from helpers.errors import DataError
 from tests.conftest import REPOSITORY
 
 
@@ -73,3 +74,34 @@ def test_a_child_given_the_token_writes_under_its_parents_lock(tmp_path):
         assert allowed.returncode == 0, allowed.stderr
         assert runlock.lock_path(tmp_path).exists()  # the child did not remove its parent's
     assert not runlock.lock_path(tmp_path).exists()
+
+
+def test_a_stale_lock_replaced_meanwhile_by_a_live_one_is_not_removed(tmp_path):
+    """Two processes that both judged a lock stale: the second must not remove the lock the
+    first has just made."""
+    stale = {"token": "stale-one"}
+    path = _write_lock(tmp_path, pid=_dead_pid(), host=socket.gethostname())
+    fresh = json.loads(path.read_text()) | {"token": "fresh-one"}
+    path.write_text(json.dumps(fresh))  # another process took it over meanwhile
+    assert not runlock._remove_if_still(path, stale, "mine")
+    assert json.loads(path.read_text())["token"] == "fresh-one"
+    assert sorted(os.listdir(tmp_path)) == [runlock.LOCK_NAME]
+
+
+def test_a_holder_whose_lock_was_taken_over_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runlock, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(runlock, "_heartbeat", None)
+    with runlock.held(tmp_path, "a study"):
+        _write_lock(tmp_path, pid=123, host="elsewhere")  # taken over while this one slept
+        time.sleep(0.5)
+        assert "no longer this process's" in capsys.readouterr().err
+    assert runlock.lock_path(tmp_path).exists()  # the other's lock stays
+
+
+def test_a_run_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(runlock.tempfile, "mkstemp", read_only)
+    with pytest.raises(DataError, match="Cannot write in the run"):
+        runlock.acquire(tmp_path / "run", "a study")

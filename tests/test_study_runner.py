@@ -245,6 +245,27 @@ def test_ctrl_c_in_the_study_is_one_line_and_exit_code_130(
     assert _hidden(run_dir / "notebooks") == []
 
 
+def test_a_kernel_that_dies_is_one_error_naming_the_notebook(
+        tmp_path, sources, profiles, monkeypatch, capsys):
+    """nbclient raises DeadKernelError when the kernel is killed (out of memory)."""
+    _tiny_notebook(sources / "a.ipynb", "1 + 1")
+    monkeypatch.setattr(study, "NOTEBOOKS", ("a",))
+    monkeypatch.setattr(study, "NOTEBOOK_DIR", sources)
+
+    def died(input_path, output_path, **_):
+        nbformat.write(nbformat.read(input_path, as_version=4), output_path)
+        raise RuntimeError("Kernel died")  # what nbclient's DeadKernelError is
+
+    monkeypatch.setattr(papermill, "execute_notebook", died)
+    run_dir = tmp_path / "run"
+    assert study.main(["--profile", "ok", "--run-dir", str(run_dir)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: a stopped: RuntimeError: Kernel died")
+    assert "Traceback" not in error
+    assert (run_dir / "notebooks" / "a.failed.ipynb").exists()
+    assert not runlock.lock_path(run_dir).exists()
+
+
 # -- a failed rerun ----------------------------------------------------------------------------
 
 def test_a_failed_rerun_keeps_the_completed_notebook(tmp_path, sources):
@@ -265,7 +286,8 @@ def test_a_failed_rerun_keeps_the_completed_notebook(tmp_path, sources):
     failed = notebooks / "a.failed.ipynb"
     assert str(failed) in str(failure.value) and "asked to fail" in failed.read_text()
     assert _hidden(notebooks) == []
-    assert not (notebooks / "a.done.json").exists()
+    # Not done: the record keeps only the files written before, no source or parameters.
+    assert set(json.loads((notebooks / "a.done.json").read_text())) == {"files"}
     # A rerun that succeeds replaces the completed notebook and removes the failed one.
     assert run(False) == ["a"]
     assert not failed.exists() and _hidden(notebooks) == []

@@ -1,3 +1,4 @@
+import gc
 import hashlib
 import json
 import os
@@ -275,7 +276,7 @@ def test_a_run_resumes_only_on_the_split_it_started_with(run, synthetic_source, 
     record = json.loads((run.work("tiny") / "record.json").read_text())
     training.TrainingRun(run, "tiny", label="Tiny CNN", seed=7, deterministic=True)
     assert "started with another split" in capsys.readouterr().out
-    aside = run.root / "work" / "tiny.set-aside"
+    [aside] = (run.root / "work").glob("tiny.set-aside-*")
     assert json.loads((aside / "record.json").read_text()) == record  # set aside, whole
     assert not run.work("tiny").exists()
     # Back with the new split's hash: now the seed differs, and it is set aside again.
@@ -283,7 +284,8 @@ def test_a_run_resumes_only_on_the_split_it_started_with(run, synthetic_source, 
     (run.work("tiny") / "record.json").write_text(json.dumps(
         {**record, "split_sha256": hashlib.sha256(run.split_csv.read_bytes()).hexdigest()}))
     training.TrainingRun(run, "tiny", label="Tiny CNN", seed=8, deterministic=True)
-    assert "started with seed 7" in capsys.readouterr().out and aside.is_dir()
+    assert "started with seed 7" in capsys.readouterr().out
+    assert len(list((run.root / "work").glob("tiny.set-aside-*"))) == 2  # none lost
     _train_tiny(run, epochs=1)[0].finish()
 
 
@@ -444,8 +446,10 @@ def test_a_failed_run_with_other_parameters_never_blocks_the_one_that_finished(r
     kept, _ = _run_once(run)  # the original recipe again
     assert kept and "set aside" in capsys.readouterr().out
     assert run.model("tiny").read_bytes() == model_bytes
-    assert (run.root / "work" / "tiny.set-aside" / "record.json").exists()
+    assert [path.name for path in (run.root / "work").glob("tiny.set-aside-*/record.json")]
     assert not run.work("tiny").exists()
+    gc.collect()  # the stopped run, dropped: its hold on the lock goes with it
+    assert not runlock.lock_path(run.root).exists()
 
 
 def test_a_finished_run_with_a_missing_file_trains_again_under_the_run_folders_lock(run,

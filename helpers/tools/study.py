@@ -44,7 +44,7 @@ import pandas as pd
 import papermill
 import yaml
 
-from helpers import files, progressbar, project, runlock
+from helpers import files, progressbar, project, runfolder, runlock
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder, check_root
 
@@ -108,6 +108,9 @@ def load_profile(name: str) -> dict:
         profile = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise StudyError(f"{path} is not valid YAML: {_yaml_problem(error)}") from None
+    except UnicodeDecodeError as error:
+        raise StudyError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})"
+                         ) from None
     if profile is None:  # an empty profile: the notebooks' defaults
         return {}
     if not isinstance(profile, dict) or not all(isinstance(key, str) for key in profile):
@@ -326,6 +329,7 @@ def run_study(parameters: dict, run_dir: str, force: bool = False,
     run = RunFolder(project.resolve(run_dir))
     check_root(run.root)
     with runlock.held(run.root, f"python -m helpers.study into {run.root}"):
+        runfolder.mark(run.root)
         run.notebooks.mkdir(parents=True, exist_ok=True)
         # Left by a study that was killed: under the lock, no other study writes here.
         for leftover in [*run.notebooks.glob(".*.running-*"), *run.notebooks.glob(".*.tmp")]:
@@ -362,9 +366,10 @@ def _run_notebook(run: RunFolder, run_dir: str, source: Path, parameters: dict, 
             return False
         missing = missing or output.relative_to(run.root).as_posix()
         log(f"{counter}: {missing} is missing, run again")
-    record_path.unlink(missing_ok=True)
-    # A rerun that resumes may leave some of its files as they were: still its files.
+    # A rerun that resumes may leave some of its files as they were: still its files. Until
+    # it succeeds its record holds only them (no source or parameters: not done).
     earlier = {path for path in recorded_files(stored) if (run.root / path).exists()}
+    files.write_json({"files": sorted(earlier)}, record_path)
     before = snapshot(run.root)
     _execute(run, source, given, counter)
     written = {path for path, status in snapshot(run.root).items()
@@ -403,6 +408,11 @@ def _execute(run: RunFolder, source: Path, given: dict, counter: str) -> None:
             raise
     except papermill.PapermillExecutionError as error:
         raise StudyError(failure_message(name, error, failed, run.log(name))) from None
+    except Exception as error:  # the kernel died (out of memory, killed) or would not start
+        raise StudyError(
+            f"{name} stopped: {type(error).__name__}: {error}. Its kernel died or could not "
+            f"start (out of memory?). The notebook as far as it ran: {failed}\n"
+            f"What its kernel wrote to stderr: {run.log(name)}") from None
     failed.unlink(missing_ok=True)
 
 
