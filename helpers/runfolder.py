@@ -64,7 +64,8 @@ def mark(root: str | os.PathLike) -> None:
     """Mark ``root`` as a run folder (``is_run_folder``), creating it."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    (root / MARKER).touch()
+    if not (root / MARKER).exists():  # written once: a refused notebook changes nothing
+        (root / MARKER).touch()
 
 
 def owning_run_folder(path: str | os.PathLike) -> Path | None:

@@ -150,7 +150,9 @@ def test_study_skips_completed_notebooks_and_names_the_failing_cell(tmp_path):
     assert "b failed in the cell run as In [3]" in message and "ZeroDivisionError" in message
     assert "VALUE / 0" in message
     assert str(tmp_path / "run" / "logs" / "b.log") in message
-    assert not (tmp_path / "run" / "notebooks" / "b.done.json").exists()
+    # b is not done: its record holds no source or parameters (only files written before).
+    assert "parameters" not in json.loads(
+        (tmp_path / "run" / "notebooks" / "b.done.json").read_text())
     record = json.loads((tmp_path / "run" / "notebooks" / "a.done.json").read_text())
     assert record["parameters"] == {"RUN_DIR": run_dir, "VALUE": 3}
 

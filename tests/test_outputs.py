@@ -68,7 +68,9 @@ def test_commands_refuse_run_folder_files_inputs_and_odd_outputs_before_any_work
     image = next(root.glob("basophil/*.jpg"))
     fifo = tmp_path / "fifo.csv"
     os.mkfifo(fifo)
-    under_a_file = image / "report.json"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("notes")
+    under_a_file = notes / "report.json"
     before = _contents(run_folder), image.read_bytes()
     # Any work would be a load or an audit: fail loudly if one starts.
     monkeypatch.setattr("helpers.inference.load_model", lambda *_: pytest.fail("did work"))
