@@ -106,8 +106,11 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
         if source == "synthetic":
             data_root = Path(data_dir) if data_dir else run.synthetic_data
             synthetic.check_folder(data_root)
+            # Left by a prepare that was killed (under the lock, no other one runs here).
+            for leftover in [*data_root.parent.glob(f".{data_root.name}.new-*"),
+                             *data_root.parent.glob(f".{data_root.name}.old-*")]:
+                shutil.rmtree(leftover, ignore_errors=True)
             staging = data_root.with_name(f".{data_root.name}.new-{os.getpid()}")
-            shutil.rmtree(staging, ignore_errors=True)
         else:
             data_root = acquire.acquire(source, data_dir=data_dir, cache_dir=cache_dir,
                                         medmnist_size=medmnist_size)

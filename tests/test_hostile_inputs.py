@@ -193,7 +193,10 @@ def test_a_refused_split_changes_nothing_in_the_run_folder_and_names_the_paramet
     """Notebook 01's path: synthetic cells drawn from the seed, then the split. With another
     seed the saved split no longer fits: refused before the cells or the audit change."""
     run = RunFolder(tmp_path / "run")
+    leftover = run.root / ".synthetic.new-999999"  # of a prepare that was killed
+    leftover.mkdir(parents=True)
     data.prepare("synthetic", run.root, seed=1, synthetic_images_per_class=3)
+    assert not leftover.exists()
     before = {path: (path.read_bytes(), path.stat().st_mtime_ns)
               for path in run.root.rglob("*") if path.is_file()}
     with pytest.raises(StaleSplitError) as refused:
