@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
-from helpers import files, pipeline, progressbar
+from helpers import files, progressbar
 from helpers.labels import CLASS_NAMES
 from helpers.locate import class_folders
 
@@ -94,6 +93,12 @@ def inspect_file(path: Path) -> dict:
         supported = ", ".join(SUPPORTED_FORMATS)
         row["problem"] = f"unsupported format {row['format']} (supported: {supported})"
         return row
+    # TensorFlow only here: the runner and the run folder's readers import this module, and
+    # must not wait for TensorFlow to refuse a busy run folder.
+    import tensorflow as tf
+
+    from helpers import pipeline
+
     try:  # the decoder the pipeline uses decides: a truncated JPEG opens and fails only here
         pipeline.decode_rgb(data)
     except tf.errors.OpError as error:

@@ -474,14 +474,16 @@ def _study(args: argparse.Namespace) -> None:
                else f"runs/{args.profile}")
     check_root(project.resolve(run_dir))
     print(f"Profile {args.profile}, run folder {project.resolve(run_dir)}")
-    run_study(parameters, run_dir, force=args.force, notebooks=NOTEBOOKS,
-              notebook_dir=NOTEBOOK_DIR)
     run = RunFolder(project.resolve(run_dir))
-    if run.comparison_table.exists():
-        with pd.option_context("display.width", 200, "display.max_columns", 20):
-            print("\n" + pd.read_csv(run.comparison_table, index_col="model").T.to_string())
-    if all((run.notebooks / f"{name}.ipynb").exists() for name in NOTEBOOKS):
-        print(f"\nThe executed notebooks as one page: {write_report(run, NOTEBOOKS)}")
+    # The report too is written under the lock (run_study takes it again: a count).
+    with runlock.held(run.root, f"python -m helpers.study into {run.root}"):
+        run_study(parameters, run_dir, force=args.force, notebooks=NOTEBOOKS,
+                  notebook_dir=NOTEBOOK_DIR)
+        if run.comparison_table.exists():
+            with pd.option_context("display.width", 200, "display.max_columns", 20):
+                print("\n" + pd.read_csv(run.comparison_table, index_col="model").T.to_string())
+        if all((run.notebooks / f"{name}.ipynb").exists() for name in NOTEBOOKS):
+            print(f"\nThe executed notebooks as one page: {write_report(run, NOTEBOOKS)}")
 
 
 if __name__ == "__main__":
