@@ -1,5 +1,5 @@
 """The headless runner (helpers/tools/study.py): the run folder's lock, errors as one line,
-missing outputs, interrupts and failed reruns.
+missing outputs, interrupts, failed reruns and the line a notebook shows.
 
 Each notebook here is a tiny one written in tmp_path (a kernel start costs seconds); where no
 notebook needs to run, papermill is replaced by a stand-in that records the call.
@@ -8,18 +8,21 @@ notebook needs to run, papermill is replaced by a stand-in that records the call
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from helpers import runlock
+from helpers import liveprogress, runlock
 from helpers.tools import study
 
 
@@ -303,3 +306,143 @@ def test_a_leftover_temporary_notebook_is_removed(tmp_path, no_execution):
     assert study.run_study({}, str(run_dir), notebooks=(), log=lambda message: None) == []
     assert not leftover.exists()
 
+
+
+# -- the notebook's line -------------------------------------------------------------------------
+
+def _progress(**changes) -> dict:
+    """Progress as training.LiveProgress writes it: run cnn_seed43, epoch 5 of 15."""
+    return {"run": "cnn_seed43", "phase": None, "epoch": 5, "epochs": 15, "step": 120,
+            "steps": 187, "stage": "training", "completed": 4, "initial": 0, "elapsed": 130.0,
+            "eta": 260.0, "updated": 1000.0, **changes}
+
+
+def test_the_line_shows_the_cell_and_what_the_training_run_does():
+    line = lambda progress, now=1000.0, width=None: study.notebook_line(  # noqa: E731
+        "[3/5] 03_train_cnn", 16, 21, 394, progress, now, width)
+    assert line(None) == "[3/5] 03_train_cnn: cell 17/21, 06:34"
+    assert line(_progress()) == ("[3/5] 03_train_cnn: cell 17/21, 06:34 | cnn_seed43: epoch "
+                                 "5/15, step 120/187, 02:10 elapsed, ~04:20 left")
+    # Written 3 s ago: the run went on since.
+    assert line(_progress(), now=1003.0).endswith("02:13 elapsed, ~04:17 left")
+    # Phase 2 of ResNet50 continues the count; validation; no estimate yet; over an hour.
+    assert line(_progress(run="resnet50", phase="phase 2", epoch=7, epochs=9,
+                          stage="validating", eta=None, elapsed=3725.0)).endswith(
+        "| resnet50 (phase 2): epoch 7/9, validating, 1:02:05 elapsed")
+    assert study.final_line("[3/5] 03_train_cnn", 21, 21, 1930) == (
+        "[3/5] 03_train_cnn: 21/21 cells, 32:10")
+    assert study.notebook_line("[3/5] 03_train_cnn", 21, 21, 1930) == (  # shutting down
+        "[3/5] 03_train_cnn: 21/21 cells, 32:10")
+    # Too wide: the step and elapsed time go first, then the end is cut.
+    assert line(_progress(), width=80) == (
+        "[3/5] 03_train_cnn: cell 17/21, 06:34 | cnn_seed43: epoch 5/15, ~04:20 left")
+    for width in range(4, 120):
+        shown = line(_progress(run="a_rather_long_run_name_seed43", phase="frozen"),
+                     width=width)
+        assert len(shown) <= width, (width, shown)
+    assert line(_progress(), width=50) == "[3/5] 03_train_cnn: cell 17/21, 06:34 | cnn_see..."
+
+
+def test_progress_missing_garbled_or_stale_is_not_shown(tmp_path):
+    path = tmp_path / "progress.json"
+    assert liveprogress.read(path) is None  # no file yet
+    for garbled in ['{"run": "cnn_seed43", "epoch": 5, "ep', "[1, 2]", "null", "\xff\xfe",
+                    json.dumps(_progress(epoch="5")), json.dumps(_progress(stage="resting")),
+                    json.dumps(_progress(elapsed=float("nan"))), json.dumps(_progress(run="")),
+                    json.dumps(_progress(epochs=True)), json.dumps({"run": "cnn_seed43"})]:
+        path.write_text(garbled, encoding="latin-1")
+        assert liveprogress.read(path) is None, garbled
+    path.write_text(json.dumps(_progress()))
+    progress = liveprogress.read(path)
+    assert progress == _progress()
+    assert liveprogress.is_current(progress, since=999.0, now=1001.0)
+    # Written before the running cell started: of a cell that finished.
+    assert not liveprogress.is_current(progress, since=1000.5, now=1001.0)
+    assert not liveprogress.is_current(progress, since=None, now=1000.0 + 3600)  # silent
+    ended = _progress(stage="ended")
+    assert not liveprogress.is_current(ended, since=999.0, now=1001.0)
+    assert liveprogress.is_current(ended, since=999.0, now=1001.0, include_ended=True)
+    assert not liveprogress.is_current(None, since=None, now=1001.0)
+
+
+class _Stream(io.StringIO):
+    def __init__(self, terminal: bool) -> None:
+        super().__init__()
+        self.terminal = terminal
+
+    def isatty(self) -> bool:
+        return self.terminal
+
+
+def _line_for(tmp_path, terminal, cells):
+    """A NotebookLine on a fake stream and clock, ticked by hand; (line, stream, clock)."""
+    stream, now = _Stream(terminal), [1000.0]
+    line = study.NotebookLine("[1/1] a", tmp_path / "progress.json", stream=stream,
+                              clock=lambda: now[0], width=lambda: 100)
+    line.start(lambda: cells[0], background=False)
+    return line, stream, now
+
+
+def test_on_a_terminal_the_line_is_redrawn_with_current_progress_only(tmp_path):
+    cells = [(2, 5, 1000.0)]  # cell 3 of 5 runs, since 1000
+    line, stream, now = _line_for(tmp_path, True, cells)
+    path = tmp_path / "progress.json"
+    assert stream.getvalue() == "\r[1/1] a: cell 3/5, 00:00"
+    for content, shown in [(json.dumps(_progress(updated=1001.0)), True),
+                           ('{"run": "cnn_seed43", "ep', False),  # cut short
+                           (json.dumps(_progress(updated=999.0)), False),  # an earlier cell's
+                           (json.dumps(_progress(updated=1001.0, stage="ended")), False)]:
+        path.write_text(content)
+        now[0] += 1
+        before = len(stream.getvalue())
+        line.tick()
+        drawn = stream.getvalue()[before:]
+        assert drawn.startswith("\r[1/1] a: cell 3/5, ") and "\n" not in drawn
+        assert ("| cnn_seed43: epoch 5/15" in drawn) == shown, content
+        assert len(drawn.rstrip(" ")) <= 101
+    cells[0] = (5, 5, None)
+    line.stop()
+    assert re.search(r"\r\[1/1\] a: 5/5 cells, 00:04 *\n\Z", stream.getvalue())
+
+
+def test_in_a_log_the_line_says_each_epoch_done_once(tmp_path):
+    cells = [(2, 5, 1000.0)]
+    line, stream, now = _line_for(tmp_path, False, cells)
+    path = tmp_path / "progress.json"
+    for completed, stage in [(0, "training"), (1, "training"), (1, "validating"),
+                             (2, "training"), (2, "ended")]:
+        path.write_text(json.dumps(_progress(completed=completed, stage=stage, epochs=2,
+                                             updated=now[0])))
+        line.tick()
+        now[0] += 1
+    cells[0] = (5, 5, None)
+    line.stop()
+    assert stream.getvalue() == (
+        "[1/1] a: cell 3/5, 00:01 | cnn_seed43: 1/2 epochs done, 02:10 elapsed, ~04:20 left\n"
+        "[1/1] a: cell 3/5, 00:03 | cnn_seed43: 2/2 epochs done, 02:10 elapsed, ~04:20 left\n"
+        "[1/1] a: 5/5 cells, 00:05\n")
+
+
+def test_the_kernels_write_progress_to_a_file_the_line_shows(tmp_path, sources, capsys,
+                                                            monkeypatch):
+    monkeypatch.delenv(liveprogress.PROGRESS_VARIABLE, raising=False)
+    _tiny_notebook(sources / "a.ipynb", "import time\nfrom pathlib import Path\n"
+                   "from helpers import liveprogress\n"
+                   "path = liveprogress.path_from_environment()\n"
+                   "Path(RUN_DIR, 'progress_file.txt').write_text(str(path))\n"
+                   "liveprogress.ProgressWriter(path).write({'run': 'fake', 'phase': None,\n"
+                   "    'epoch': 2, 'epochs': 2, 'step': 0, 'steps': 3, 'stage': 'training',\n"
+                   "    'completed': 1, 'initial': 0, 'elapsed': 1.0, 'eta': 1.0})\n"
+                   "time.sleep(2.5)  # the runner looks every second")
+    run_dir = tmp_path / "run"
+    assert study.run_study({}, str(run_dir), notebooks=("a",), notebook_dir=sources,
+                           log=lambda message: None) == ["a"]
+    out = capsys.readouterr().out  # not a terminal: a line per epoch done, and the last
+    lines = out.splitlines()
+    assert len(lines) == 2 and "\r" not in out, out
+    assert lines[0].startswith("[1/1] a: cell 4/4, 00:0")  # papermill injects a cell
+    assert " | fake: 1/2 epochs done, " in lines[0]
+    assert re.fullmatch(r"\[1/1\] a: 4/4 cells, 00:\d\d", lines[1])
+    progress_file = Path((run_dir / "progress_file.txt").read_text())
+    assert progress_file.name == "progress.json" and not progress_file.parent.exists()
+    assert liveprogress.PROGRESS_VARIABLE not in os.environ

@@ -18,6 +18,17 @@ first failing notebook, naming the cell and the error; the notebook as far as it
 ``notebooks/NAME.failed.ipynb``, and the ``NAME.ipynb`` of an earlier successful run stays.
 Ctrl-C stops it the same way (exit status 130); the same command resumes.
 
+Each notebook shows one line, redrawn in place on a terminal: the cell running and the time
+since the notebook started, and while a model trains, its run, epoch of epochs, step, time
+since its ``fit`` began and an estimate of the time left (``helpers.liveprogress``), cut to the
+terminal's width:
+
+    [3/5] 03_train_cnn: cell 17/21, 06:34 | cnn_seed43: epoch 5/15, step 120/187,
+        02:10 elapsed, ~04:20 left       (one line)
+
+When the notebook ends it leaves "[3/5] 03_train_cnn: 21/21 cells, 32:10". Where stdout is not
+a terminal (a log file, CI) nothing is redrawn: a line per epoch a run finishes, then that one.
+
 The study holds the run folder's lock (``helpers.runlock``) from start to end and passes it to
 the kernels it starts, so their training writes under it; a second study on the same folder,
 or one started while a notebook elsewhere trains into it, is refused at once, naming the
@@ -30,21 +41,27 @@ import argparse
 import ast
 import builtins
 import contextlib
+import datetime
 import difflib
 import hashlib
 import json
 import os
 import re
+import shutil
 import sys
-from collections.abc import Iterable, Iterator
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 import papermill
 import yaml
+from papermill.engines import NBClientEngine, papermill_engines
 
-from helpers import files, progressbar, project, runfolder, runlock
+from helpers import files, liveprogress, progressbar, project, runfolder, runlock
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder, check_root
 
@@ -314,6 +331,190 @@ def stderr_to(path: Path) -> Iterator[None]:
         os.close(saved)
 
 
+# -- the notebook's line on the terminal ---------------------------------------------------------
+
+def fit_width(line: str, width: int | None) -> str:
+    """``line`` cut to ``width`` characters (ending in "..."), or as it is (None: no limit)."""
+    if width is None or len(line) <= width:
+        return line
+    return line[:width - 3] + "..." if width > 3 else line[:max(0, width)]
+
+
+def notebook_line(counter: str, done: int, total: int, elapsed: float,
+                  progress: dict | None = None, now: float | None = None,
+                  width: int | None = None) -> str:
+    """The line of a notebook that runs: the cell running (``done`` cells of ``total`` are
+    done) and the time since it started, then what its training run does (``progress``, as
+    ``liveprogress.read`` gives it, as of ``now``), within ``width`` characters:
+
+        [3/5] 03_train_cnn: cell 17/21, 06:34 | cnn_seed43: epoch 5/15, step 120/187,
+        02:10 elapsed, ~04:20 left
+
+    (one line). Where it is too wide the step and elapsed time go first, then its end."""
+    if done >= total:  # the kernel shuts down
+        return fit_width(final_line(counter, done, total, elapsed), width)
+    line = f"{counter}: cell {done + 1}/{total}, {liveprogress.clock(elapsed)}"
+    if progress is None:
+        return fit_width(line, width)
+    now = time.time() if now is None else now
+    full = f"{line} | {liveprogress.describe(progress, now)}"
+    if width is None or len(full) <= width:
+        return full
+    return fit_width(f"{line} | {liveprogress.describe(progress, now, short=True)}", width)
+
+
+def final_line(counter: str, done: int, total: int, elapsed: float) -> str:
+    """The line a notebook leaves: "[3/5] 03_train_cnn: 21/21 cells, 32:10"."""
+    return f"{counter}: {done}/{total} cells, {liveprogress.clock(elapsed)}"
+
+
+def _terminal_width() -> int:
+    """Columns for a redrawn line: one less than the terminal's, so it never wraps."""
+    return max(20, shutil.get_terminal_size().columns - 1)
+
+
+class NotebookLine:
+    """The one line a notebook shows on ``stream`` (stdout) while it runs (``start``) and
+    after (``stop``: ``final_line``).
+
+    On a terminal it is redrawn in place every ``interval`` seconds from the cells done
+    (``cells``) and the progress file the kernel's training writes (``progress_file``,
+    ``liveprogress``): ``notebook_line``, cut to the terminal's width. Progress written before
+    the running cell started, or by a ``fit`` that ended, is not shown; a missing or garbled
+    file shows nothing. Elsewhere (a log file, CI) nothing is redrawn: one line per epoch a
+    training run finishes, then the final line.
+    """
+
+    def __init__(self, counter: str, progress_file: Path, stream=None, interval: float = 1.0,
+                 clock: Callable[[], float] = time.time,
+                 width: Callable[[], int] = _terminal_width) -> None:
+        self.counter, self.progress_file = counter, Path(progress_file)
+        self.stream = stream
+        self.interval, self.clock, self.width = interval, clock, width
+        self._cells: Callable[[], tuple[int, int, float | None]] = lambda: (0, 0, None)
+        self._done = self._total = 0
+        self._drawn = 0  # characters of the line drawn last
+        self._logged: tuple | None = None  # the epochs done said last (not a terminal)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _out(self):
+        return self.stream if self.stream is not None else sys.stdout
+
+    def _is_terminal(self) -> bool:
+        try:
+            return bool(self._out().isatty())
+        except (AttributeError, ValueError):  # no isatty, or closed
+            return False
+
+    def start(self, cells: Callable[[], tuple[int, int, float | None]],
+              background: bool = True) -> None:
+        """Start showing the line: ``cells()`` gives (cells done, cells in all, when the
+        running cell started or None); with ``background``, a thread redraws it."""
+        self._cells, self._started = cells, self.clock()
+        self.tick()
+        if background:
+            self._thread = threading.Thread(target=self._run, name="notebook line",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval):
+            self.tick()
+
+    def tick(self) -> None:
+        """Draw the line once (or, not on a terminal, say an epoch done). Never raises: the
+        line must not stop the study."""
+        try:
+            with self._lock:
+                self._tick()
+        except Exception:  # a notebook changed under us, a stream closed: skip this one
+            pass
+
+    def _tick(self) -> None:
+        now = self.clock()
+        self._done, self._total, since = self._cells()
+        progress = liveprogress.read(self.progress_file)
+        elapsed = now - self._started
+        if self._is_terminal():
+            shown = progress if liveprogress.is_current(progress, since, now) else None
+            self._draw(notebook_line(self.counter, self._done, self._total, elapsed, shown,
+                                     now, self.width()))
+        elif (liveprogress.is_current(progress, since, now, include_ended=True)
+              and liveprogress.epochs_done_in_fit(progress) > 0):
+            said = (progress["run"], progress.get("phase"), progress.get("initial"),
+                    progress.get("completed"))
+            if said != self._logged:
+                self._logged = said
+                line = notebook_line(self.counter, self._done, self._total, elapsed)
+                self._out().write(
+                    f"{line} | {liveprogress.describe_epochs_done(progress, now)}\n")
+                self._out().flush()
+
+    def _draw(self, line: str, end: str = "") -> None:
+        padding = " " * max(0, min(self._drawn, self.width()) - len(line))
+        self._out().write(f"\r{line}{padding}{end}")
+        self._out().flush()
+        self._drawn = 0 if end else len(line)
+
+    def stop(self) -> None:
+        """Stop redrawing and leave the final line."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        with contextlib.suppress(Exception):
+            self._done, self._total, _ = self._cells()
+        with self._lock:
+            line = final_line(self.counter, self._done, self._total,
+                              self.clock() - self._started)
+            if self._is_terminal():
+                self._draw(line, end="\n")
+            else:
+                self._out().write(line + "\n")
+                self._out().flush()
+
+
+def _started_at(text: object) -> float | None:
+    """A papermill time stamp (ISO 8601) as seconds since the epoch, or None."""
+    try:
+        return datetime.datetime.fromisoformat(str(text)).timestamp()
+    except ValueError:
+        return None
+
+
+def cell_state(notebook: nbformat.NotebookNode) -> tuple[int, int, float | None]:
+    """(cells done, cells in all, when the running cell started) of a notebook papermill
+    executes, from the status it keeps in each cell's metadata."""
+    done, since = 0, None
+    for cell in notebook.cells:
+        state = cell.get("metadata", {}).get("papermill", {})
+        status = state.get("status")
+        if status in ("completed", "failed"):
+            done += 1
+        elif status == "running":
+            since = _started_at(state.get("start_time"))
+    return done, len(notebook.cells), since
+
+
+class StudyEngine(NBClientEngine):
+    """papermill's engine (nbclient), showing a ``NotebookLine`` while the notebook runs."""
+
+    @classmethod
+    def execute_managed_notebook(cls, nb_man, kernel_name, study_line=None, **kwargs):
+        if study_line is None:
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+        study_line.start(lambda: cell_state(nb_man.nb))
+        try:
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+        finally:
+            study_line.stop()
+
+
+ENGINE = "blood-cell-study"
+papermill_engines.register(ENGINE, StudyEngine)
+
+
 def run_study(parameters: dict, run_dir: str, force: bool = False,
               notebooks: tuple[str, ...] = NOTEBOOKS, notebook_dir: Path = NOTEBOOK_DIR,
               log=print) -> list[str]:
@@ -321,7 +522,8 @@ def run_study(parameters: dict, run_dir: str, force: bool = False,
 
     Each notebook gets the profile's parameters it declares, with RUN_DIR set to
     ``run_dir`` (a relative one is relative to the repository root, in the notebooks too).
-    Each shows one line on stdout (its progress in cells); its kernel's stderr goes to
+    Each shows one line on stdout (``NotebookLine``: its cells, and what a training run in
+    it does); its kernel's stderr goes to
     ``RUN_DIR/logs/NAME.log``. The run folder's lock is held throughout (RunFolderBusyError
     when another process holds it). Raises StudyError at the first failure, and
     StudyInterrupted (a KeyboardInterrupt naming the notebook) on Ctrl-C.
@@ -386,20 +588,24 @@ def _execute(run: RunFolder, source: Path, given: dict, counter: str) -> None:
     output = run.notebooks / f"{name}.ipynb"
     failed = run.notebooks / f"{name}.failed.ipynb"
     running = run.notebooks / f".{name}.running-{os.getpid()}.ipynb"
-    progress = {"file": sys.stdout, "desc": counter, "mininterval": 1.0,
-                "bar_format": "{desc}: {n_fmt}/{total_fmt} cells, {elapsed}"}
-    # Kernels launched from here print progress bars as one final line (helpers.progressbar)
-    # and hold the study's lock (their training code acquires it on the same folder).
+    # Kernels launched from here print progress bars as one final line (helpers.progressbar),
+    # hold the study's lock (their training code acquires it on the same folder) and write
+    # their training's progress to a file of a folder of this notebook's own, which its line
+    # shows (helpers.liveprogress).
     variables = {progressbar.HEADLESS_VARIABLE: "1"}
     token = runlock.token(run.root)
     if token is not None:  # None: this process writes under an inherited lock, passed on as is
         variables[runlock.LOCK_VARIABLE] = token
     try:
         try:
-            with environment(variables), stderr_to(run.log(name)):
-                papermill.execute_notebook(str(source), str(running), parameters=given,
-                                           cwd=str(project.ROOT), kernel_name="python3",
-                                           progress_bar=progress)
+            with tempfile.TemporaryDirectory(prefix="blood-cell-study-progress-") as folder:
+                progress_file = Path(folder) / "progress.json"
+                variables[liveprogress.PROGRESS_VARIABLE] = str(progress_file)
+                with environment(variables), stderr_to(run.log(name)):
+                    papermill.execute_notebook(str(source), str(running), parameters=given,
+                                               cwd=str(project.ROOT), kernel_name="python3",
+                                               progress_bar=False, engine_name=ENGINE,
+                                               study_line=NotebookLine(counter, progress_file))
             remove_start_up_noise(running)
             os.replace(running, output)
         except BaseException:  # Ctrl-C included: no temporary file stays behind
