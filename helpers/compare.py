@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import keras
+import numpy as np
 import pandas as pd
 
 from helpers import evaluate, files, inference, metrics, models
@@ -118,6 +119,7 @@ def evaluate_on_test(run: RunFolder, name: str, loaded: inference.LoadedModel,
         "nll_after": metrics.negative_log_likelihood(y_test, scaled),
         "ece_before": metrics.expected_calibration_error(y_test, test_probabilities),
         "ece_after": metrics.expected_calibration_error(y_test, scaled),
+        "temperature_at_bound": metrics.temperature_at_bound(temperature),
     }
     if tta:
         augmented = evaluate.predict_split(run, name, "test", loaded, tta=True)
@@ -206,3 +208,235 @@ def comparison_table(reports: dict[str, dict], costs: dict[str, dict],
                     "parameters": cost["parameters"]})
         rows.append(row)
     return pd.DataFrame(rows).set_index("model")
+
+
+def phase_dynamics(run: RunFolder, name: str, threshold: float = CONVERGENCE_ACCURACY,
+                   row_name: str | None = None) -> pd.DataFrame:
+    """``learning_dynamics`` of run NAME, one row per training phase when it had two
+    (ResNet50: frozen, then fine-tuned), else one row, named ``row_name`` (default: the
+    run's label). Epoch numbers stay those of the whole run (a fine-tuning phase after 5
+    frozen epochs starts at epoch 6), so ``best_epoch`` of each row is the checkpoint that
+    phase kept."""
+    epochs = run.read_history(name)
+    label = row_name or run.read_run_record(name)["label"]
+    boundary = run.phase_boundary(name)
+    if not boundary or boundary >= len(epochs):
+        table = dynamics_table({label: epochs}, threshold)
+        # A run that went on from another's epoch count (notebook 4's phase-2 mistakes):
+        # its epochs are numbered as fit counted them.
+        first = int(epochs["epoch"].iloc[0]) if "epoch" in epochs and len(epochs) else 0
+        for column in ("best_epoch", "overfitting_from", "epochs_to_threshold"):
+            table[column] = table[column] + first
+        return table
+    rows = {}
+    for phase, part in ((f"{label}: phase 1 (frozen base)", epochs.iloc[:boundary]),
+                        (f"{label}: phase 2 (fine-tuned)", epochs.iloc[boundary:])):
+        row = learning_dynamics(part.reset_index(drop=True), threshold)
+        first = int(part.index[0])
+        row["best_epoch"] += first
+        for key in ("overfitting_from", "epochs_to_threshold"):
+            if row[key] is not None:
+                row[key] += first
+        if row["minutes_to_threshold"] is not None:  # minutes of the whole run, as epochs
+            row["minutes_to_threshold"] += float(epochs["epoch_seconds"].iloc[:first].sum() / 60)
+        rows[phase] = row
+    return pd.DataFrame.from_dict(rows, orient="index").convert_dtypes()
+
+
+def per_class_table(reports: dict[str, dict]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class (rows) and model (column groups), from
+    ``evaluate_on_test`` reports keyed by the models' labels."""
+    return pd.concat({label: pd.DataFrame.from_dict(report["per_class"], orient="index")
+                      [["precision", "recall", "f1", "support"]]
+                      for label, report in reports.items()}, axis=1)
+
+
+def confused_pairs(y_true: np.ndarray, predicted: dict[str, np.ndarray],
+                   class_names: tuple[str, ...], top: int = 5) -> pd.DataFrame:
+    """The class pairs the models confuse most on the same images: per unordered pair, each
+    model's errors in either direction, ranked by all models' errors together. A row per
+    pair ("ig / neutrophil"); per model a column of its errors in the pair and how they
+    split ("17 (ig as neutrophil: 12, neutrophil as ig: 5)"), and the sum over the models
+    ("all models"). Pairs no model confuses are
+    left out, so the table may have fewer than ``top`` rows (none: no errors)."""
+    n = len(class_names)
+    confusions = {}
+    for label, pred in predicted.items():
+        counts = np.zeros((n, n), dtype=int)
+        np.add.at(counts, (np.asarray(y_true), np.asarray(pred)), 1)
+        confusions[label] = counts
+    rows = []
+    for first in range(n):
+        for second in range(first + 1, n):
+            row = {"pair": f"{class_names[first]} / {class_names[second]}", "all models": 0}
+            for label, counts in confusions.items():
+                forward, backward = int(counts[first, second]), int(counts[second, first])
+                row[label] = (f"{forward + backward} ({class_names[first]} as "
+                              f"{class_names[second]}: {forward}, {class_names[second]} as "
+                              f"{class_names[first]}: {backward})")
+                row["all models"] += forward + backward
+            if row["all models"]:
+                rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=["pair", "all models", *predicted]).set_index("pair")
+    table = pd.DataFrame(rows).set_index("pair")[[*predicted, "all models"]]
+    return table.sort_values("all models", ascending=False, kind="stable").head(top)
+
+
+def training_budget(run: RunFolder, name: str, loaded: inference.LoadedModel) -> dict:
+    """What model NAME saw and spent in training: its weights' origin (from its label),
+    input pixels and crop, training images, epochs (per phase where it had two), the seeds
+    trained for it and their minutes, and its parameters."""
+    record = run.read_run_record(name)
+    history = run.read_history(name)
+    boundary = run.phase_boundary(name)
+    candidates = seed_runs(run, name)
+    minutes = float(history["epoch_seconds"].sum() / 60)
+    all_minutes = (sum(float(run.read_history(candidate)["epoch_seconds"].sum() / 60)
+                       for candidate in candidates) if candidates else minutes)
+    epochs = (f"{boundary} + {len(history) - boundary}" if boundary and boundary < len(history)
+              else str(len(history)))
+    return {
+        "input (pixels)": f"{loaded.image_size}x{loaded.image_size}",
+        "crop fraction": float(loaded.crop_fraction),
+        "training images": int(record["data"]["training_images"]),
+        "epochs (frozen + fine-tuned)" if "+" in epochs else "epochs": epochs,
+        "seeds trained": max(1, len(candidates)),
+        "minutes (kept run)": minutes,
+        "minutes (final runs, all seeds)": all_minutes,
+        "number format": record.get("precision", "?"),
+        "parameters": int(loaded.model.count_params()),
+    }
+
+
+def budget_table(budgets: dict[str, dict]) -> pd.DataFrame:
+    """``training_budget`` of several models (keyed by label), one column each, so that
+    unequal inputs and budgets sit side by side."""
+    table = pd.DataFrame.from_dict(budgets, orient="index")
+    epochs = [column for column in table.columns if column.startswith("epochs")]
+    if len(epochs) > 1:  # one model trained in two phases: one column for both
+        table["epochs"] = table[epochs].bfill(axis=1).iloc[:, 0]
+        table = table.drop(columns=[column for column in epochs if column != "epochs"])
+        table = table.rename(columns={"epochs": "epochs (frozen + fine-tuned where two)"})
+    for column in ("minutes (kept run)", "minutes (final runs, all seeds)"):
+        table[column] = table[column].map(lambda minutes: f"{minutes:.1f}")
+    table["crop fraction"] = table["crop fraction"].map(lambda fraction: f"{fraction:g}")
+    table["parameters"] = table["parameters"].map(lambda count: f"{count:,}")
+    return table.T
+
+
+def seed_differences(run: RunFolder, names: list[str], y_true: np.ndarray,
+                     other_predicted: np.ndarray, class_names: tuple[str, ...]) -> pd.DataFrame:
+    """Per seed's run in ``names`` (scored on test by ``seed_spread``, which saved its
+    predictions): its accuracy and macro-F1 minus the other model's on the same images."""
+    present = np.unique(y_true)
+    rows = {}
+    for name in names:
+        frame = pd.read_csv(run.predictions(name, "test"))
+        if evaluate.true_indices(frame, class_names).tolist() != list(y_true):
+            raise DataError(f"The test predictions of {name} are not of the same images, in "
+                            "the same order, as the other model's: run notebook 5 again.")
+        predicted = evaluate.probabilities_of(frame, class_names).argmax(axis=1)
+        rows[name] = {
+            "accuracy difference": metrics.accuracy(y_true, predicted)
+            - metrics.accuracy(y_true, other_predicted),
+            "macro-F1 difference": metrics.macro_f1(y_true, predicted, present)
+            - metrics.macro_f1(y_true, other_predicted, present)}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def kept_checkpoints_by_phase(run: RunFolder, name: str) -> dict[str, float] | None:
+    """Validation accuracy of the checkpoint each phase of run NAME kept (its epoch of
+    lowest validation loss): what fine-tuning added to the model phase 1 would have given.
+    None when the run had one phase."""
+    epochs = run.read_history(name)
+    boundary = run.phase_boundary(name)
+    if not boundary or boundary >= len(epochs):
+        return None
+    frozen, tuned = epochs.iloc[:boundary], epochs.iloc[boundary:]
+    return {"phase 1 (frozen base)": float(frozen["val_accuracy"].loc[frozen["val_loss"].idxmin()]),
+            "phase 2 (fine-tuned)": float(tuned["val_accuracy"].loc[tuned["val_loss"].idxmin()])}
+
+
+def _share(value: float) -> str:
+    return f"{value:.4f}"
+
+
+def conclusion(difference: dict, labels: tuple[str, str], mcnemar: dict,
+               pairs: pd.DataFrame, budgets: pd.DataFrame,
+               seeds: pd.DataFrame | None = None,
+               flagged_temperatures: tuple[str, ...] = ()) -> str:
+    """The study's conclusion as Markdown, written from the run's numbers:
+    ``difference`` is ``metrics.paired_bootstrap_difference`` of model A (``labels[0]``)
+    minus model B, ``mcnemar`` their McNemar test, ``pairs`` the ``confused_pairs`` table,
+    ``budgets`` the ``budget_table``, ``seeds`` A's ``seed_differences`` when it was
+    trained with several seeds, ``flagged_temperatures`` the models whose temperature fit
+    hit its bound."""
+    first, second = labels
+    accuracy, macro_f1 = difference["accuracy"], difference["macro_f1"]
+    low, high = accuracy["ci95"]
+    interval_says = low > 0 or high < 0
+    mcnemar_says = mcnemar["p_value"] < 0.05
+    better, worse = (first, second) if accuracy["difference"] > 0 else (second, first)
+    if interval_says and mcnemar_says:
+        verdict = (f"**{better} is more accurate than {worse}** on images like these (one "
+                   "hospital, an image-level split): the interval excludes zero and McNemar's "
+                   "p is below 0.05")
+    elif interval_says or mcnemar_says:
+        interval = "excludes" if interval_says else "includes"
+        verdict = (f"**the difference is borderline**: the interval {interval} zero, "
+                   f"McNemar's p = {mcnemar['p_value']:.3g} {'is' if mcnemar_says else 'is not'} "
+                   "below 0.05 (with few images where the models differ the percentile "
+                   "bootstrap is approximate and the exact test conservative); treat the sign "
+                   "of the difference as uncertain")
+    else:
+        verdict = (f"**the test images do not separate {first} from {second}**: the "
+                   "interval of the difference includes zero and McNemar's p is 0.05 or more")
+    lines = [
+        f"On the same {difference['n_images']} test images, {first} scored accuracy "
+        f"{_share(accuracy['a'])} and macro-F1 {_share(macro_f1['a'])}; {second} "
+        f"{_share(accuracy['b'])} and {_share(macro_f1['b'])}. The difference "
+        f"({first} minus {second}) is {accuracy['difference']:+.4f} in accuracy (95% paired "
+        f"bootstrap interval {low:+.4f} to {high:+.4f}) and {macro_f1['difference']:+.4f} in "
+        f"macro-F1 ({macro_f1['ci95'][0]:+.4f} to {macro_f1['ci95'][1]:+.4f}); McNemar's "
+        f"exact test gives p = {mcnemar['p_value']:.3g} ({mcnemar['a_only_correct']} images "
+        f"only {first} got right, {mcnemar['b_only_correct']} only {second}). So "
+        f"{verdict}.",
+    ]
+    f1_low, f1_high = macro_f1["ci95"]
+    if (f1_low > 0 or f1_high < 0) != (low > 0 or high < 0):
+        lines.append("Macro-F1, which weighs every class alike, "
+                     + ("separates the models where accuracy does not."
+                        if f1_low > 0 or f1_high < 0 else
+                        "does not separate the models where accuracy does: the difference "
+                        "lies in the large classes."))
+    if seeds is not None and len(seeds) > 1:
+        spread = seeds["accuracy difference"]
+        lines.append(
+            f"{first} was trained with {len(seeds)} seeds; against the one run of {second} "
+            f"(whose own seed-to-seed spread was not measured) the accuracy difference is "
+            f"{spread.mean():+.4f} ± {spread.std(ddof=1):.4f} (mean ± sd over the seeds), from "
+            f"{spread.min():+.4f} to {spread.max():+.4f}: the kept seed, chosen on validation, "
+            "is one draw of these.")
+    if len(pairs):
+        top = pairs.index[0]
+        lines.append(f"The classes confused most are {top} "
+                     f"({int(pairs['all models'].iloc[0])} errors of both models together).")
+    compared = [row for row in budgets.index
+                if row in ("input (pixels)", "crop fraction", "training images",
+                           "minutes (final runs, all seeds)") or row.startswith("epochs")]
+    differing = [row for row in compared if budgets.loc[row].astype(str).nunique() > 1]
+    if differing:
+        lines.append("The two did not train on equal terms, so this compares the two recipes "
+                     "as run, not the architectures at equal cost:\n" + "\n".join(
+                         f"- {row}: " + "; ".join(f"{budgets.loc[row, label]} for {label}"
+                                                  for label in budgets.columns)
+                         for row in differing))
+    if any("random init" in label for label in labels):
+        lines.append("A ResNet50 with random initial weights is not transfer learning: this "
+                     "run says nothing about what ImageNet weights give.")
+    for label in flagged_temperatures:
+        lines.append(f"The temperature fitted for {label} sits at the bound of its search: the "
+                     "best temperature lies beyond it, so its calibrated figures are worse than "
+                     "the best scaling would give, and not final.")
+    return "\n\n".join(lines)

@@ -17,6 +17,9 @@ from helpers.labels import CLASS_NAMES
 
 ECE_BINS = 15
 BOOTSTRAP_RESAMPLES = 1000
+# The temperatures fit_temperature searches; a fit at either end is flagged
+# (temperature_at_bound): the best temperature may lie beyond it.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
 # Keeps log(0) finite when a model puts exactly zero probability on the true class.
 _EPSILON = 1e-12
 
@@ -170,9 +173,18 @@ def fit_temperature(y_true: np.ndarray, probabilities: np.ndarray) -> float:
     def loss(log_temperature: float) -> float:
         return negative_log_likelihood(y_true, apply_temperature(probabilities,
                                                                  np.exp(log_temperature)))
-    result = optimize.minimize_scalar(loss, bounds=(np.log(0.05), np.log(20)),
+    low, high = TEMPERATURE_BOUNDS
+    result = optimize.minimize_scalar(loss, bounds=(np.log(low), np.log(high)),
                                       method="bounded")
     return float(np.exp(result.x))
+
+
+def temperature_at_bound(temperature: float) -> bool:
+    """Whether a fitted temperature sits at an end of TEMPERATURE_BOUNDS (within 1%): the
+    fit stopped at the search's limit, so the model's over- or under-confidence is larger
+    than scaling within the bounds can undo, and the calibrated figures are not final."""
+    low, high = TEMPERATURE_BOUNDS
+    return temperature <= low * 1.01 or temperature >= high / 1.01
 
 
 def mcnemar_exact(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict:
@@ -192,6 +204,66 @@ def mcnemar_exact(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) ->
     return {"a_only_correct": a_only, "b_only_correct": b_only,
             "both_correct": int(np.sum(correct_a & correct_b)),
             "both_wrong": int(np.sum(~correct_a & ~correct_b)), "p_value": p_value}
+
+
+def _macro_f1_of_confusions(confusions: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Macro-F1 over ``classes`` of a stack of confusion matrices ``[draws, n, n]``
+    (rows true, columns predicted); F1 of a class with no true and no predicted image is 0,
+    as scikit-learn's ``zero_division=0`` gives."""
+    true_positive = np.diagonal(confusions, axis1=1, axis2=2)[:, classes]
+    denominator = (confusions.sum(axis=2)[:, classes] + confusions.sum(axis=1)[:, classes])
+    f1 = np.divide(2 * true_positive, denominator, out=np.zeros(true_positive.shape),
+                   where=denominator > 0)
+    return f1.mean(axis=1)
+
+
+def paired_bootstrap_difference(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
+                                n_classes: int = len(CLASS_NAMES),
+                                n_resamples: int = BOOTSTRAP_RESAMPLES,
+                                confidence: float = 0.95, seed: int = 0) -> dict:
+    """Accuracy and macro-F1 of model A minus model B on the same images, each with a paired
+    percentile bootstrap interval: every resample draws images once and scores both models
+    on them, so the interval is of the difference itself (narrower than two separate
+    intervals suggest, since both models find the same images easy or hard).
+
+    Macro-F1 averages over the classes present in ``y_true``, as ``with_intervals`` does.
+    Returns ``{"n_images", "accuracy": {...}, "macro_f1": {...}}``, each metric's dict with
+    "a", "b", "difference", "ci95" and "share_of_resamples_a_better".
+    """
+    y_true, pred_a, pred_b = (np.asarray(values) for values in (y_true, pred_a, pred_b))
+    if not len(y_true) == len(pred_a) == len(pred_b):
+        raise ValueError("y_true, pred_a and pred_b must be of the same images")
+    if len(y_true) == 0:
+        raise ValueError("no images to compare the models on")
+    present = np.unique(y_true)
+    generator = np.random.default_rng(seed)
+    draws = generator.integers(0, len(y_true), size=(n_resamples, len(y_true)))
+    offsets = np.arange(n_resamples)[:, None] * n_classes * n_classes
+
+    def confusions(pred: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        cells = offsets[:len(rows)] + y_true[rows] * n_classes + pred[rows]
+        return np.bincount(cells.ravel(), minlength=len(rows) * n_classes * n_classes
+                           ).reshape(len(rows), n_classes, n_classes)
+
+    everything = np.arange(len(y_true))[None, :]
+    result = {"n_images": int(len(y_true))}
+    tail = (1 - confidence) / 2 * 100
+    for metric in ("accuracy", "macro_f1"):
+        values = {}
+        for model, pred in (("a", pred_a), ("b", pred_b)):
+            if metric == "accuracy":
+                values[model] = ((pred[everything] == y_true[everything]).mean(axis=1),
+                                 (pred[draws] == y_true[draws]).mean(axis=1))
+            else:
+                values[model] = (_macro_f1_of_confusions(confusions(pred, everything), present),
+                                 _macro_f1_of_confusions(confusions(pred, draws), present))
+        differences = values["a"][1] - values["b"][1]
+        low, high = np.percentile(differences, [tail, 100 - tail])
+        result[metric] = {"a": float(values["a"][0][0]), "b": float(values["b"][0][0]),
+                          "difference": float(values["a"][0][0] - values["b"][0][0]),
+                          "ci95": [float(low), float(high)],
+                          "share_of_resamples_a_better": float(np.mean(differences > 0))}
+    return result
 
 
 def per_class_f1_difference(report_a: dict, report_b: dict) -> dict[str, float]:

@@ -191,6 +191,10 @@ class RunFolder:
     def comparison_table(self) -> Path:
         return self.root / "metrics" / "comparison.csv"
 
+    @property
+    def conclusion(self) -> Path:
+        return self.root / "metrics" / "conclusion.md"
+
     def predictions(self, name: str, subset: str, tta: bool = False) -> Path:
         return self.root / "predictions" / f"{name}_{subset}{'_tta' if tta else ''}.csv"
 

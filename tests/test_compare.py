@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import compare, data, evaluate, inference, metrics, models, training
+from helpers import compare, data, evaluate, files, inference, metrics, training
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder
+from helpers.tools import notebooks
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def scored_run(synthetic_source, tmp_path_factory):
                       "--run-dir", str(run.root)]) == 0
     keras.utils.set_random_seed(0)
     run.model("cnn").parent.mkdir()
-    models.build_cnn(16, filters=(4, 8), augment=False, seed=0).save(run.model("cnn"))
+    notebooks.baseline_cnn(16, widths=(4, 8), augment=False, seed=0).save(run.model("cnn"))
     inference.write_sidecar(run.model("cnn"), label="Baseline CNN", image_size=16,
                             resize_method="bilinear", crop_fraction=1.0)
     loaded = inference.load_model(run.model("cnn"))
@@ -124,7 +125,7 @@ def test_the_best_seed_on_validation_is_kept_and_the_spread_covers_every_seed(sc
     names = ["cnn_seed1", "cnn_seed2", "cnn_seed3"]
     for seed, (name, accuracy) in enumerate(zip(names, [0.5, 0.7, 0.6], strict=True), start=1):
         keras.utils.set_random_seed(seed)
-        models.build_cnn(16, filters=(4, 8), augment=False, seed=seed).save(run.model(name))
+        notebooks.baseline_cnn(16, widths=(4, 8), augment=False, seed=seed).save(run.model(name))
         inference.write_sidecar(run.model(name), label="Baseline CNN", image_size=16,
                                 resize_method="bilinear", crop_fraction=1.0)
         run.history(name).parent.mkdir(exist_ok=True)
@@ -164,3 +165,89 @@ def test_the_best_seed_on_validation_is_kept_and_the_spread_covers_every_seed(sc
     assert row["seeds"] == "3"
     mean, sd = spread["test accuracy"].mean(), spread["test accuracy"].std(ddof=1)
     assert row["test accuracy over seeds (mean ± sd)"] == f"{mean:.4f} ± {sd:.4f}"
+
+
+def test_confused_pairs_count_both_directions_and_rank_by_all_models():
+    classes = ("a", "b", "c")
+    y_true = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    one = np.array([1, 1, 0, 0, 1, 2, 2, 2])  # a as b twice, b as a once
+    other = np.array([0, 0, 0, 1, 1, 1, 0, 2])  # c as b, c as a
+    table = compare.confused_pairs(y_true, {"One": one, "Other": other}, classes, top=5)
+    assert table.index.tolist() == ["a / b", "a / c", "b / c"]
+    assert table["all models"].tolist() == [3, 1, 1]
+    assert table.loc["a / b", "One"] == "3 (a as b: 2, b as a: 1)"
+    assert table.loc["a / b", "Other"] == "0 (a as b: 0, b as a: 0)"
+    assert table.loc["b / c", "Other"] == "1 (b as c: 0, c as b: 1)"
+    assert len(compare.confused_pairs(y_true, {"One": one}, classes, top=1)) == 1
+    assert compare.confused_pairs(y_true, {"Perfect": y_true}, classes).empty
+
+
+def two_phase_run(tmp_path) -> RunFolder:
+    """A run folder with a two-phase history (frozen: epochs 1-3, fine-tuned: 4-6)."""
+    run = RunFolder(tmp_path)
+    run.history("net").parent.mkdir(parents=True)
+    pd.DataFrame({
+        "epoch": range(6), "accuracy": [0.5, 0.6, 0.7, 0.8, 0.9, 0.95],
+        "val_accuracy": [0.55, 0.70, 0.65, 0.80, 0.90, 0.92],
+        "loss": [1.5, 1.2, 1.0, 0.8, 0.5, 0.3], "val_loss": [1.4, 1.0, 1.1, 0.9, 0.6, 0.7],
+        "epoch_seconds": [60.0] * 6}).to_csv(run.history("net"), index=False)
+    files.write_json({"frozen": 3}, run.phases("net"))
+    files.write_json({"label": "Net"}, run.run_record("net"))
+    return run
+
+
+def test_each_phase_is_read_from_its_own_epochs(tmp_path):
+    run = two_phase_run(tmp_path)
+    dynamics = compare.phase_dynamics(run, "net", threshold=0.9)
+    assert dynamics.index.tolist() == ["Net: phase 1 (frozen base)", "Net: phase 2 (fine-tuned)"]
+    # Epoch numbers of the whole run: phase 2 kept epoch 5 (lowest validation loss 0.6).
+    assert dynamics["best_epoch"].tolist() == [2, 5]
+    assert dynamics["epochs"].tolist() == [3, 3]
+    assert dynamics.loc["Net: phase 2 (fine-tuned)", "epochs_to_threshold"] == 5
+    assert dynamics.loc["Net: phase 1 (frozen base)", "overfitting_from"] == 3
+    # The kept checkpoints, not the highest validation accuracies (0.70 and 0.92).
+    assert compare.kept_checkpoints_by_phase(run, "net") == {
+        "phase 1 (frozen base)": 0.70, "phase 2 (fine-tuned)": 0.90}
+    one = compare.phase_dynamics(run, "net", row_name="Other")
+    assert len(one) == 2 and one.index[0].startswith("Other: ")
+
+
+DIFFERENCE = {"n_images": 100,
+              "accuracy": {"a": 0.95, "b": 0.90, "difference": 0.05, "ci95": [0.02, 0.08]},
+              "macro_f1": {"a": 0.94, "b": 0.88, "difference": 0.06, "ci95": [0.03, 0.09]}}
+MCNEMAR = {"a_only_correct": 7, "b_only_correct": 2, "p_value": 0.01}
+BUDGETS = pd.DataFrame({"CNN": {"input (pixels)": "64x64", "crop fraction": "0.7"},
+                        "ResNet50, random init": {"input (pixels)": "64x64",
+                                                  "crop fraction": "1"}})
+PAIRS = pd.DataFrame({"all models": [4]}, index=pd.Index(["ig / neutrophil"], name="pair"))
+
+
+def test_the_conclusion_follows_the_numbers():
+    labels = ("CNN", "ResNet50, random init")
+    text = compare.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, BUDGETS)
+    assert "**CNN is more accurate than ResNet50, random init** on images like these" in text
+    assert "+0.0500" in text and "+0.0200 to +0.0800" in text and "p = 0.01" in text
+    assert "ig / neutrophil" in text
+    assert "crop fraction: 0.7 for CNN; 1 for ResNet50, random init" in text
+    assert "input (pixels)" not in text  # equal for both: not a difference
+    assert "not transfer learning" in text and "borderline" not in text
+    unsure = {**DIFFERENCE, "accuracy": {**DIFFERENCE["accuracy"], "ci95": [-0.01, 0.08]}}
+    text = compare.conclusion(unsure, labels, {**MCNEMAR, "p_value": 0.3}, PAIRS, BUDGETS)
+    assert "do not separate CNN from ResNet50, random init" in text
+    assert "more accurate" not in text
+    # Macro-F1's interval excludes zero where accuracy's does not: said.
+    assert "Macro-F1, which weighs every class alike, separates" in text
+    # The interval and McNemar disagree: borderline, never a bold winner.
+    text = compare.conclusion(unsure, ("CNN", "Other"), MCNEMAR, PAIRS.iloc[:0], BUDGETS,
+                              flagged_temperatures=("Other",))
+    assert "**the difference is borderline**" in text and "more accurate" not in text
+    assert "transfer" not in text and "confused" not in text
+    assert "temperature fitted for Other sits at the bound" in text
+    text = compare.conclusion(DIFFERENCE, labels, {**MCNEMAR, "p_value": 0.2}, PAIRS, BUDGETS)
+    assert "borderline" in text and "is not below 0.05" in text
+    worse = {**DIFFERENCE, "accuracy": {**DIFFERENCE["accuracy"], "difference": -0.05,
+                                        "ci95": [-0.08, -0.01]}}
+    seeds = pd.DataFrame({"accuracy difference": [-0.02, -0.04, -0.03]})
+    text = compare.conclusion(worse, labels, MCNEMAR, PAIRS, BUDGETS, seeds)
+    assert "**ResNet50, random init is more accurate than CNN**" in text
+    assert "3 seeds" in text and "-0.0300 ± 0.0100" in text

@@ -157,3 +157,42 @@ def test_per_class_f1_difference():
     report_b = metrics.classification_metrics(Y_TRUE, confident(Y_TRUE), CLASSES)
     difference = metrics.per_class_f1_difference(report_a, report_b)
     assert difference == pytest.approx({"a": 0.8 - 1, "b": 0.5 - 1, "c": 2 / 3 - 1})
+
+
+def test_paired_bootstrap_difference_is_of_the_same_images():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 4, 400)
+    pred_a = np.where(rng.random(400) < 0.9, y_true, (y_true + 1) % 4)
+    pred_b = pred_a.copy()
+    pred_b[:10] = (y_true[:10] + 1) % 4  # B errs on up to 10 images more than A
+    result = metrics.paired_bootstrap_difference(y_true, pred_a, pred_b, n_classes=4,
+                                                 n_resamples=300)
+    accuracy = result["accuracy"]
+    assert accuracy["difference"] == pytest.approx(
+        metrics.accuracy(y_true, pred_a) - metrics.accuracy(y_true, pred_b))
+    assert result["macro_f1"]["a"] == pytest.approx(metrics.macro_f1(y_true, pred_a))
+    assert result["macro_f1"]["difference"] == pytest.approx(
+        metrics.macro_f1(y_true, pred_a) - metrics.macro_f1(y_true, pred_b))
+    low, high = accuracy["ci95"]
+    assert 0 <= low <= accuracy["difference"] <= high
+    # Paired: the models differ on a few images only, so the difference's interval is
+    # narrower than either model's own interval (unpaired, it would be wider than both).
+    own_low, own_high = metrics.bootstrap_interval(y_true, pred_a, metrics.accuracy, 300)
+    assert high - low < (own_high - own_low) / 1.5
+    assert accuracy["share_of_resamples_a_better"] > 0.9
+    same = metrics.paired_bootstrap_difference(y_true, pred_a, pred_a, n_classes=4,
+                                               n_resamples=50)
+    assert same["accuracy"]["ci95"] == [0.0, 0.0] and same["macro_f1"]["difference"] == 0.0
+    with pytest.raises(ValueError, match="same images"):
+        metrics.paired_bootstrap_difference(y_true, pred_a, pred_b[:-1], n_classes=4)
+
+
+def test_a_temperature_at_the_end_of_the_search_is_flagged():
+    rng = np.random.default_rng(1)
+    y_true = rng.integers(0, 3, 300)
+    # Certain and right a third of the time: no temperature within the bounds calibrates it.
+    wild = confident(rng.integers(0, 3, 300), top=1 - 1e-9)
+    temperature = metrics.fit_temperature(y_true, wild)
+    assert metrics.temperature_at_bound(temperature)
+    fair = confident(np.where(rng.random(300) < 0.8, y_true, (y_true + 1) % 3), top=0.8)
+    assert not metrics.temperature_at_bound(metrics.fit_temperature(y_true, fair))
