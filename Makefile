@@ -28,7 +28,7 @@ lint: $(STAMP)
 # busy): the notebooks under nbval with the tests of the run folder they leave (in order,
 # tests/conftest.py) and a few slow files in the first, the rest in the second. The first's
 # report follows the second's; either failing fails the target.
-FIRST_HALF := tests/notebooks tests/test_smoke_study.py tests/test_bench.py tests/test_colab.py \
+FIRST_HALF := tests/notebooks tests/test_smoke_study.py tests/test_colab.py \
 	tests/test_replicas.py tests/test_models.py tests/test_study_runner.py
 
 test: lint

@@ -69,7 +69,9 @@ class LoadedModel:
         return self._steps[tta]
 
 
-class _NotExpectedRetracing(logging.Filter):
+class DropRetracingWarning(logging.Filter):
+    """Drops TensorFlow's warning that a function "triggered tf.function retracing"."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         return "triggered tf.function retracing" not in record.getMessage()
 
@@ -80,7 +82,7 @@ def retracing_expected():
     loaded model traces its own step (and Keras its own predict function), so scoring several
     models (seeds, strategies, TTA) traces the same Python code once per model: the warning
     says nothing there, and would land in the notebooks' report."""
-    quiet = _NotExpectedRetracing()
+    quiet = DropRetracingWarning()
     tf.get_logger().addFilter(quiet)
     try:
         yield

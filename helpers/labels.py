@@ -16,6 +16,9 @@ CLASS_NAMES: tuple[str, ...] = (
     "platelet",
 )
 
+# The published dataset (Acevedo et al., 2020): what notebook 1 compares a download with.
+PUBLISHED_IMAGES = 17_092
+
 # Spellings seen in other copies of the dataset (the Mendeley original, BloodMNIST's label text).
 _ALIASES = {
     "immature_granulocytes": "ig",

@@ -1,5 +1,6 @@
-"""Building blocks of the study's two models: the baseline CNN, and the parts notebook 4
-assembles ResNet50 from (the ImageNet base, its preprocessing layer, the block names).
+"""Building blocks of the study's two models, which notebooks 3 and 4 assemble in their
+cells: the layers Keras lacks (a random transpose for augmentation, a fused BatchNorm, the
+ResNet50 preprocessing as a layer), the weights' checks and labels, the block names.
 
 Both models take raw 0-255 RGB images. Augmentation and input scaling are layers inside the
 models, so they run on the accelerator, are off at inference, and no caller can get the
@@ -8,8 +9,9 @@ scale wrong.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -18,7 +20,6 @@ import tensorflow as tf
 from keras import layers
 
 from helpers import project
-from helpers.labels import CLASS_NAMES
 
 
 @keras.saving.register_keras_serializable(package="blood_cells")
@@ -54,7 +55,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
     Keras 3 normalises with separate moment, subtract, scale and shift ops, whose forward and
     backward passes took about half of the CNN's training step on a CPU, in float32 and in
-    bfloat16 alike (README, "Performance"); oneDNN's fused kernel does the same work about
+    bfloat16 alike (docs/performance.md); oneDNN's fused kernel does the same work about
     four times faster. Same arithmetic (batch statistics in float32, the biased batch
     variance in the moving average, Keras's momentum update) and the same variables, so the
     layer is interchangeable with Keras's. Inference, masks, renorm, synchronized statistics
@@ -82,66 +83,6 @@ class FusedBatchNormalization(layers.BatchNormalization):
         self.moving_variance.assign(self.moving_variance * self.momentum
                                     + variance * (1.0 - self.momentum))
         return outputs
-
-
-def augmentation(seed: int | None = None) -> keras.Sequential:
-    """Every right-angle rotation and reflection, and contrast changed by up to 10% either way.
-
-    Cells have no "up", so all 8 orientations of the square are equally real. They move
-    pixels without interpolating them: rotations by other angles and zooms resample every
-    training image, which blurs it, while images at inference are sharp. A CNN trained that
-    way scored 0.944 on clean validation images and 0.974 on the same images resampled
-    (README, "Training"): the gap between training and inference inputs, not overfitting.
-    """
-    # One seed per layer: equal seeds would draw equal coins and flip in step. Two flip
-    # layers, because Keras's "horizontal_and_vertical" mode flips both axes or neither.
-    seeds = [None] * 4 if seed is None else [seed + offset for offset in range(4)]
-    return keras.Sequential([
-        layers.RandomFlip("horizontal", seed=seeds[0], name="random_flip_horizontal"),
-        layers.RandomFlip("vertical", seed=seeds[1], name="random_flip_vertical"),
-        RandomTranspose(seed=seeds[2], name="random_transpose"),
-        # A (lower, upper) pair: from a single number Keras 3 draws factors in [1, 1.1] only,
-        # so every training image would have more contrast than any image at inference.
-        layers.RandomContrast((0.1, 0.1), seed=seeds[3], name="random_contrast"),
-    ], name="augmentation")
-
-
-def build_cnn(image_size: int, filters: tuple[int, ...] = (32, 64, 128, 256),
-              dropout: float = 0.3, batchnorm_momentum: float = 0.9,
-              augment: bool = True, stem_stride: int = 1,
-              seed: int | None = None) -> keras.Model:
-    """A VGG-style CNN: per block two 3x3 conv + BatchNorm + ReLU, then max-pooling.
-
-    ``stem_stride`` 2 puts a strided 3x3 conv (``filters[0]`` wide) before the blocks: the
-    network then sees an image twice as large for about the cost of the plain one at half
-    the size, learning its own downsampling instead of losing the fine texture to a resize.
-
-    ``batchnorm_momentum`` 0.9 (Keras defaults to 0.99) lets the moving statistics that
-    validation uses follow the weights within an epoch; with 0.99 they lag many steps behind
-    at a high learning rate and validation accuracy jumps from epoch to epoch.
-    """
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = augmentation(seed)(inputs) if augment else inputs
-    x = layers.Rescaling(1 / 255, name="rescale")(x)
-    if stem_stride > 1:
-        x = layers.Conv2D(filters[0], 3, strides=stem_stride, padding="same", use_bias=False,
-                          name="stem_conv")(x)
-        x = FusedBatchNormalization(momentum=batchnorm_momentum, name="stem_bn")(x)
-        x = layers.ReLU(name="stem_relu")(x)
-    for block, width in enumerate(filters, start=1):
-        for conv in (1, 2):
-            x = layers.Conv2D(width, 3, padding="same", use_bias=False,
-                              name=f"block{block}_conv{conv}")(x)
-            x = FusedBatchNormalization(momentum=batchnorm_momentum,
-                                        name=f"block{block}_bn{conv}")(x)
-            x = layers.ReLU(name=f"block{block}_relu{conv}")(x)
-        x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = layers.Dropout(dropout, name="dropout")(x)
-    # float32 output keeps softmax stable under mixed precision.
-    outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", dtype="float32",
-                           name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="cnn")
 
 
 @keras.saving.register_keras_serializable(package="blood_cells")
@@ -183,59 +124,58 @@ def resnet50_label(setting: str) -> str:
     return f"ResNet50, {source}, frozen then fine-tuned"
 
 
-def resnet50_base(image_size: int, weights: str | os.PathLike | None = "imagenet"):
-    """``keras.applications.ResNet50`` without its top; ``weights`` as Keras takes them:
-    "imagenet", None, or a weights file (Keras's ``.weights.h5``, or the legacy ``.h5``
-    layout of Keras's own ImageNet download).
-
-    Raises WeightsUnavailableError with what to do when the ImageNet weights cannot be had
-    or the file holds no weights of a ResNet50 base without its top.
-    """
-    if weights not in ("imagenet", None):
-        return _resnet50_from_file(image_size, weights)
+@contextlib.contextmanager
+def explained_weights_errors(weights: str | None) -> Iterator[None]:
+    """Around ``keras.applications.ResNet50(weights=WEIGHTS, ...)``: a failed ImageNet
+    download or an unreadable weights file becomes a WeightsUnavailableError that says what
+    to do. Never replaced by random weights silently."""
     try:
-        return keras.applications.ResNet50(include_top=False, weights=weights,
-                                           input_shape=(image_size, image_size, 3))
-    except Exception as error:  # get_file raises several types for a failed download
+        yield
+    except Exception as error:  # get_file and h5py raise several types
         if weights is None:
             raise
+        if weights == "imagenet":
+            raise WeightsUnavailableError(
+                f"Could not download the ImageNet weights for ResNet50 ({error}). Run where "
+                "the internet is reachable (Colab), or download "
+                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 elsewhere and set "
+                "RESNET_WEIGHTS to its path. RESNET_WEIGHTS = \"none\" runs on random "
+                "weights, which is not transfer learning and is labelled so.") from None
+        message = str(error).strip().splitlines()
         raise WeightsUnavailableError(
-            f"Could not download the ImageNet weights for ResNet50 ({error}). Run where the "
-            "internet is reachable (Colab), or download "
-            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 elsewhere and set "
-            "RESNET_WEIGHTS to its path. RESNET_WEIGHTS = \"none\" runs on random weights, "
-            "which is not transfer learning and is labelled so.") from None
+            f"{weights} holds no weights of a ResNet50 base without its top "
+            f"(include_top=False), so it cannot be used ({type(error).__name__}: "
+            f"{message[0][:200] if message else ''}).") from None
 
 
-def _resnet50_from_file(image_size: int, path: str | os.PathLike) -> keras.Model:
-    """The base with every weight from ``path``. Some Keras versions load a file of another
-    model partly, with a warning and fresh weights where names differ: every kernel is
-    checked to have changed, so a part-loaded base is an error, not a silent mix."""
-    if not os.path.isfile(path):
-        raise WeightsUnavailableError(f"ResNet50 weights file not found: {path}")
-    base = keras.applications.ResNet50(include_top=False, weights=None,
-                                       input_shape=(image_size, image_size, 3))
-    fresh = {weight.path: weight.numpy() for weight in base.weights
-             if weight.path.endswith("kernel")}
-    problem = None
-    with warnings.catch_warnings():
+def check_weights_file(base: keras.Model, weights: str | None) -> None:
+    """For WEIGHTS from a file: check that every convolution of ``base`` came from it.
+
+    Some Keras versions load a file of another model partly, with a warning and fresh
+    weights where names differ. The file is loaded again into a fresh base: a kernel it
+    leaves unchanged is not in the file, and ``base`` must equal the fresh base in every
+    kernel. Raises WeightsUnavailableError; does nothing for "imagenet" or None.
+    """
+    if weights in ("imagenet", None):
+        return
+    reference = keras.applications.ResNet50(include_top=False, weights=None,
+                                            input_shape=base.input_shape[1:])
+    before = {weight.path: weight.numpy() for weight in reference.weights
+              if weight.path.endswith("kernel")}
+    with warnings.catch_warnings(), explained_weights_errors(weights):
         warnings.simplefilter("ignore")  # Keras's per-layer warnings; summed up below
-        try:
-            base.load_weights(path)
-        except Exception as error:  # h5py, ValueError...: several types for a wrong file
-            message = str(error).strip().splitlines()
-            problem = f"{type(error).__name__}: {message[0][:200] if message else ''}"
-    if problem is None:
-        unchanged = [name for name, value in fresh.items()
-                     if np.array_equal(value, base.get_layer(name.split("/")[0]).kernel.numpy())]
-        if unchanged:
-            problem = (f"{len(unchanged)} of its {len(fresh)} convolutions were not in the "
-                       f"file, e.g. {unchanged[0]}")
-    if problem:
+        reference.load_weights(weights)
+    loaded = {weight.path: weight.numpy() for weight in reference.weights
+              if weight.path.endswith("kernel")}
+    unchanged = [path for path, value in before.items() if np.array_equal(value, loaded[path])]
+    mismatched = [weight.path for weight in base.weights if weight.path in loaded
+                  and not np.array_equal(weight.numpy(), loaded[weight.path])]
+    if unchanged or mismatched:
+        example = (unchanged or mismatched)[0]
         raise WeightsUnavailableError(
-            f"{path} holds no weights of a ResNet50 base without its top (include_top=False), "
-            f"so it cannot be used ({problem}).")
-    return base
+            f"{weights} holds no weights of a ResNet50 base without its top "
+            f"(include_top=False), so it cannot be used ({len(unchanged or mismatched)} of "
+            f"its {len(before)} convolutions were not in the file, e.g. {example}).")
 
 
 def count_trainable(model: keras.Model) -> int:

@@ -27,10 +27,24 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from helpers import files, inference, keras_fixes, metrics, pipeline, runfolder, runlock
+from helpers import (
+    files,
+    inference,
+    keras_fixes,
+    liveprogress,
+    metrics,
+    pipeline,
+    runfolder,
+    runlock,
+)
 from helpers.runfolder import RunFolder
 
 keras_fixes.apply()  # float16 on several GPUs trains with NaN weights without it
+
+# Every training run (each seed, each phase, each of notebook 4's mistake runs) builds and
+# compiles a model of its own, so Keras traces a new train step for each: TensorFlow's
+# warning that functions are traced again says nothing here, and would land in the report.
+tf.get_logger().addFilter(inference.DropRetracingWarning())
 
 # The pipeline shuffles (helpers.pipeline); Keras warns that fit's own shuffle=True, its
 # default, does nothing for a tf.data.Dataset. Silenced rather than passing shuffle=False to
@@ -208,6 +222,97 @@ class EpochSeeds(keras.callbacks.Callback):
                   if variable.path.endswith("seed_generator_state")]
         for index, state in enumerate(states):
             state.assign(np.array([self.seed * 10_007 + index, epoch], dtype=state.dtype))
+
+
+class LiveProgress(keras.callbacks.Callback):
+    """Keeps the file ``path`` up to date with what ``fit`` is doing, for the headless study's
+    line on the terminal (``helpers.liveprogress``): the run ``run_name`` and its ``phase``,
+    the epoch of epochs as ``fit`` counts them (a resumed run, and a phase that continues the
+    count with ``initial_epoch``, show e.g. epoch 7/9), the step of the epoch, the seconds
+    since ``fit`` began and an estimate of those left. Written at each epoch's start and end,
+    when validation starts and when ``fit`` ends, and at most once a second in between; a
+    write that fails warns once and training goes on."""
+
+    def __init__(self, path: Path, run_name: str, phase: str | None = None,
+                 steps_per_epoch: int | None = None, clock=time.monotonic,
+                 wall_clock=time.time):
+        super().__init__()
+        self.run_name, self.phase, self.steps_per_epoch = run_name, phase, steps_per_epoch
+        self.clock = clock
+        self.writer = liveprogress.ProgressWriter(path, clock=clock, wall_clock=wall_clock)
+        self._in_fit = False
+
+    def on_train_begin(self, logs=None):
+        self._in_fit = True
+        self._fit_started = self.clock()
+        self._epoch_seconds: list[float] = []
+        self._epoch_started: float | None = None
+        self._epoch = self._initial = None
+        self._step, self._stage = 0, "training"
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._initial is None:
+            self._initial = epoch  # where fit starts: initial_epoch, or where it resumed
+        self._epoch, self._step, self._stage = epoch, 0, "training"
+        self._epoch_started = self.clock()
+        self._first_step_ended = self._last_step_ended = None
+        self._write(force=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step = batch + 1
+        self._last_step_ended = self.clock()
+        if self._first_step_ended is None:
+            self._first_step_ended, self._first_step = self._last_step_ended, self._step
+        if self.writer.due():
+            self._write()
+
+    def _step_seconds(self) -> float | None:
+        """The mean step of this epoch after its first (which also builds the graph)."""
+        if self._first_step_ended is None or self._step <= self._first_step:
+            return None
+        return (self._last_step_ended - self._first_step_ended) / (self._step - self._first_step)
+
+    def on_test_begin(self, logs=None):
+        if self._in_fit and self._epoch_started is not None:  # the validation inside fit
+            self._stage = "validating"
+            self._write(force=True)
+
+    def on_test_batch_end(self, batch, logs=None):
+        if self._in_fit and self.writer.due():
+            self._write()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._epoch_seconds.append(self.clock() - self._epoch_started)
+        self._epoch_started, self._stage = None, "training"
+        self._step = self._steps() or self._step
+        self._write(force=True)
+
+    def on_train_end(self, logs=None):
+        self._stage = "ended"
+        if self._epoch is not None:
+            self._write(force=True)
+        self._in_fit = False
+
+    def _steps(self) -> int | None:
+        return (self.params or {}).get("steps") or self.steps_per_epoch
+
+    def _write(self, force: bool = False) -> None:
+        epochs = int(self.params["epochs"])
+        between = self._epoch_started is None  # the epoch in progress ended
+        completed = self._epoch + 1 if between else self._epoch
+        now = self.clock()
+        if self._stage == "ended":
+            left = 0.0
+        else:
+            left = liveprogress.seconds_left(
+                self._epoch_seconds, epochs - self._epoch - 1,
+                None if between else now - self._epoch_started, self._step, self._steps(),
+                self._step_seconds())
+        self.writer.write({
+            "run": self.run_name, "phase": self.phase, "epoch": self._epoch + 1,
+            "epochs": epochs, "step": self._step, "steps": self._steps(),
+            "stage": self._stage, "completed": completed, "initial": self._initial,
+            "elapsed": now - self._fit_started, "eta": left}, force=force)
 
 
 def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
@@ -685,6 +790,10 @@ class TrainingRun:
         - PreciseBatchNorm: BatchNorm statistics recomputed on ``precise_batchnorm_images``
           training images before each validation (0: off, Keras's moving averages).
         - BatchNormStatisticsProbe on ``probe_batchnorm_images`` images (0: off).
+        - LiveProgress, only in a kernel the headless study started (it sets
+          ``liveprogress.PROGRESS_VARIABLE``): the run's epoch, step, time and time left,
+          for the study's line on the terminal. Its phase is ``phase``, or "phase N" for the
+          last phase of a run with earlier ones.
         - CSVLogger: the history, appended across resumes and phases.
         - BackupAndRestore, last: an epoch is backed up only once checkpoint and history have
           it, so a killed run resumes after the last epoch that is fully recorded.
@@ -713,6 +822,13 @@ class TrainingRun:
             callbacks.append(BatchNormStatisticsProbe(
                 self.training_data, self.validation_data,
                 math.ceil(probe_batchnorm_images / self.global_batch_size)))
+        progress_file = liveprogress.path_from_environment()
+        if progress_file is not None:  # run by the headless study, which shows it
+            earlier = list(self.finished_phases())
+            callbacks.append(LiveProgress(
+                progress_file, self.name,
+                phase or (f"phase {len(earlier) + 1}" if earlier else None),
+                self.steps_per_epoch))
         callbacks.append(keras.callbacks.CSVLogger(str(self.history_csv), append=True))
         callbacks.append(BackupAndRestore(backup_dir))
         if stop_after_epoch:

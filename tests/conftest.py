@@ -8,9 +8,9 @@ from pathlib import Path
 import keras
 import pytest
 
-from helpers import audit, models, synthetic
-from helpers.labels import CLASS_NAMES
+from helpers import audit, synthetic
 from helpers.runfolder import RunFolder
+from helpers.tools import notebooks
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 # The real images lie beside the checkout on the development machines, never inside it.
@@ -98,12 +98,9 @@ def smoke_run(request, tmp_path_factory) -> RunFolder:
 
 
 def small_resnet50(image_size: int = 32) -> keras.Model:
-    """Notebook 4's phase-1 model, from random weights: preprocessing, the frozen base called
-    in inference mode, a softmax head."""
-    base = models.resnet50_base(image_size, weights=None)
-    base.trainable = False
-    inputs = keras.Input((image_size, image_size, 3))
-    x = models.ResNetPreprocess(name="resnet_preprocess")(inputs)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(base(x, training=False))
-    outputs = keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs)
+    """Notebook 4's phase-1 model (``build_resnet50`` of its cells), from random weights:
+    augmentation, preprocessing, the frozen base called in inference mode, a softmax head."""
+    build = notebooks.definitions("04_train_resnet50", ("augmentation", "build_resnet50"),
+                                  scope={"WEIGHTS": None}, RESNET_IMAGE_SIZE=image_size)
+    model, _ = build["build_resnet50"]()
+    return model

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from helpers.tools import bench
+from helpers.tools import bench, notebooks
 
 
 def test_bench_reports_every_ratio_with_the_raw_figures(synthetic_source, tmp_path,
@@ -58,9 +58,8 @@ def test_bench_reports_every_ratio_with_the_raw_figures(synthetic_source, tmp_pa
 
 
 def small_cnn(image_size: int = 16):
-    from helpers import models
 
-    return models.build_cnn(image_size, filters=(4, 8), augment=False, seed=0)
+    return notebooks.baseline_cnn(image_size, widths=(4, 8), augment=False, seed=0)
 
 
 def test_layer_profile_times_every_layer_in_both_precisions():

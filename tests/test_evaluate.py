@@ -9,15 +9,16 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from helpers import evaluate, inference, metrics, models, pipeline, predict
+from helpers import evaluate, inference, metrics, pipeline, predict
 from helpers.labels import CLASS_NAMES
+from helpers.tools import notebooks
 
 
 @pytest.fixture(scope="session")
 def saved_model(tmp_path_factory):
     """An untrained small CNN saved as a run would save it (16 px, central 80% crop)."""
     run_dir = tmp_path_factory.mktemp("run")
-    model = models.build_cnn(16, filters=(4, 8), augment=False, seed=0)
+    model = notebooks.baseline_cnn(16, widths=(4, 8), augment=False, seed=0)
     (run_dir / "models").mkdir()
     path = run_dir / "models" / "cnn.keras"
     model.save(path)

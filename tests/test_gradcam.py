@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from keras import layers
 
-from helpers import gradcam, models
+from helpers import gradcam
+from helpers.tools import notebooks
 from tests.conftest import small_resnet50
 
 
@@ -36,7 +37,7 @@ def test_heat_map_lies_on_the_bright_corner():
 
 
 def test_target_layers_of_the_study_models():
-    cnn = models.build_cnn(32, filters=(4, 8), seed=0)
+    cnn = notebooks.baseline_cnn(32, widths=(4, 8), seed=0)
     assert gradcam.target_layer(cnn).name == "block2_relu2"
     resnet = small_resnet50(32)
     assert gradcam.target_layer(resnet).name == "resnet50"

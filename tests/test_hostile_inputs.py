@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import data, evaluate, inference, models, predict, split
+from helpers import data, evaluate, inference, predict, split
 from helpers.errors import DataError, StaleSplitError
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
+from helpers.tools import notebooks
 from tests.conftest import REPOSITORY
 
 # A file name that is not UTF-8 (Latin-1 from an old system), as Python holds it.
@@ -77,7 +78,7 @@ def test_the_data_commands_report_each_odd_file_and_keep_it_out_of_the_split(hos
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "cnn.keras"
-    models.build_cnn(16, filters=(4, 8), augment=False, seed=0).save(path)
+    notebooks.baseline_cnn(16, widths=(4, 8), augment=False, seed=0).save(path)
     inference.write_sidecar(path, label="Baseline CNN", image_size=16,
                             resize_method="bilinear", crop_fraction=0.8)
     return path

@@ -10,9 +10,15 @@ import pytest
 
 from helpers import inference, models
 from helpers.labels import CLASS_NAMES
+from helpers.tools import notebooks
 from tests.conftest import small_resnet50
 
 SIZE = 32  # small inputs keep ResNet50 (random weights) fast on a CPU
+
+
+def study_augmentation(seed: int) -> keras.Sequential:
+    """Notebook 3's augmentation (notebook 4 writes the same; test_repository checks)."""
+    return notebooks.definitions("03_train_cnn", ("augmentation",))["augmentation"](seed)
 
 
 def _batch(n=4, seed=0):
@@ -29,22 +35,28 @@ def test_preprocessing_layer_maps_rgb_0_255_to_caffe_bgr():
                                atol=1e-3)
 
 
-def test_missing_weights_file_is_a_clear_error(tmp_path):
-    with pytest.raises(models.WeightsUnavailableError, match="not found"):
-        models.resnet50_base(SIZE, weights=str(tmp_path / "nope.h5"))
+def notebook_resnet50(weights: str | None) -> tuple[keras.Model, keras.Model]:
+    """Notebook 4's ``build_resnet50`` (its cells' code) with WEIGHTS as its derived cell
+    gives them to ``keras.applications.ResNet50``: the model and its base."""
+    build = notebooks.definitions("04_train_resnet50", ("augmentation", "build_resnet50"),
+                                  scope={"WEIGHTS": weights}, RESNET_IMAGE_SIZE=SIZE)
+    return build["build_resnet50"]()
 
 
 def test_unreachable_imagenet_weights_never_fall_back_to_random(monkeypatch):
+    from keras.src.utils import file_utils
+
     def offline(*args, **kwargs):
         raise Exception("URL fetch failure: no network")
 
-    monkeypatch.setattr(keras.applications, "ResNet50", offline)
-    with pytest.raises(models.WeightsUnavailableError, match="Colab"):
-        models.resnet50_base(SIZE, weights="imagenet")
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(models.WeightsUnavailableError, match="Colab") as error:
+        notebook_resnet50("imagenet")
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("build", [
-    lambda: models.build_cnn(SIZE, filters=(8, 16)),
+    lambda: notebooks.baseline_cnn(SIZE, widths=(8, 16)),
     lambda: small_resnet50(SIZE),
 ], ids=["cnn", "resnet50"])
 def test_saved_model_loads_in_safe_mode_and_predicts_the_same(build, tmp_path):
@@ -61,7 +73,7 @@ def test_saved_model_loads_in_safe_mode_and_predicts_the_same(build, tmp_path):
 
 def test_cnn_rescales_inside_and_augments_only_in_training():
     keras.utils.set_random_seed(0)
-    model = models.build_cnn(SIZE, filters=(8,))
+    model = notebooks.baseline_cnn(SIZE, widths=(8,))
     images, _ = _batch()
     inference = [np.asarray(model(images, training=False)) for _ in range(2)]
     np.testing.assert_array_equal(*inference)
@@ -75,7 +87,7 @@ def test_augmentation_moves_pixels_without_interpolating_them():
     pixel for pixel (resampling would blur training images but not inference ones), and
     all 8 occur."""
     keras.utils.set_random_seed(0)
-    geometric = models.augmentation(seed=0).layers[:3]  # flips, transpose; then contrast
+    geometric = study_augmentation(0).layers[:3]  # flips, transpose; then contrast
     images = np.random.default_rng(1).uniform(0, 255, (64, SIZE, SIZE, 3)).astype("float32")
     augmented = images
     for layer in geometric:
@@ -93,22 +105,12 @@ def test_augmentation_lowers_contrast_as_often_as_it_raises_it():
     """Training images must straddle the untouched inference images, not all lie on one side
     (Keras's RandomContrast(0.1) only raises contrast)."""
     keras.utils.set_random_seed(0)
-    contrast = models.augmentation(seed=0).get_layer("random_contrast")
+    contrast = study_augmentation(0).get_layer("random_contrast")
     images = np.random.default_rng(2).uniform(50, 200, (256, SIZE, SIZE, 3)).astype("float32")
     ratio = np.asarray(contrast(images, training=True)).std(axis=(1, 2, 3)) / images.std(
         axis=(1, 2, 3))
     assert 0.9 - 1e-3 < ratio.min() < 0.95 and 1.05 < ratio.max() < 1.1 + 1e-3
     assert 0.4 < (ratio < 1).mean() < 0.6
-
-
-def test_cnn_stem_halves_the_feature_maps_at_the_same_depth():
-    plain = models.build_cnn(32, filters=(4, 8), augment=False, seed=0)
-    stem = models.build_cnn(64, filters=(4, 8), augment=False, stem_stride=2, seed=0)
-    assert stem.get_layer("stem_conv").strides == (2, 2)
-    # A 64 px input with the stem gives the same block shapes as a 32 px one without.
-    for name in ("block1_relu2", "block2_relu2"):
-        assert stem.get_layer(name).output.shape == plain.get_layer(name).output.shape
-    assert stem.predict(np.zeros((1, 64, 64, 3)), verbose=0).shape == (1, 8)
 
 
 @pytest.mark.parametrize("policy, tolerance", [("float32", 1e-4), ("mixed_bfloat16", 3e-2)])
@@ -154,7 +156,7 @@ def test_fused_batchnorm_trains_like_keras_batchnorm(policy, tolerance):
 
 
 def test_the_cnn_uses_fused_batchnorm_and_loads_back(tmp_path):
-    model = models.build_cnn(16, filters=(4, 8), seed=0)
+    model = notebooks.baseline_cnn(16, widths=(4, 8), seed=0)
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(norms) == 4 and all(isinstance(layer, models.FusedBatchNormalization)
                                    for layer in norms)
@@ -176,24 +178,24 @@ def _legacy_h5(model: keras.Model, path) -> None:
 @pytest.mark.parametrize("layout", ["weights.h5", "legacy h5"])
 def test_resnet50_weights_from_a_file_load_exactly(layout, tmp_path):
     keras.utils.set_random_seed(1)
-    source = models.resnet50_base(SIZE, weights=None)
+    _, source = notebook_resnet50(None)
     path = tmp_path / ("base.weights.h5" if layout == "weights.h5" else "base_notop.h5")
     if layout == "weights.h5":
         source.save_weights(path)
     else:
         _legacy_h5(source, path)
     keras.utils.set_random_seed(2)  # other random weights, which the file must replace
-    loaded = models.resnet50_base(SIZE, weights=models.resnet50_weights(str(path)))
+    _, loaded = notebook_resnet50(models.resnet50_weights(str(path)))
     for expected, actual in zip(source.get_weights(), loaded.get_weights(), strict=True):
         np.testing.assert_array_equal(expected, actual)
 
 
 def test_a_weights_file_of_another_model_is_one_clear_line(tmp_path):
     path = tmp_path / "cnn.weights.h5"
-    models.build_cnn(SIZE, filters=(8, 16)).save_weights(path)
+    notebooks.baseline_cnn(SIZE, widths=(8, 16)).save_weights(path)
     with pytest.raises(models.WeightsUnavailableError,
                        match="holds no weights of a ResNet50 base") as error:
-        models.resnet50_base(SIZE, weights=str(path))
+        notebook_resnet50(str(path))
     assert "\n" not in str(error.value)
 
 

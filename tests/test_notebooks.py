@@ -235,3 +235,80 @@ def test_study_command_rejects_unknown_profiles_and_bad_overrides(capsys):
     assert study.main(["--profile", "smoke", "--set", "RUN_DIR=elsewhere"]) == 1
     assert "--run-dir" in capsys.readouterr().err
     assert yaml.safe_load("[a, b]") == study.parse_override("X=[a, b]")[1]
+
+
+# Figures the notebooks' text may state: facts of the published dataset and the literature,
+# conventions and the study's fixed design, never a number a run computes (those are printed
+# by code beside the text, so words and figures cannot disagree). Each with why it may stay.
+ALLOWED_FIGURES = {
+    r"^#+ \d\. ": "the notebook's number in its title",
+    r"\bnotebooks? \d\b": "a notebook's number",
+    r"(?i)\bphases? \d\b|\bphase-\d\b": "training phase 1 or 2",
+    r"`[a-z_]+=\d+`": "an argument written as code",
+    r"\bKeras \d\b": "a Keras version",
+    r"\b0-255\b|\b0-1\b": "pixel value ranges",
+    r"\bSHA-256\b": "a hash's name",
+    r"Acevedo et al\., 2020": "the dataset's citation",
+    r"17,092 JPEGs of 360x363 px": "the published dataset",
+    r"\bin 8 classes\b": "the published dataset",
+    r"\b70/15/15\b": "the split's fixed fractions (helpers.split)",
+    r"\b3x3\b": "the CNN's kernel size, written in the cell below",
+    r"\breach 99%": "published results on this data",
+    r"\b66%": "the earlier study's result",
+    r"\b95% bootstrap\b": "the intervals' confidence level",
+    r"says 90%, is it right 90%": "an example",
+    r"\(0: ": "what 0 means for a parameter",
+    r"\b1 - m\^n\b": "a formula",
+    r"`SEED \+ 1`": "the seeds' rule",
+    r"\bclose to 1\b": "a limit",
+}
+
+
+def figures_in_markdown(text: str) -> list[str]:
+    """The numbers in a markdown cell's text that no ALLOWED_FIGURES pattern covers (link
+    targets and URLs, which hold version numbers and paths, are left out)."""
+    import re
+
+    text = re.sub(r"\]\([^)]*\)|https?://\S+", "", text)
+    for pattern in ALLOWED_FIGURES:
+        text = re.sub(pattern, " ", text, flags=re.MULTILINE)
+    return re.findall(r"(?<![\w.])\d[\d,.]*%?", text)
+
+
+def test_the_figure_check_finds_typed_results():
+    assert figures_in_markdown("The CNN scored 0.985 on test, 12 points above.") == [
+        "0.985", "12"]
+    assert figures_in_markdown("Up to 99.2% here, 3 seeds.") == ["99.2%", "3"]
+    assert figures_in_markdown("# 3. Train the CNN, see notebook 5 and phase 2's model") == []
+    assert figures_in_markdown("[docs](../docs/results.md#v2-0) and ResNet50, conv1") == []
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda path: path.stem)
+def test_markdown_states_no_figure_a_run_computes(path):
+    notebook = nbformat.read(path, as_version=4)
+    found = {index: figures_in_markdown(cell.source)
+             for index, cell in enumerate(notebook.cells) if cell.cell_type == "markdown"}
+    assert not {index: figures for index, figures in found.items() if figures}, (
+        "print such figures from code beside the text, or phrase the text without them "
+        "(ALLOWED_FIGURES lists what may stay)")
+
+
+def test_notebooks_3_and_4_augment_alike():
+    """Notebook 4 writes notebook 3's augmentation again, so each stands alone in Colab."""
+    def augmentation_cell(name: str) -> str:
+        cells = nbformat.read(notebooks.SOURCE_DIR / f"{name}.ipynb", as_version=4).cells
+        return next(cell.source for cell in cells if cell.source.startswith("def augmentation"))
+
+    assert augmentation_cell("03_train_cnn") == augmentation_cell("04_train_resnet50")
+
+
+def test_definitions_run_a_notebooks_own_cells():
+    built = notebooks.definitions("03_train_cnn", ("build_cnn", "augmentation"),
+                                  CNN_IMAGE_SIZE=16)
+    model = built["build_cnn"](seed=0, widths=(4,))
+    assert model.input_shape == (None, 16, 16, 3)
+    assert [layer.name for layer in model.layers[:3]] == ["image", "augmentation", "rescale"]
+    with pytest.raises(KeyError, match="no parameter"):
+        notebooks.definitions("03_train_cnn", ("build_cnn",), NOT_A_PARAMETER=1)
+    with pytest.raises(KeyError, match="defines"):
+        notebooks.definitions("03_train_cnn", ("no_such_function",))

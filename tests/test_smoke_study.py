@@ -5,6 +5,7 @@ versions, and Colab runs other versions than CI); exact things (counts, labels, 
 weights may change in which phase) exactly. nbval checks the notebooks' exact outputs.
 """
 
+import hashlib
 import json
 
 import keras
@@ -115,3 +116,42 @@ def test_saved_resnet50_applies_preprocess_input_between_its_input_and_the_base(
                     training=False)
     expected = model.get_layer("probabilities")(model.get_layer("pool")(features))
     np.testing.assert_allclose(model(images, training=False), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_mistakes_are_the_recipe_with_each_mistake_trained_back_in(smoke_run):
+    assert SMOKE["RESNET_MISTAKES"] == ["learning_rate", "all"]
+    recipe = smoke_run.read_history("resnet50")
+    boundary = smoke_run.phase_boundary("resnet50")
+    # learning_rate: phase 2 alone, from the recipe's phase 1 model, at the earlier rate.
+    record = smoke_run.read_run_record("resnet50_mistake_learning_rate")
+    assert record["parameters"]["start_sha256"] == hashlib.sha256(
+        smoke_run.model("resnet50", "frozen").read_bytes()).hexdigest()
+    assert smoke_run.phase_boundary("resnet50_mistake_learning_rate") is None
+    rate = smoke_run.read_history("resnet50_mistake_learning_rate")["learning_rate"]
+    smoke = {**study.load_profile("colab"), **SMOKE}  # the notebooks' defaults, overridden
+    assert rate.iloc[0] == pytest.approx(smoke["RESNET_MISTAKES_LEARNING_RATE"], rel=1e-3)
+    # It goes on from the recipe's phase 1 epoch count: the recipe's data order.
+    assert smoke_run.read_history("resnet50_mistake_learning_rate")["epoch"].iloc[0] == boundary
+    assert recipe["learning_rate"].iloc[boundary] < rate.iloc[0] / 10
+    # all: no preprocess_input (0-1 RGB into the base), a phase 1 of its own, and BatchNorm
+    # moving in phase 2.
+    frozen = keras.saving.load_model(smoke_run.model("resnet50_mistake_all", "frozen"))
+    tuned = inference.load_model(smoke_run.model("resnet50_mistake_all")).model
+    names = [layer.name for layer in tuned.layers]
+    assert "rescale" in names and "resnet_preprocess" not in names
+    assert smoke_run.phase_boundary("resnet50_mistake_all") == SMOKE["RESNET_FROZEN_EPOCHS"]
+    before, after = _weights_by_path(frozen), _weights_by_path(tuned)
+    top = tuple(f"{block}_" for block in models.RESNET50_BLOCKS[-3:])
+    moved = {path for path in before if path.startswith(top) and "_bn/moving_mean" in path
+             and not np.array_equal(before[path], after[path])}
+    assert moved, "BatchNorm statistics did not move in the all-mistakes run"
+    assert inference.load_model(smoke_run.model("resnet50_mistake_all")).label == (
+        "ResNet50, random init, mistake: all")
+
+
+def test_the_comparison_ends_with_a_conclusion_from_the_run(smoke_run):
+    text = smoke_run.conclusion.read_text()
+    report = json.loads(smoke_run.test_metrics("cnn").read_text())
+    assert "Baseline CNN" in text and "ResNet50, random init" in text
+    assert f"accuracy {report['accuracy']:.4f}" in text
+    assert "not transfer learning" in text

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from helpers import data, inference, models, runlock, training
+from helpers import data, inference, liveprogress, runlock, training
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
+from helpers.tools import notebooks
 from tests.conftest import REPOSITORY
 
 # Kills of the fault-injection test: about 10 s each on 2 cores.
@@ -94,7 +95,7 @@ def run(synthetic_source, tmp_path) -> RunFolder:
 
 
 def _tiny_model(epochs: int, steps_per_epoch: int) -> keras.Model:
-    model = models.build_cnn(16, filters=(4, 8), seed=7)
+    model = notebooks.baseline_cnn(16, widths=(4, 8), seed=7)
     model.compile(optimizer=keras.optimizers.AdamW(
                       training.warmup_cosine(2e-3, steps_per_epoch, epochs)),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -135,6 +136,107 @@ def test_callbacks_need_the_data_and_cover_the_standard_set(run):
                      "ResumableEarlyStopping", "EpochTiming", "PreciseBatchNorm",
                      "BatchNormStatisticsProbe", "CSVLogger", "BackupAndRestore",
                      "StopAfterEpoch"]
+
+
+# -- live progress, for the headless study's line --------------------------------------------
+
+def test_live_progress_counts_epochs_as_fit_does_and_estimates_the_time_left(tmp_path):
+    """Phase 2 of a run, or a run resumed: fit starts at epoch 7 of 9 (initial_epoch 6)."""
+    now = [100.0]
+    path = tmp_path / "progress.json"
+    callback = training.LiveProgress(path, "resnet50", "phase 2", steps_per_epoch=99,
+                                     clock=lambda: now[0], wall_clock=lambda: 5000 + now[0])
+    callback.set_params({"epochs": 9, "steps": 4, "verbose": 0})  # as fit sets them
+
+    def read(*keys):
+        progress = json.loads(path.read_text())
+        return tuple(progress[key] for key in keys) if keys else progress
+
+    writer = liveprogress.ProgressWriter(tmp_path / "other.json", clock=lambda: now[0])
+    assert writer.write({"step": 1}) and not writer.write({"step": 2})  # a second apart at most
+    assert writer.write({"step": 3}, force=True)
+    assert json.loads(writer.path.read_text())["step"] == 3
+
+    callback.on_train_begin()
+    assert not path.exists()
+    callback.on_epoch_begin(6)
+    assert read() == {"run": "resnet50", "phase": "phase 2", "epoch": 7, "epochs": 9, "step": 0,
+                      "steps": 4, "stage": "training", "completed": 6, "initial": 6,
+                      "elapsed": 0.0, "eta": None, "updated": 5100.0}
+    now[0] += 3.0
+    callback.on_train_batch_end(0)  # the first step also builds the graph: no pace yet
+    assert read("step", "elapsed", "eta", "updated") == (1, 3.0, None, 5103.0)
+    now[0] += 0.5
+    callback.on_train_batch_end(1)  # half a second after the last write: not written
+    assert read("step") == (1,)
+    now[0] += 0.5
+    callback.on_train_batch_end(2)  # half a second a step: 1 step left, 2 epochs of 4 after
+    assert read("step", "elapsed", "eta") == (3, 4.0, 0.5 + 2 * 4 * 0.5)
+    now[0] += 1.0
+    callback.on_train_batch_end(3)
+    callback.on_test_begin()  # validation: written at once
+    assert read("step", "stage") == (4, "validating")
+    now[0] += 1.0
+    callback.on_epoch_end(6)  # 6 s, validation included
+    assert read("epoch", "completed", "step", "stage", "eta") == (7, 7, 4, "training", 12.0)
+    callback.on_epoch_begin(7)
+    assert read("epoch", "completed", "step", "eta") == (8, 7, 0, 12.0)
+    now[0] += 2.0
+    callback.on_epoch_end(7)  # 2 s: epochs after the first tell the time an epoch takes
+    assert read("completed", "eta") == (8, 2.0)
+    callback.on_train_end()  # early stopping, one epoch before the end
+    assert read("epoch", "completed", "stage", "elapsed", "eta") == (8, 8, "ended", 8.0, 0.0)
+
+
+def test_live_progress_that_cannot_be_written_warns_once_and_training_goes_on(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(liveprogress, "_warned", False)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    callback = training.LiveProgress(a_file / "progress.json", "tiny")  # under a file
+    callback.set_params({"epochs": 2, "steps": 3})
+    with pytest.warns(RuntimeWarning, match="Could not write the training progress") as said:
+        callback.on_train_begin()
+        for epoch in range(2):
+            callback.on_epoch_begin(epoch)
+            callback.on_epoch_end(epoch)
+        callback.on_train_end()
+    assert len([warning for warning in said if warning.category is RuntimeWarning]) == 1
+
+
+def test_a_training_run_writes_live_progress_only_for_the_study(run, tmp_path, monkeypatch):
+    monkeypatch.delenv(liveprogress.PROGRESS_VARIABLE, raising=False)
+    training_run = training.TrainingRun(run, "unset", label="Tiny", seed=0)
+    training_run.datasets(image_size=16, batch_size=8)
+    assert "LiveProgress" not in [type(callback).__name__
+                                  for callback in training_run.callbacks()]
+    del training_run
+    path = tmp_path / "progress" / "progress.json"
+    monkeypatch.setenv(liveprogress.PROGRESS_VARIABLE, str(path))
+    written = []
+    write = liveprogress.ProgressWriter.write
+
+    def recorded(writer, progress, force=False):
+        if write(writer, progress, force):
+            written.append(progress)
+
+    monkeypatch.setattr(liveprogress.ProgressWriter, "write", recorded)
+    # A phase that continues the count (as ResNet50's second does): epoch 2 of 2.
+    training_run, _ = _train_tiny(run, epochs=2, phase="first", initial_epoch=1)
+    steps = training_run.steps_per_epoch
+    fields = ("run", "phase", "epoch", "epochs", "step", "steps", "stage", "completed",
+              "initial", "eta")
+    assert [tuple(progress[key] for key in fields) for progress in (written[0], written[-1])
+            ] == [("tiny", "first", 2, 2, 0, steps, "training", 1, 1, None),
+                  ("tiny", "first", 2, 2, steps, steps, "ended", 2, 1, 0.0)]
+    assert "validating" in [progress["stage"] for progress in written]
+    assert written[-1]["elapsed"] > 0 and json.loads(path.read_text())["stage"] == "ended"
+    # The last phase, unnamed, after it: its number.
+    training_run.end_phase("first")
+    callbacks = training_run.callbacks(initial_epoch=2)
+    kinds = [type(callback).__name__ for callback in callbacks]
+    assert kinds.index("LiveProgress") == kinds.index("CSVLogger") - 1  # the backup stays last
+    assert callbacks[kinds.index("LiveProgress")].phase == "phase 2"
 
 
 def _assert_same_run(run, other, name="tiny"):
@@ -393,7 +495,7 @@ def _run_once(run, learning_rate=2e-3, while_open=None):
         while_open()
     train_data, validation_data = training_run.datasets(image_size=16, batch_size=8,
                                                         max_images=48, cache=None)
-    model = models.build_cnn(16, filters=(4, 8), seed=7)
+    model = notebooks.baseline_cnn(16, widths=(4, 8), seed=7)
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     kept = not training_run.needs_training(model)
@@ -520,7 +622,7 @@ def _two_phases(run, *, freeze_in_phase_2=(), phase_1_rate=2e-3, phase_2_rate=5e
                                         parameters={"PHASE_2_RATE": phase_2_rate})
     train_data, validation_data = training_run.datasets(image_size=16, batch_size=8,
                                                         max_images=48, cache=None)
-    model = models.build_cnn(16, filters=(4, 8), seed=7)
+    model = notebooks.baseline_cnn(16, widths=(4, 8), seed=7)
     model.compile(optimizer=keras.optimizers.AdamW(phase_1_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     trained = []

@@ -196,11 +196,12 @@ def bench_training(frame: pd.DataFrame, root: Path, runs: int, build: Callable,
 def bench_inference(frame: pd.DataFrame, root: Path, runs: int, model_path: str | None) -> dict:
     """``helpers.inference`` (what ``helpers.evaluate`` runs) over image files against
     ``model.predict`` on the same images already decoded in memory."""
-    from helpers import inference, models
+    from helpers import inference
+    from helpers.tools import notebooks
 
     if model_path is None:  # the speed does not depend on the weights
         model_path = Path(tempfile.mkdtemp(prefix="bench-")) / "cnn.keras"
-        models.build_cnn(IMAGE_SIZE, seed=0).save(model_path)
+        notebooks.baseline_cnn(IMAGE_SIZE, seed=0).save(model_path)
         inference.write_sidecar(model_path, label="Baseline CNN", image_size=IMAGE_SIZE,
                                 resize_method="bilinear", crop_fraction=CROP_FRACTION)
     loaded = inference.load_model(model_path)
@@ -336,12 +337,12 @@ def profile_layers(build: Callable, image_size: int, batch_size: int = BATCH_SIZ
 def precision_figures(subset: pd.DataFrame, root: Path, runs: int, resnet_size: int) -> dict:
     """bfloat16 against float32 for the CNN (64 px) and a trainable ResNet50, the machine's
     convolution rates, and each bfloat16 training step's share of the bfloat16 rate."""
-    from helpers import models
+    from helpers.tools import notebooks
 
     report = {}
     images, labels = cached_arrays(subset, root, IMAGE_SIZE)
     report["precision_cnn"] = bench_precision(
-        images, labels, runs, lambda: models.build_cnn(IMAGE_SIZE, seed=0))
+        images, labels, runs, lambda: notebooks.baseline_cnn(IMAGE_SIZE, seed=0))
     resnet_images, resnet_labels = cached_arrays(
         subset.groupby("label").head(8).reset_index(drop=True), root, resnet_size)
     report["precision_resnet50"] = bench_precision(
@@ -369,7 +370,8 @@ def trainable_resnet50(image_size: int):
 
     return keras.Sequential([keras.Input((image_size, image_size, 3)),
                              models.ResNetPreprocess(),
-                             models.resnet50_base(image_size, weights=None),
+                             keras.applications.ResNet50(include_top=False, weights=None,
+                                                         input_shape=(image_size, image_size, 3)),
                              keras.layers.GlobalAveragePooling2D(),
                              keras.layers.Dense(8, activation="softmax", dtype="float32")])
 
@@ -423,7 +425,8 @@ def frozen_resnet50(image_size: int):
 
     from helpers import models
 
-    base = models.resnet50_base(image_size, weights=None)
+    base = keras.applications.ResNet50(include_top=False, weights=None,
+                                                         input_shape=(image_size, image_size, 3))
     base.trainable = False
     return keras.Sequential([keras.Input((image_size, image_size, 3)),
                              models.ResNetPreprocess(), base,
@@ -553,10 +556,10 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    from helpers import models
+    from helpers.tools import notebooks
 
     if args.layer_profile:
-        table = profile_layers(lambda: models.build_cnn(IMAGE_SIZE, augment=False, seed=0),
+        table = profile_layers(lambda: notebooks.baseline_cnn(IMAGE_SIZE, augment=False, seed=0),
                                IMAGE_SIZE)
         with pd.option_context("display.width", 200, "display.max_rows", 100):
             print(table.round(2).to_string())
@@ -583,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                  args.runs)
     report["pipeline_cached"] = bench_cached(frame, root, args.runs)
     report["train_cnn"] = bench_training(
-        subset, root, args.runs, lambda: models.build_cnn(IMAGE_SIZE, seed=0), IMAGE_SIZE)
+        subset, root, args.runs, lambda: notebooks.baseline_cnn(IMAGE_SIZE, seed=0), IMAGE_SIZE)
     small = subset.groupby("label").head(32).reset_index(drop=True)
     report["train_resnet50"] = bench_training(
         small, root, args.runs, lambda: frozen_resnet50(IMAGE_SIZE), IMAGE_SIZE)

@@ -18,12 +18,16 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nbformat
 
 from helpers import project
 from helpers.runfolder import RunFolder
 from helpers.tools import study
+
+if TYPE_CHECKING:  # Keras loads only where a model is built
+    import keras
 
 SOURCE_DIR = project.ROOT / "notebooks"
 CHECKED_DIR = project.ROOT / "tests" / "notebooks"
@@ -120,6 +124,59 @@ def code_cells(notebook: nbformat.NotebookNode) -> list[str]:
     """The code of a notebook's cells, without papermill's injected parameters."""
     return [cell.source for cell in notebook.cells if cell.cell_type == "code"
             and "injected-parameters" not in cell.metadata.get("tags", [])]
+
+
+def definitions(name: str, functions: tuple[str, ...], scope: dict | None = None,
+                **parameters) -> dict:
+    """The functions FUNCTIONS as notebook NAME's cells define them, for the tools and tests
+    that need the study's own recipe (the benchmark's CNN is notebook 3's): the notebook is
+    the one definition. Its parameters cell runs first, then PARAMETERS override its values,
+    then every cell that defines one of FUNCTIONS, with ``keras``, the helpers modules the
+    notebooks import and ``scope`` (values the notebook derives in other cells, such as
+    notebook 4's WEIGHTS) in scope.
+
+    Raises KeyError naming a function no cell defines.
+    """
+    import keras
+
+    from helpers import labels, models, training
+
+    notebook = nbformat.read(SOURCE_DIR / f"{name}.ipynb", as_version=4)
+    namespace: dict = {"keras": keras, "labels": labels, "models": models,
+                       "training": training}
+    exec(notebook.cells[2].source, namespace)  # the parameters cell (lint checks its place)
+    unknown = set(parameters) - {key for key in namespace if key.isupper()}
+    if unknown:
+        raise KeyError(f"{name} has no parameter {sorted(unknown)}")
+    namespace.update(parameters)
+    namespace.update(scope or {})
+    found = set()
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        defined = {node.name for node in ast.parse(cell.source).body
+                   if isinstance(node, ast.FunctionDef)}
+        if defined & set(functions):
+            exec(cell.source, namespace)
+            found |= defined
+    missing = set(functions) - found
+    if missing:
+        raise KeyError(f"No cell of {name} defines {sorted(missing)}")
+    return {function: namespace[function] for function in functions}
+
+
+def baseline_cnn(image_size: int, widths: tuple[int, ...] = (32, 64, 128, 256),
+                 augment: bool = True, seed: int = 0) -> keras.Model:
+    """Notebook 3's baseline CNN at ``image_size``, with block ``widths`` (small ones make it
+    quick for tests), without its augmentation when ``augment`` is False."""
+    import keras
+
+    built = definitions("03_train_cnn", ("augmentation", "build_cnn"),
+                        CNN_IMAGE_SIZE=image_size)
+    if not augment:  # the CNN looks the augmentation up when it is built
+        built["build_cnn"].__globals__["augmentation"] = (
+            lambda seed: keras.layers.Identity(name="augmentation"))
+    return built["build_cnn"](seed=seed, widths=widths)
 
 
 def refresh() -> None:

@@ -18,8 +18,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from helpers import models, training  # noqa: E402
+from helpers import training  # noqa: E402
 from helpers.runfolder import RunFolder  # noqa: E402
+from helpers.tools import notebooks  # noqa: E402
 
 EPOCHS = 3
 mirrored = training.select_strategy
@@ -34,7 +35,7 @@ def train(name: str, *, replicas: int, precision: str, stop_after_epoch: int = 0
     train_data, validation_data = training_run.datasets(image_size=24,
                                                         batch_size=16 // replicas, cache=None)
     with training_run.strategy.scope():
-        model = models.build_cnn(24, filters=(16, 32), seed=7)
+        model = notebooks.baseline_cnn(24, widths=(16, 32), seed=7)
         optimizer = keras.optimizers.AdamW(
             training.warmup_cosine(3e-3, training_run.steps_per_epoch, EPOCHS))
         if precision == "mixed_float16":  # what compile does, with a scale that moves

@@ -27,8 +27,9 @@ if arguments.simulated_gpus:
 
 import keras  # noqa: E402
 
-from helpers import models, training  # noqa: E402
+from helpers import training  # noqa: E402
 from helpers.runfolder import RunFolder  # noqa: E402
+from helpers.tools import notebooks  # noqa: E402
 
 run = RunFolder(arguments.run_dir)
 training_run = training.TrainingRun(run, "tiny", label="Tiny", seed=7, deterministic=True,
@@ -49,7 +50,7 @@ def compiled(model: keras.Model, epochs: int) -> keras.Model:
 
 
 with training_run.strategy.scope():
-    model = compiled(models.build_cnn(16, filters=(4, 8), seed=7), 3)
+    model = compiled(notebooks.baseline_cnn(16, widths=(4, 8), seed=7), 3)
 if training_run.needs_training(model, "first"):
     model.fit(train_data, validation_data=validation_data, epochs=3, verbose=0,
               callbacks=training_run.callbacks("first", precise_batchnorm_images=16))
