@@ -157,7 +157,7 @@ def usable_mask(index: pd.DataFrame) -> pd.Series:
 
 
 def summarize(index: pd.DataFrame, data_root: Path) -> dict:
-    """Build the JSON-ready report of an index (see the README for each key)."""
+    """Build the JSON-ready report of an index (each key: docs/data.md, "Data commands")."""
     usable = index[usable_mask(index)]
     in_class = index[index["label"] != ""]
     folders = class_folders(data_root)
