@@ -226,7 +226,8 @@ def phase_dynamics(run: RunFolder, name: str, threshold: float = CONVERGENCE_ACC
         # its epochs are numbered as fit counted them.
         first = int(epochs["epoch"].iloc[0]) if "epoch" in epochs and len(epochs) else 0
         for column in ("best_epoch", "overfitting_from", "epochs_to_threshold"):
-            table[column] = table[column] + first
+            table[column] = table[column].map(
+                lambda epoch: epoch if pd.isna(epoch) else epoch + first)
         return table
     rows = {}
     for phase, part in ((f"{label}: phase 1 (frozen base)", epochs.iloc[:boundary]),

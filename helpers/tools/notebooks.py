@@ -171,11 +171,13 @@ def baseline_cnn(image_size: int, widths: tuple[int, ...] = (32, 64, 128, 256),
     quick for tests), without its augmentation when ``augment`` is False."""
     import keras
 
-    built = definitions("03_train_cnn", ("augmentation", "build_cnn"),
-                        CNN_IMAGE_SIZE=image_size)
-    if not augment:  # the CNN looks the augmentation up when it is built
-        built["build_cnn"].__globals__["augmentation"] = (
-            lambda seed: keras.layers.Identity(name="augmentation"))
+    if augment:
+        built = definitions("03_train_cnn", ("augmentation", "build_cnn"),
+                            CNN_IMAGE_SIZE=image_size)
+    else:  # build_cnn calls augmentation(seed): an identity in its place
+        built = definitions("03_train_cnn", ("build_cnn",), CNN_IMAGE_SIZE=image_size,
+                            scope={"augmentation": lambda seed: keras.layers.Identity(
+                                name="augmentation")})
     return built["build_cnn"](seed=seed, widths=widths)
 
 
