@@ -210,6 +210,13 @@ def test_each_phase_is_read_from_its_own_epochs(tmp_path):
         "phase 1 (frozen base)": 0.70, "phase 2 (fine-tuned)": 0.90}
     one = compare.phase_dynamics(run, "net", row_name="Other")
     assert len(one) == 2 and one.index[0].startswith("Other: ")
+    # A one-phase run that went on from another's epoch count keeps fit's numbering.
+    later = pd.read_csv(run.history("net")).iloc[3:]
+    later.to_csv(run.history("later"), index=False)
+    files.write_json({"label": "Later"}, run.run_record("later"))
+    row = compare.phase_dynamics(run, "later").loc["Later"]
+    assert row["best_epoch"] == 5 and row["overfitting_from"] == 6
+    assert pd.isna(row["epochs_to_threshold"])  # never reached 0.95: stays empty
 
 
 DIFFERENCE = {"n_images": 100,
