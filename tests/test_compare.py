@@ -236,8 +236,11 @@ def test_the_conclusion_follows_the_numbers():
     assert "+0.0500" in text and "+0.0200 to +0.0800" in text and "p = 0.01" in text
     assert "ig / neutrophil" in text
     assert "crop fraction: 0.7 for CNN; 1 for ResNet50, random init" in text
+    assert "did not train on equal terms" in text
     assert "input (pixels)" not in text  # equal for both: not a difference
     assert "not transfer learning" in text and "borderline" not in text
+    equal = BUDGETS.assign(CNN=BUDGETS["ResNet50, random init"])
+    assert "equal terms" not in compare.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, equal)
     unsure = {**DIFFERENCE, "accuracy": {**DIFFERENCE["accuracy"], "ci95": [-0.01, 0.08]}}
     text = compare.conclusion(unsure, labels, {**MCNEMAR, "p_value": 0.3}, PAIRS, BUDGETS)
     assert "do not separate CNN from ResNet50, random init" in text
@@ -258,3 +261,18 @@ def test_the_conclusion_follows_the_numbers():
     text = compare.conclusion(worse, labels, MCNEMAR, PAIRS, BUDGETS, seeds)
     assert "**ResNet50, random init is more accurate than CNN**" in text
     assert "3 seeds" in text and "-0.0300 ± 0.0100" in text
+
+
+def test_the_budget_table_puts_one_and_two_phase_epochs_in_one_row():
+    common = {"input (pixels)": "64x64", "crop fraction": 0.7, "training images": 100,
+              "seeds trained": 1, "minutes (kept run)": 1.25,
+              "minutes (final runs, all seeds)": 2.5, "number format": "float32",
+              "parameters": 1234567}
+    table = compare.budget_table({"CNN": {**common, "epochs": "2"},
+                                  "ResNet": {**common, "epochs (frozen + fine-tuned)": "1 + 1"}})
+    epochs = [row for row in table.index if row.startswith("epochs")]
+    assert epochs == ["epochs (frozen + fine-tuned where two)"]
+    assert table.loc[epochs[0]].tolist() == ["2", "1 + 1"]
+    assert table.loc["minutes (kept run)", "CNN"] == "1.2"  # formatted for reading
+    assert table.loc["parameters", "ResNet"] == "1,234,567"
+    assert list(table.columns) == ["CNN", "ResNet"]

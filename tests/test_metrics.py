@@ -185,6 +185,12 @@ def test_paired_bootstrap_difference_is_of_the_same_images():
     assert same["accuracy"]["ci95"] == [0.0, 0.0] and same["macro_f1"]["difference"] == 0.0
     with pytest.raises(ValueError, match="same images"):
         metrics.paired_bootstrap_difference(y_true, pred_a, pred_b[:-1], n_classes=4)
+    # A class no test image has: macro-F1 averages over the classes present, as with_intervals.
+    three = y_true % 3
+    guessed = np.where(rng.random(400) < 0.9, three, 3)  # the absent class predicted too
+    result = metrics.paired_bootstrap_difference(three, guessed, three, n_classes=4,
+                                                 n_resamples=50)
+    assert result["macro_f1"]["a"] == pytest.approx(metrics.macro_f1(three, guessed))
 
 
 def test_a_temperature_at_the_end_of_the_search_is_flagged():
@@ -196,3 +202,6 @@ def test_a_temperature_at_the_end_of_the_search_is_flagged():
     assert metrics.temperature_at_bound(temperature)
     fair = confident(np.where(rng.random(300) < 0.8, y_true, (y_true + 1) % 3), top=0.8)
     assert not metrics.temperature_at_bound(metrics.fit_temperature(y_true, fair))
+    low, high = metrics.TEMPERATURE_BOUNDS
+    assert metrics.temperature_at_bound(low) and metrics.temperature_at_bound(high)
+    assert not metrics.temperature_at_bound(1.0)
