@@ -423,6 +423,19 @@ def test_in_a_log_the_line_says_each_epoch_done_once(tmp_path):
         "[1/1] a: 5/5 cells, 00:05\n")
 
 
+def test_in_a_log_an_epoch_is_said_even_when_its_cell_ended_before_the_line_looked(tmp_path):
+    """A one-epoch phase whose cell ends within the second between two looks: its epoch
+    was still done in this notebook, and the log says so."""
+    cells = [(2, 5, 1000.0)]
+    line, stream, now = _line_for(tmp_path, False, cells)
+    (tmp_path / "progress.json").write_text(json.dumps(_progress(
+        run="resnet50", phase="frozen", completed=1, epochs=1, stage="ended", updated=1000.5)))
+    cells[0] = (3, 5, 1001.0)  # the next cell started after the fit ended
+    now[0] = 1001.2
+    line.tick()
+    assert " | resnet50 (frozen): 1/1 epochs done" in stream.getvalue()
+
+
 def test_the_kernels_write_progress_to_a_file_the_line_shows(tmp_path, sources, capsys,
                                                             monkeypatch):
     monkeypatch.delenv(liveprogress.PROGRESS_VARIABLE, raising=False)

@@ -441,7 +441,9 @@ class NotebookLine:
             shown = progress if liveprogress.is_current(progress, since, now) else None
             self._draw(notebook_line(self.counter, self._done, self._total, elapsed, shown,
                                      now, self.width()))
-        elif (liveprogress.is_current(progress, since, now, include_ended=True)
+        # Not a terminal: every epoch a run finished in this notebook (the file is the
+        # notebook's own), even where its cell ended before this tick looked.
+        elif (liveprogress.is_current(progress, self._started, now, include_ended=True)
               and liveprogress.epochs_done_in_fit(progress) > 0):
             said = (progress["run"], progress.get("phase"), progress.get("initial"),
                     progress.get("completed"))
