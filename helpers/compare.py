@@ -322,7 +322,8 @@ def budget_table(budgets: dict[str, dict]) -> pd.DataFrame:
     for column in ("minutes (kept run)", "minutes (final runs, all seeds)"):
         table[column] = table[column].map(lambda minutes: f"{minutes:.1f}")
     table["crop fraction"] = table["crop fraction"].map(lambda fraction: f"{fraction:g}")
-    table["parameters"] = table["parameters"].map(lambda count: f"{count:,}")
+    for column in ("training images", "parameters"):
+        table[column] = table[column].map(lambda count: f"{count:,}")
     return table.T
 
 
@@ -364,12 +365,13 @@ def _share(value: float) -> str:
 
 
 def conclusion(difference: dict, labels: tuple[str, str], mcnemar: dict,
-               pairs: pd.DataFrame, budgets: pd.DataFrame,
+               top_pairs: dict[str, pd.DataFrame], budgets: pd.DataFrame,
                seeds: pd.DataFrame | None = None,
                flagged_temperatures: tuple[str, ...] = ()) -> str:
     """The study's conclusion as Markdown, written from the run's numbers:
     ``difference`` is ``metrics.paired_bootstrap_difference`` of model A (``labels[0]``)
-    minus model B, ``mcnemar`` their McNemar test, ``pairs`` the ``confused_pairs`` table,
+    minus model B, ``mcnemar`` their McNemar test, ``top_pairs`` each model's (by label)
+    ``confused_pairs`` table of its own errors with ``top=1``,
     ``budgets`` the ``budget_table``, ``seeds`` A's ``seed_differences`` when it was
     trained with several seeds, ``flagged_temperatures`` the models whose temperature fit
     hit its bound."""
@@ -419,10 +421,11 @@ def conclusion(difference: dict, labels: tuple[str, str], mcnemar: dict,
             f"{spread.mean():+.4f} ± {spread.std(ddof=1):.4f} (mean ± sd over the seeds), from "
             f"{spread.min():+.4f} to {spread.max():+.4f}: the kept seed, chosen on validation, "
             "is one draw of these.")
-    if len(pairs):
-        top = pairs.index[0]
-        lines.append(f"The classes confused most are {top} "
-                     f"({int(pairs['all models'].iloc[0])} errors of both models together).")
+    confused = [f"{label} most between {table.index[0]} ({int(table['all models'].iloc[0])} "
+                "test images)" if len(table) else f"{label} makes no error"
+                for label, table in top_pairs.items()]
+    if confused:
+        lines.append("The classes each model confuses: " + "; ".join(confused) + ".")
     compared = [row for row in budgets.index
                 if row in ("input (pixels)", "crop fraction", "training images",
                            "minutes (final runs, all seeds)") or row.startswith("epochs")]

@@ -226,7 +226,9 @@ MCNEMAR = {"a_only_correct": 7, "b_only_correct": 2, "p_value": 0.01}
 BUDGETS = pd.DataFrame({"CNN": {"input (pixels)": "64x64", "crop fraction": "0.7"},
                         "ResNet50, random init": {"input (pixels)": "64x64",
                                                   "crop fraction": "1"}})
-PAIRS = pd.DataFrame({"all models": [4]}, index=pd.Index(["ig / neutrophil"], name="pair"))
+PAIR = pd.DataFrame({"all models": [4]}, index=pd.Index(["ig / neutrophil"], name="pair"))
+NONE = PAIR.iloc[:0]
+PAIRS = {"CNN": PAIR, "ResNet50, random init": NONE}
 
 
 def test_the_conclusion_follows_the_numbers():
@@ -248,10 +250,10 @@ def test_the_conclusion_follows_the_numbers():
     # Macro-F1's interval excludes zero where accuracy's does not: said.
     assert "Macro-F1, which weighs every class alike, separates" in text
     # The interval and McNemar disagree: borderline, never a bold winner.
-    text = compare.conclusion(unsure, ("CNN", "Other"), MCNEMAR, PAIRS.iloc[:0], BUDGETS,
+    text = compare.conclusion(unsure, ("CNN", "Other"), MCNEMAR, {}, BUDGETS,
                               flagged_temperatures=("Other",))
     assert "**the difference is borderline**" in text and "more accurate" not in text
-    assert "transfer" not in text and "confused" not in text
+    assert "transfer" not in text and "confuses" not in text
     assert "temperature fitted for Other sits at the bound" in text
     text = compare.conclusion(DIFFERENCE, labels, {**MCNEMAR, "p_value": 0.2}, PAIRS, BUDGETS)
     assert "borderline" in text and "is not below 0.05" in text
@@ -275,4 +277,5 @@ def test_the_budget_table_puts_one_and_two_phase_epochs_in_one_row():
     assert table.loc[epochs[0]].tolist() == ["2", "1 + 1"]
     assert table.loc["minutes (kept run)", "CNN"] == "1.2"  # formatted for reading
     assert table.loc["parameters", "ResNet"] == "1,234,567"
+    assert table.loc["training images", "CNN"] == "100"
     assert list(table.columns) == ["CNN", "ResNet"]
