@@ -224,17 +224,22 @@ def test_an_error_without_a_message_has_no_dangling_colon(tmp_path):
     assert "  ZeroDivisionError: division by zero\n" in message
 
 
-def test_ctrl_c_in_the_study_is_one_line_and_exit_code_130(
-        tmp_path, sources, profiles, monkeypatch, capsys):
+def _study_whose_notebook_raises(sources, monkeypatch, error: BaseException) -> None:
+    """A study of one notebook, "a", whose run leaves a half-done copy, then raises ERROR."""
     _tiny_notebook(sources / "a.ipynb", "1 + 1")
     monkeypatch.setattr(study, "NOTEBOOKS", ("a",))
     monkeypatch.setattr(study, "NOTEBOOK_DIR", sources)
 
-    def interrupted(input_path, output_path, **_):
+    def execute(input_path, output_path, **_):
         nbformat.write(nbformat.read(input_path, as_version=4), output_path)  # half done
-        raise KeyboardInterrupt
+        raise error
 
-    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+
+
+def test_ctrl_c_in_the_study_is_one_line_and_exit_code_130(
+        tmp_path, sources, profiles, monkeypatch, capsys):
+    _study_whose_notebook_raises(sources, monkeypatch, KeyboardInterrupt())
     run_dir = tmp_path / "run"
     try:
         code = study.main(["--profile", "ok", "--run-dir", str(run_dir)])
@@ -251,15 +256,8 @@ def test_ctrl_c_in_the_study_is_one_line_and_exit_code_130(
 def test_a_kernel_that_dies_is_one_error_naming_the_notebook(
         tmp_path, sources, profiles, monkeypatch, capsys):
     """nbclient raises DeadKernelError when the kernel is killed (out of memory)."""
-    _tiny_notebook(sources / "a.ipynb", "1 + 1")
-    monkeypatch.setattr(study, "NOTEBOOKS", ("a",))
-    monkeypatch.setattr(study, "NOTEBOOK_DIR", sources)
-
-    def died(input_path, output_path, **_):
-        nbformat.write(nbformat.read(input_path, as_version=4), output_path)
-        raise RuntimeError("Kernel died")  # what nbclient's DeadKernelError is
-
-    monkeypatch.setattr(papermill, "execute_notebook", died)
+    # What nbclient's DeadKernelError is.
+    _study_whose_notebook_raises(sources, monkeypatch, RuntimeError("Kernel died"))
     run_dir = tmp_path / "run"
     assert study.main(["--profile", "ok", "--run-dir", str(run_dir)]) == 1
     error = capsys.readouterr().err
