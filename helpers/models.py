@@ -1,6 +1,7 @@
 """Building blocks of the study's two models, which notebooks 3 and 4 assemble in their
-cells: the layers Keras lacks (a random transpose for augmentation, a fused BatchNorm, the
-ResNet50 preprocessing as a layer), the weights' checks and labels, the block names.
+cells: the layers Keras lacks (a random transpose and 0-255 pixel noise for augmentation, a
+fused BatchNorm, the ResNet50 preprocessing as a layer), the weights' checks and labels,
+the block names.
 
 Both models take raw 0-255 RGB images. Augmentation and input scaling are layers inside the
 models, so they run on the accelerator, are off at inference, and no caller can get the
@@ -47,6 +48,37 @@ class RandomTranspose(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="blood_cells")
+class RandomPixelNoise(layers.Layer):
+    """Adds Gaussian noise of ``stddev`` to every pixel value of 0-255 images, in training
+    only, and keeps the result in 0-255.
+
+    Keras's GaussianNoise accepts a standard deviation of at most 1, a scale for inputs
+    already in 0-1; the study's models take 0-255 images and rescale after augmenting.
+    """
+
+    def __init__(self, stddev: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(stddev, bool) or not isinstance(stddev, int | float) or stddev < 0:
+            raise ValueError(f"stddev must be a number >= 0 (0-255 units), got {stddev!r}")
+        self.stddev = float(stddev)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=True):
+        if not training or self.stddev == 0:
+            return inputs
+        noise = keras.random.normal(keras.ops.shape(inputs), stddev=self.stddev,
+                                    dtype=inputs.dtype, seed=self.seed_generator)
+        return keras.ops.clip(inputs + noise, 0, 255)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "stddev": self.stddev, "seed": self.seed}
 
 
 @keras.saving.register_keras_serializable(package="blood_cells")

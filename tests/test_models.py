@@ -113,6 +113,32 @@ def test_augmentation_lowers_contrast_as_often_as_it_raises_it():
     assert 0.4 < (ratio < 1).mean() < 0.6
 
 
+def test_augmentation_noise_is_of_its_size_stays_in_0_255_and_is_off_at_inference():
+    keras.utils.set_random_seed(0)
+    noise = study_augmentation(0).get_layer("random_noise")
+    images = np.random.default_rng(3).uniform(20, 235, (64, SIZE, SIZE, 3)).astype("float32")
+    added = np.asarray(noise(images, training=True)) - images
+    assert abs(added.std() - noise.stddev) < 0.05 * noise.stddev and abs(added.mean()) < 0.05
+    np.testing.assert_array_equal(np.asarray(noise(images, training=False)), images)
+    edges = np.concatenate([np.zeros((8, SIZE, SIZE, 3)), np.full((8, SIZE, SIZE, 3), 255)])
+    noisy = np.asarray(noise(edges.astype("float32"), training=True))
+    assert noisy.min() == 0 and noisy.max() == 255 and noisy[:8].max() > 0 and noisy[8:].min() < 255
+
+
+@pytest.mark.parametrize("stddev", [-1.0, True, "3"])
+def test_pixel_noise_refuses_a_standard_deviation_that_is_not_a_number_from_0(stddev):
+    with pytest.raises(ValueError, match="stddev"):
+        models.RandomPixelNoise(stddev)
+
+
+def test_pixel_noise_is_saved_with_its_size_and_seed(tmp_path):
+    inputs = keras.Input((SIZE, SIZE, 3))
+    model = keras.Model(inputs, models.RandomPixelNoise(7.5, seed=11, name="noise")(inputs))
+    model.save(tmp_path / "noise.keras")
+    loaded = keras.saving.load_model(tmp_path / "noise.keras").get_layer("noise")
+    assert (loaded.stddev, loaded.seed) == (7.5, 11)
+
+
 @pytest.mark.parametrize("policy, tolerance", [("float32", 1e-4), ("mixed_bfloat16", 3e-2)])
 def test_fused_batchnorm_trains_like_keras_batchnorm(policy, tolerance):
     import tensorflow as tf
