@@ -347,6 +347,45 @@ def seed_differences(run: RunFolder, names: list[str], y_true: np.ndarray,
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def difference_table(difference: dict, label_a: str, label_b: str) -> pd.DataFrame:
+    """``metrics.paired_bootstrap_difference``'s result as a table: per metric (accuracy,
+    macro-F1), each model's score, the difference A - B, its paired 95% interval and the
+    share of resamples in which A is better."""
+    return pd.DataFrame({
+        metric: {label_a: values["a"], label_b: values["b"],
+                 "difference (A - B)": values["difference"],
+                 "95% paired interval": "{:+.4f} to {:+.4f}".format(*values["ci95"]),
+                 "resamples where A is better": values["share_of_resamples_a_better"]}
+        for metric, values in (("accuracy", difference["accuracy"]),
+                               ("macro-F1", difference["macro_f1"]))})
+
+
+def ensemble_table(kept: tuple[str, dict], ensemble: tuple[str, dict], spread: pd.DataFrame,
+                   parameters: int) -> pd.DataFrame:
+    """The kept seed, the ensemble of all seeds and the seeds' mean ± sd on the test split,
+    with what each costs at inference. ``kept`` and ``ensemble`` are (label,
+    ``evaluate_on_test`` report); ``spread`` is ``seed_spread`` of the members (one row per
+    seed); ``parameters`` is one member's parameter count."""
+    members = len(spread)
+    rows = {}
+    for (label, report), passes in ((kept, 1), (ensemble, members)):
+        rows[label] = {
+            "test accuracy": f"{report['accuracy']:.4f}",
+            "accuracy 95% CI": "{:.4f}-{:.4f}".format(*report["accuracy_ci95"]),
+            "macro-F1": f"{report['macro_f1']:.4f}",
+            "macro-F1 95% CI": "{:.4f}-{:.4f}".format(*report["macro_f1_ci95"]),
+            "models run per image": str(passes),
+            "parameters": f"{passes * parameters:,}"}
+    rows[f"{members} seeds one by one, mean ± sd"] = {
+        "test accuracy": f"{spread['test accuracy'].mean():.4f} ± "
+                         f"{spread['test accuracy'].std(ddof=1):.4f}",
+        "accuracy 95% CI": "",
+        "macro-F1": f"{spread['test macro-F1'].mean():.4f} ± "
+                    f"{spread['test macro-F1'].std(ddof=1):.4f}",
+        "macro-F1 95% CI": "", "models run per image": "1", "parameters": f"{parameters:,}"}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def kept_checkpoints_by_phase(run: RunFolder, name: str) -> dict[str, float] | None:
     """Validation accuracy of the checkpoint each phase of run NAME kept (its epoch of
     lowest validation loss): what fine-tuning added to the model phase 1 would have given.

@@ -192,6 +192,11 @@ class RunFolder:
         return self.root / "metrics" / "comparison.csv"
 
     @property
+    def resolution_table(self) -> Path:
+        """Accuracy and agreement at the source resolution and at half of it (notebook 5)."""
+        return self.root / "metrics" / "resolution.csv"
+
+    @property
     def conclusion(self) -> Path:
         return self.root / "metrics" / "conclusion.md"
 

@@ -279,3 +279,37 @@ def test_the_budget_table_puts_one_and_two_phase_epochs_in_one_row():
     assert table.loc["parameters", "ResNet"] == "1,234,567"
     assert table.loc["training images", "CNN"] == "100"
     assert list(table.columns) == ["CNN", "ResNet"]
+
+
+def test_the_ensemble_table_puts_the_kept_seed_the_ensemble_and_the_seeds_side_by_side():
+    def report(accuracy, macro_f1):
+        return {"accuracy": accuracy, "accuracy_ci95": (accuracy - 0.01, accuracy + 0.01),
+                "macro_f1": macro_f1, "macro_f1_ci95": (macro_f1 - 0.02, macro_f1 + 0.02)}
+
+    spread = pd.DataFrame({"test accuracy": [0.97, 0.98, 0.99],
+                           "test macro-F1": [0.96, 0.97, 0.98]},
+                          index=["cnn_seed42", "cnn_seed43", "cnn_seed44"])
+    table = compare.ensemble_table(("kept", report(0.98, 0.97)),
+                                   ("ensemble", report(0.99, 0.985)), spread, 1000)
+    assert table.index.tolist() == ["kept", "ensemble", "3 seeds one by one, mean ± sd"]
+    assert table.loc["ensemble", "test accuracy"] == "0.9900"
+    assert table.loc["ensemble", "accuracy 95% CI"] == "0.9800-1.0000"
+    assert table.loc["ensemble", "models run per image"] == "3"
+    assert table.loc["ensemble", "parameters"] == "3,000"
+    assert table.loc["kept", "parameters"] == "1,000"
+    assert table.iloc[2]["test accuracy"] == "0.9800 ± 0.0100"
+    assert table.iloc[2]["macro-F1"] == "0.9700 ± 0.0100"
+
+
+def test_the_difference_table_reads_a_paired_difference():
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    better, worse = y.copy(), y.copy()
+    worse[:2] = 2
+    difference = metrics.paired_bootstrap_difference(y, better, worse, n_classes=3,
+                                                     n_resamples=200)
+    table = compare.difference_table(difference, "A model", "B model")
+    assert table.loc["A model", "accuracy"] == 1.0 and table.loc["B model", "accuracy"] == 0.75
+    assert table.loc["difference (A - B)", "accuracy"] == 0.25
+    low, high = difference["accuracy"]["ci95"]
+    assert table.loc["95% paired interval", "accuracy"] == f"{low:+.4f} to {high:+.4f}"
+    assert list(table.columns) == ["accuracy", "macro-F1"]

@@ -1,0 +1,106 @@
+"""A model's seeds as one model of the run folder.
+
+Notebook 3 trains the CNN once per seed and keeps the best on validation; averaging the
+seeds' class probabilities is usually better than any one of them, at N times the inference
+cost. The notebook builds that average as one Keras model (its recipe is in the cell); this
+module saves it like every trained model (``models/NAME.keras`` with its sidecar, so
+``helpers.evaluate``, ``helpers.predict`` and notebook 5 use it unchanged), records which
+member models it holds, and tells when a member was trained again since.
+"""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+
+from helpers import evaluate, files, inference, metrics
+from helpers.errors import DataError
+from helpers.runfolder import RunFolder
+
+
+def load_members(run: RunFolder, names: list[str]) -> list[keras.Model]:
+    """The kept models of the runs ``names``, each renamed after its run (the seeds' models
+    share one name, and the layers of a Keras model need distinct ones)."""
+    if len(names) < 2:
+        raise ValueError(f"An ensemble needs at least two members, got {names}")
+    members = []
+    for name in names:
+        model = inference.load_model(run.model(name)).model
+        model.name = name
+        members.append(model)
+    return members
+
+
+def member_settings(run: RunFolder, names: list[str]) -> dict:
+    """The image settings (size, resize method, crop) the members share, from their
+    sidecars; ValueError when they differ, as one input cannot then serve them all."""
+    settings = {}
+    for name in names:
+        info = inference.read_sidecar(inference.sidecar_path(run.model(name)))
+        settings[name] = {key: info[key] for key in ("image_size", "resize_method",
+                                                     "crop_fraction")}
+    distinct = {json.dumps(value, sort_keys=True) for value in settings.values()}
+    if len(distinct) > 1:
+        raise ValueError(f"The members prepare their images differently, so no one input "
+                         f"serves them all: {settings}")
+    return settings[names[0]]
+
+
+def member_fingerprints(run: RunFolder, names: list[str]) -> dict[str, str]:
+    """The sha256 of each member's kept model file."""
+    return {name: files.file_sha256(run.model(name)) for name in names}
+
+
+def save(run: RunFolder, name: str, members: list[str], model: keras.Model,
+         label: str) -> dict:
+    """Save ``model``, built from the runs ``members``, as run NAME of the run folder.
+
+    Writes ``models/NAME.keras`` with its sidecar (the members' image settings and
+    ``label``), ``config/NAME.json`` (the members and the sha256 of each one's model file)
+    and ``metrics/NAME_validation.json``, scored on the validation split; the metrics last,
+    so a half-saved ensemble never counts as finished. Returns those metrics.
+    """
+    settings = member_settings(run, members)
+    run.validation_metrics(name).unlink(missing_ok=True)
+    with files.atomic_output(run.model(name), suffix=".keras") as temporary:
+        model.save(temporary)
+    inference.write_sidecar(run.model(name), label=label, **settings)
+    files.write_json({"name": name, "label": label, "members": member_fingerprints(run, members),
+                      "inference_cost": f"{len(members)} models per image"},
+                     run.run_record(name))
+    loaded = inference.load_model(run.model(name))
+    frame = evaluate.predict_split(run, name, "validation", loaded)
+    y_true = evaluate.true_indices(frame, loaded.class_names)
+    predicted = evaluate.probabilities_of(frame, loaded.class_names).argmax(axis=1)
+    result = {"n_images": int(len(y_true)), "accuracy": metrics.accuracy(y_true, predicted),
+              "macro_f1": metrics.macro_f1(y_true, predicted), "members": members}
+    files.write_json(result, run.validation_metrics(name))
+    return result
+
+
+def members(run: RunFolder, name: str) -> list[str]:
+    """The member runs of the ensemble NAME, checked to be the models it was built from.
+
+    DataError when it is missing or unfinished, or when a member's model changed
+    since (trained again): its figures would then describe models that no longer exist.
+    """
+    record_path = run.run_record(name)
+    if not (run.model(name).exists() and record_path.exists()
+            and run.validation_metrics(name).exists()):
+        raise DataError(f"No finished ensemble {name!r} in {run.root}: run notebook 03 "
+                               "to its end.")
+    recorded = json.loads(record_path.read_text())["members"]
+    changed = [member for member, sha256 in recorded.items()
+               if not run.model(member).exists() or files.file_sha256(run.model(member)) != sha256]
+    if changed:
+        raise DataError(
+            f"The ensemble {name!r} was built from other models than the current "
+            f"{', '.join(changed)} (trained again since): run notebook 03 again to rebuild it.")
+    return list(recorded)
+
+
+def mean_probabilities(probabilities: list[np.ndarray]) -> np.ndarray:
+    """The members' class probabilities averaged, as the ensemble model computes them."""
+    return np.mean(np.stack(probabilities), axis=0)
