@@ -1,0 +1,83 @@
+"""Half-resolution copies and the figures of the resolution check (helpers.resolution).
+
+The check itself, on the smoke study's models, is in test_smoke_study.py.
+"""
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from helpers import resolution
+from tests.conftest import real_data
+
+
+def _jpeg(width: int, height: int) -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("size, half", [((360, 363), (180, 182)), ((366, 369), (183, 184)),
+                                        ((1, 3), (1, 2))])
+def test_a_half_resolution_copy_is_a_jpeg_of_half_each_side_rounded(tmp_path, size, half):
+    source = tmp_path / "cell.jpg"
+    source.write_bytes(_jpeg(*size))
+    with Image.open(io.BytesIO(resolution.half_resolution_bytes(source))) as copy:
+        assert (copy.format, copy.size) == ("JPEG", half)
+
+
+def test_half_resolution_copies_are_made_exactly_as_the_development_data_was():
+    originals = sorted(real_data("pbc_fullres_sample").glob("*/*"))[::16]
+    development = real_data("pbc_dev")
+    for original in originals:
+        copy = Image.open(io.BytesIO(resolution.half_resolution_bytes(original)))
+        made = Image.open(development / original.parent.name / original.name)
+        np.testing.assert_array_equal(np.asarray(copy.convert("RGB")),
+                                      np.asarray(made.convert("RGB")), err_msg=str(original))
+
+
+def test_copies_keep_the_order_and_apart_the_equal_names(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "same.jpg").write_bytes(_jpeg(40 if folder == "a" else 60, 20))
+    copies = resolution.half_resolution_copies(
+        [tmp_path / "b" / "same.jpg", tmp_path / "a" / "same.jpg"], tmp_path / "copies")
+    assert [Image.open(copy).size for copy in copies] == [(30, 10), (20, 10)]
+
+
+def test_agreement_counts_the_images_whose_class_changed():
+    y_true = np.array([0, 1, 2, 2])
+    original = np.eye(3)[[0, 1, 2, 1]]  # three right
+    half = np.eye(3)[[0, 2, 2, 1]]  # two right; image 1 changed
+    assert resolution.agreement_figures(y_true, original, half) == {
+        "n_images": 4, "accuracy_original": 0.75, "accuracy_half": 0.5, "agreement": 0.75,
+        "changed": 1}
+
+
+def test_images_are_matched_to_the_split_by_name_by_content_and_through_duplicates(tmp_path):
+    names = ["ig/x.jpg", "platelet/x.jpg", "ig/new.jpg", "ig/copy.jpg", "ig/dropped.jpg"]
+    images = pd.DataFrame({"path": [str(tmp_path / name) for name in names],
+                           "sha256": ["a", "b", "c", "d-same-as-other", "e"]})
+    split = pd.DataFrame({"path": ["ig/x.jpg", "platelet/x.jpg", "ig/other.jpg"],
+                          "sha256": ["a", "b", "d-same-as-other"],
+                          "split": ["train", "test", "validation"]})
+    excluded = [{"path": "ig/dropped.jpg", "reason": "duplicate of ig/x.jpg"},
+                {"path": "ig/new.jpg", "reason": "same content under two classes: label unknown"}]
+    assert resolution.split_of_images(images, tmp_path, split, excluded).tolist() == [
+        "train", "test", "not in the split", "validation", "train"]
+
+
+def test_the_command_needs_a_model_and_a_folder_and_names_what_is_wrong(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        resolution.main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert resolution.main([str(tmp_path / "none.keras"), str(tmp_path)]) == 1
+    assert "Model file not found" in capsys.readouterr().err
+    (tmp_path / "data").mkdir()
+    assert resolution.main([str(tmp_path / "none.keras"), str(tmp_path / "data"),
+                            "--out", str(tmp_path / "data" / "out.json")]) == 1
+    assert "input" in capsys.readouterr().err
