@@ -459,11 +459,17 @@ def best_logged(history_csv: Path, monitor: str = "val_loss", from_epoch: int = 
     return float(history[monitor].min()) if monitor in history and len(history) else None
 
 
-def git_commit() -> str:
-    """The checkout's commit, or "unknown" outside a git checkout."""
+def git_commit(folder: str | os.PathLike = Path(__file__).parent) -> str:
+    """The commit of the checkout holding ``folder`` (this project's by default), followed
+    by " with uncommitted changes" when its files differ from that commit (a run of edited
+    code must not pass for a run of the commit); "unknown" outside a git checkout."""
+    def git(*arguments: str) -> str:
+        return subprocess.run(["git", *arguments], capture_output=True, text=True, check=True,
+                              cwd=folder).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
+        commit = git("rev-parse", "HEAD")
+        return commit + (" with uncommitted changes" if git("status", "--porcelain") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

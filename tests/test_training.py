@@ -682,3 +682,21 @@ def test_an_unfinished_phase_whose_recipe_changed_starts_again(run, capsys):
     history = run.read_history("two")
     assert history["epoch"].tolist() == [0, 1, 2, 3]
     assert run.finished_phases("two") == {"first": 2}
+
+
+def test_a_run_of_edited_code_is_not_recorded_as_the_commit(tmp_path):
+    def git(*arguments):
+        subprocess.run(["git", *arguments], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    commit = training.git_commit(tmp_path)
+    assert len(commit) == 40 and " " not in commit
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert training.git_commit(tmp_path) == f"{commit} with uncommitted changes"
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "new_module.py").write_text("")  # a new file is a change too
+    assert training.git_commit(tmp_path) == f"{commit} with uncommitted changes"
+    assert training.git_commit(tmp_path.parent / "not-a-checkout-here") == "unknown"
