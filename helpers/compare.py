@@ -360,6 +360,16 @@ def difference_table(difference: dict, label_a: str, label_b: str) -> pd.DataFra
                                ("macro-F1", difference["macro_f1"]))})
 
 
+def mcnemar_sentence(mcnemar: dict, label_a: str, label_b: str) -> str:
+    """``metrics.mcnemar_exact``'s result in one sentence, naming the two models."""
+    n_images = sum(mcnemar[key] for key in ("a_only_correct", "b_only_correct",
+                                             "both_correct", "both_wrong"))
+    return (f"McNemar on {n_images} images: only {label_a} right {mcnemar['a_only_correct']}, "
+            f"only {label_b} right {mcnemar['b_only_correct']}, both right "
+            f"{mcnemar['both_correct']}, both wrong {mcnemar['both_wrong']}; exact p = "
+            f"{mcnemar['p_value']:.4g}")
+
+
 def ensemble_table(kept: tuple[str, dict], ensemble: tuple[str, dict], spread: pd.DataFrame,
                    parameters: int) -> pd.DataFrame:
     """The kept seed, the ensemble of all seeds and the seeds' mean ± sd on the test split,

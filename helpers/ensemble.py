@@ -1,11 +1,13 @@
 """A model's seeds as one model of the run folder.
 
 Notebook 3 trains the CNN once per seed and keeps the best on validation; averaging the
-seeds' class probabilities is usually better than any one of them, at N times the inference
-cost. The notebook builds that average as one Keras model (its recipe is in the cell); this
-module saves it like every trained model (``models/NAME.keras`` with its sidecar, so
+seeds' class probabilities can do better than any one of them (each run errs on somewhat
+different images), at N times the inference cost; notebook 5 measures whether it does. The
+notebook builds that average as one Keras model (its recipe is in the cell); this module
+saves it like every trained model (``models/NAME.keras`` with its sidecar, so
 ``helpers.evaluate``, ``helpers.predict`` and notebook 5 use it unchanged), records which
-member models it holds, and tells when a member was trained again since.
+member models it holds, tells when a member was trained again since, and removes it when a
+profile trains one seed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import json
 
 import keras
-import numpy as np
 
 from helpers import evaluate, files, inference, metrics
 from helpers.errors import DataError
@@ -101,6 +102,16 @@ def members(run: RunFolder, name: str) -> list[str]:
     return list(recorded)
 
 
-def mean_probabilities(probabilities: list[np.ndarray]) -> np.ndarray:
-    """The members' class probabilities averaged, as the ensemble model computes them."""
-    return np.mean(np.stack(probabilities), axis=0)
+def remove(run: RunFolder, name: str) -> bool:
+    """Remove the ensemble NAME (model, sidecar, record, metrics, predictions) from the run
+    folder, as when a profile trains one seed: left in place, an ensemble of earlier seeds
+    would still be scored by the command lines. Returns whether there was one."""
+    paths = [run.validation_metrics(name), run.model(name),
+             inference.sidecar_path(run.model(name)), run.run_record(name),
+             run.test_metrics(name)] + [run.predictions(name, subset, tta)
+                                        for subset in ("validation", "test")
+                                        for tta in (False, True)]
+    found = any(path.exists() for path in paths)
+    for path in paths:  # the metrics first: a half-removed ensemble never counts as finished
+        path.unlink(missing_ok=True)
+    return found

@@ -11,6 +11,8 @@ scale wrong.
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,8 +63,10 @@ class RandomPixelNoise(layers.Layer):
 
     def __init__(self, stddev: float, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(stddev, bool) or not isinstance(stddev, int | float) or stddev < 0:
-            raise ValueError(f"stddev must be a number >= 0 (0-255 units), got {stddev!r}")
+        if (isinstance(stddev, bool) or not isinstance(stddev, numbers.Real)
+                or not math.isfinite(stddev) or stddev < 0):
+            raise ValueError(f"stddev must be a finite number >= 0 (0-255 units), got "
+                             f"{stddev!r}")
         self.stddev = float(stddev)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)

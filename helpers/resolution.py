@@ -20,7 +20,7 @@ import json
 import os
 import sys
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,7 @@ from PIL import Image
 from helpers import files, inference
 from helpers.errors import DataError
 from helpers.evaluate import labelled_images, true_indices
-from helpers.runfolder import RunFolder
+from helpers.runfolder import RunFolder, owning_run_folder
 
 # How pbc_dev was made (../shared/data/README.md): half of each side, LANCZOS, JPEG q90.
 HALF_RESOLUTION_FACTOR = 2
@@ -75,26 +75,31 @@ def agreement_figures(y_true: np.ndarray, original: np.ndarray, half: np.ndarray
             "changed": int(np.sum(original_class != half_class))}
 
 
-def split_of_images(images: pd.DataFrame, root: Path, split: pd.DataFrame,
+def split_of_images(images: pd.DataFrame, split: pd.DataFrame,
                     excluded: list[dict] = ()) -> pd.Series:
-    """The subset ("train", "validation", "test") each image has in a run's split, or
-    "not in the split".
+    """The subset ("train", "validation", "test") each image (columns path, label, sha256)
+    has in a run's split, or "not in the split".
 
-    An image is matched by class folder and file name (a full-resolution original has the
-    name of its half-resolution copy) or by content (sha256); a duplicate the split left
-    out (in ``excluded``, the split's metadata) has the subset of the copy it kept, since a
-    model that trained on one has seen the other.
+    An image is matched by class and file name (a full-resolution original has the name of
+    its half-resolution copy; class folders may be named in any case) or by content
+    (sha256). A duplicate the split left out (in ``excluded``, the split's metadata) has the
+    subset of the copy it kept, since a model that trained on one has seen the other.
     """
+    def key(label: str, path: str) -> tuple[str, str]:
+        return label, PurePosixPath(path).name
+
+    by_name = {key(label, path): subset for label, path, subset
+               in zip(split["label"], split["path"], split["split"], strict=True)}
     by_path = dict(zip(split["path"], split["split"], strict=True))
     for entry in excluded:
         twin = entry["reason"].removeprefix("duplicate of ")
         if twin != entry["reason"] and twin in by_path:
-            by_path[entry["path"]] = by_path[twin]
+            by_name[key(entry["label"], entry["path"])] = by_path[twin]
     by_content = dict(zip(split["sha256"], split["split"], strict=True))
-    subsets = []
-    for path, sha256 in zip(images["path"], images["sha256"], strict=True):
-        relative = Path(path).relative_to(root).as_posix()
-        subsets.append(by_path.get(relative) or by_content.get(sha256, "not in the split"))
+    subsets = [by_name.get(key(label, Path(path).as_posix())) or by_content.get(
+                   sha256, "not in the split")
+               for label, path, sha256 in zip(images["label"], images["path"],
+                                              images["sha256"], strict=True)]
     return pd.Series(subsets, index=images.index, name="split")
 
 
@@ -134,7 +139,7 @@ def resolution_check(models: list[inference.LoadedModel], images: pd.DataFrame) 
             half = inference.predict_probabilities(loaded, halves, progress=False)
             for group, mask in groups.items():
                 if mask.any():
-                    rows.append({"model": loaded.label, "file": loaded.path.name, "images": group,
+                    rows.append({"model": loaded.label, "file": str(loaded.path), "images": group,
                                  **sizes,
                                  **agreement_figures(y_true[mask], original[mask], half[mask])})
     return pd.DataFrame(rows)
@@ -151,11 +156,34 @@ def labelled_folder(data_dir: str | os.PathLike, run: RunFolder | None = None) -
     if run is not None:
         split, _ = run.load_split()
         excluded = json.loads(run.split_metadata.read_text(encoding="utf-8"))["excluded"]
-        images["split"] = split_of_images(images, root, split, excluded)
+        images["split"] = split_of_images(images, split, excluded)
     return images[[column for column in ("path", "label", "split") if column in images]]
 
 
+def images_to_check(folder: str | os.PathLike | None, run: RunFolder) -> pd.DataFrame:
+    """The images notebook 5 checks: those of ``folder`` (class folders of full-resolution
+    images), each with its subset in ``run``'s split; without a folder, the run's test split.
+    DataError, before any work, for a folder that holds no usable image."""
+    if folder:
+        return labelled_folder(folder, run)
+    split, data_root = run.load_split()
+    test = split[split["split"] == "test"].sort_values("path")
+    return pd.DataFrame({"path": [str(data_root / path) for path in test["path"]],
+                         "label": test["label"].to_numpy(), "split": "test"})
+
+
+def check_models_of_run(model_paths: list[str | os.PathLike], run: RunFolder) -> None:
+    """DataError when a model lies in another run folder than ``run``: its images "not
+    trained on" would be read from a split it was not trained with."""
+    for path in model_paths:
+        owner = owning_run_folder(Path(path).resolve())
+        if owner is not None and owner != run.root.resolve():
+            raise DataError(f"{path} belongs to the run folder {owner}, not to {run.root}: "
+                            "give --run the folder the models were trained in.")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line (module doc); returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m helpers.resolution",
         description="Score models on full-resolution images and on half-resolution copies "
@@ -175,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         run = RunFolder(Path(args.run)) if args.run else None
         if run is not None:
             run.load_split()  # a folder without a split fails here, before any work
+            check_models_of_run(model_paths, run)
         models = [inference.load_model(path) for path in model_paths]
         table = resolution_check(models, labelled_folder(data_dir, run))
     except DataError as error:

@@ -125,10 +125,21 @@ def test_augmentation_noise_is_of_its_size_stays_in_0_255_and_is_off_at_inferenc
     assert noisy.min() == 0 and noisy.max() == 255 and noisy[:8].max() > 0 and noisy[8:].min() < 255
 
 
-@pytest.mark.parametrize("stddev", [-1.0, True, "3"])
-def test_pixel_noise_refuses_a_standard_deviation_that_is_not_a_number_from_0(stddev):
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_pixel_noise_keeps_its_size_in_mixed_precision(policy):
+    keras.mixed_precision.set_global_policy(policy)  # conftest restores float32
+    noise = models.RandomPixelNoise(3.0, seed=0)
+    images = np.full((32, SIZE, SIZE, 3), 128.0, dtype="float32")
+    added = np.asarray(noise(images, training=True), dtype="float32") - 128
+    assert noise.compute_dtype == policy.removeprefix("mixed_")
+    assert abs(added.std() - 3.0) < 0.3 and added.min() >= -128 and added.max() <= 127
+
+
+@pytest.mark.parametrize("stddev", [-1.0, True, "3", float("nan"), float("inf")])
+def test_pixel_noise_refuses_a_standard_deviation_that_is_not_a_finite_number_from_0(stddev):
     with pytest.raises(ValueError, match="stddev"):
         models.RandomPixelNoise(stddev)
+    assert models.RandomPixelNoise(np.float32(2.5)).stddev == 2.5  # NumPy numbers are numbers
 
 
 def test_pixel_noise_is_saved_with_its_size_and_seed(tmp_path):

@@ -59,16 +59,35 @@ def test_agreement_counts_the_images_whose_class_changed():
 
 
 def test_images_are_matched_to_the_split_by_name_by_content_and_through_duplicates(tmp_path):
-    names = ["ig/x.jpg", "platelet/x.jpg", "ig/new.jpg", "ig/copy.jpg", "ig/dropped.jpg"]
+    names = ["IG/x.jpg", "platelet/x.jpg", "ig/new.jpg", "ig/copy.jpg", "ig/dropped.jpg"]
     images = pd.DataFrame({"path": [str(tmp_path / name) for name in names],
+                           "label": ["ig", "platelet", "ig", "ig", "ig"],
                            "sha256": ["a", "b", "c", "d-same-as-other", "e"]})
     split = pd.DataFrame({"path": ["ig/x.jpg", "platelet/x.jpg", "ig/other.jpg"],
-                          "sha256": ["a", "b", "d-same-as-other"],
+                          "label": ["ig", "platelet", "ig"],
+                          "sha256": ["a2", "b2", "d-same-as-other"],
                           "split": ["train", "test", "validation"]})
-    excluded = [{"path": "ig/dropped.jpg", "reason": "duplicate of ig/x.jpg"},
-                {"path": "ig/new.jpg", "reason": "same content under two classes: label unknown"}]
-    assert resolution.split_of_images(images, tmp_path, split, excluded).tolist() == [
+    excluded = [{"path": "ig/dropped.jpg", "label": "ig", "reason": "duplicate of ig/x.jpg"},
+                {"path": "ig/new.jpg", "label": "ig",
+                 "reason": "same content under two classes: label unknown"}]
+    # IG/x.jpg: the class folder in another case is the same class.
+    assert resolution.split_of_images(images, split, excluded).tolist() == [
         "train", "test", "not in the split", "validation", "train"]
+
+
+def test_models_of_another_run_folder_are_refused(tmp_path):
+    from helpers.errors import DataError
+    from helpers.runfolder import RunFolder, mark
+
+    for name in ("one", "two"):
+        mark(tmp_path / name)
+        (tmp_path / name / "models").mkdir()
+        (tmp_path / name / "models" / "cnn.keras").write_bytes(b"")
+    resolution.check_models_of_run([tmp_path / "one" / "models" / "cnn.keras",
+                                    tmp_path / "elsewhere.keras"], RunFolder(tmp_path / "one"))
+    with pytest.raises(DataError, match="belongs to the run folder"):
+        resolution.check_models_of_run([tmp_path / "two" / "models" / "cnn.keras"],
+                                       RunFolder(tmp_path / "one"))
 
 
 def test_the_command_needs_a_model_and_a_folder_and_names_what_is_wrong(tmp_path, capsys):
@@ -81,3 +100,6 @@ def test_the_command_needs_a_model_and_a_folder_and_names_what_is_wrong(tmp_path
     assert resolution.main([str(tmp_path / "none.keras"), str(tmp_path / "data"),
                             "--out", str(tmp_path / "data" / "out.json")]) == 1
     assert "input" in capsys.readouterr().err
+    assert resolution.main([str(tmp_path / "none.keras"), str(tmp_path / "data"),
+                            "--run", str(tmp_path / "no-run")]) == 1
+    assert "No split" in capsys.readouterr().err

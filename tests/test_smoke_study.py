@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import inference, models
+from helpers import ensemble, inference, models
 from helpers.labels import CLASS_NAMES
 from helpers.tools import study
 
@@ -155,3 +155,89 @@ def test_the_comparison_ends_with_a_conclusion_from_the_run(smoke_run):
     assert "Baseline CNN" in text and "ResNet50, random init" in text
     assert f"accuracy {report['accuracy']:.4f}" in text
     assert "not transfer learning" in text
+
+
+def test_the_cnn_seeds_are_saved_as_one_model_that_averages_their_probabilities(smoke_run):
+    record = smoke_run.read_run_record("cnn")
+    seeds = list(record["candidates"])
+    ensemble_model = inference.load_model(smoke_run.model("cnn_ensemble"))
+    assert ensemble_model.label == f"Baseline CNN, ensemble of {len(seeds)} seeds"
+    kept = inference.load_model(smoke_run.model("cnn"))
+    assert ((ensemble_model.image_size, ensemble_model.resize_method,
+             ensemble_model.crop_fraction) == (kept.image_size, kept.resize_method,
+                                               kept.crop_fraction))
+    images = smoke_run.load_split()[0].sort_values("path")["path"].head(24)
+    paths = [smoke_run.synthetic_data / path for path in images]
+    members = [inference.predict_probabilities(inference.load_model(smoke_run.model(seed)),
+                                               paths) for seed in seeds]
+    np.testing.assert_allclose(inference.predict_probabilities(ensemble_model, paths),
+                               np.mean(members, axis=0), atol=1e-5)
+    assert ensemble.members(smoke_run, "cnn_ensemble") == seeds
+    # Notebook 5 scored it on the same test images as the others.
+    test = pd.read_csv(smoke_run.predictions("cnn_ensemble", "test"))
+    assert test["path"].tolist() == pd.read_csv(smoke_run.predictions("cnn", "test"))[
+        "path"].tolist()
+    assert json.loads(smoke_run.test_metrics("cnn_ensemble").read_text())["label"] == (
+        ensemble_model.label)
+
+
+def test_the_ensemble_is_scored_from_the_command_line_like_any_model(smoke_run, tmp_path):
+    from helpers import evaluate
+
+    out = tmp_path / "ensemble.json"
+    assert evaluate.main([str(smoke_run.model("cnn_ensemble")), str(smoke_run.synthetic_data),
+                          "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["label"].startswith("Baseline CNN, ensemble of") and 0 <= report[
+        "accuracy"] <= 1
+
+
+def test_an_ensemble_whose_seed_was_trained_again_is_refused(smoke_run, tmp_path):
+    import shutil
+
+    from helpers.errors import DataError
+    from helpers.runfolder import RunFolder
+
+    copy = RunFolder(tmp_path / "run")
+    for part in ("models", "config", "metrics"):
+        shutil.copytree(smoke_run.root / part, copy.root / part)
+    assert ensemble.members(copy, "cnn_ensemble")
+    seeds = list(copy.read_run_record("cnn")["candidates"])
+    shutil.copyfile(copy.model(seeds[0]), copy.model(seeds[1]))  # as if trained again
+    with pytest.raises(DataError, match=f"{seeds[1]}.*notebook 03"):
+        ensemble.members(copy, "cnn_ensemble")
+    copy.validation_metrics("cnn_ensemble").unlink()  # a save that did not finish
+    with pytest.raises(DataError, match="No finished ensemble"):
+        ensemble.members(copy, "cnn_ensemble")
+
+
+def test_the_comparison_checks_every_model_at_the_source_and_at_half_resolution(smoke_run):
+    table = pd.read_csv(smoke_run.resolution_table)
+    labels = {inference.load_model(smoke_run.model(name)).label
+              for name in ("cnn", "resnet50", "cnn_ensemble")}
+    assert set(table["model"]) == labels
+    n_test = int((smoke_run.load_split()[0]["split"] == "test").sum())
+    assert (table["images"] == "all images").all() and (table["n_images"] == n_test).all()
+    for column in ("accuracy_original", "accuracy_half", "agreement"):
+        assert table[column].between(0, 1).all()
+    width = lambda size: int(size.split("x")[0])  # noqa: E731
+    assert all(width(half) == width(original) // 2
+               for original, half in zip(table["original"], table["half"], strict=True))
+
+
+def test_the_resolution_command_reports_the_images_not_trained_on(smoke_run, tmp_path):
+    from helpers import resolution
+
+    out = tmp_path / "resolution.json"
+    assert resolution.main([str(smoke_run.model("cnn")), str(smoke_run.synthetic_data),
+                            "--run", str(smoke_run.root), "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    split_frame = smoke_run.load_split()[0]
+    assert [row["images"] for row in rows] == ["all images", "not trained on"]
+    # Trained on: the training split and the duplicates it left out of training images.
+    excluded = json.loads(smoke_run.split_metadata.read_text())["excluded"]
+    subsets = dict(zip(split_frame["path"], split_frame["split"], strict=True))
+    twins = [subsets.get(entry["reason"].removeprefix("duplicate of ")) for entry in excluded]
+    trained = int((split_frame["split"] == "train").sum()) + twins.count("train")
+    assert rows[1]["n_images"] == rows[0]["n_images"] - trained > 0
+    assert rows[0]["changed"] == round((1 - rows[0]["agreement"]) * rows[0]["n_images"])
