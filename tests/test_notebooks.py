@@ -261,6 +261,7 @@ ALLOWED_FIGURES = {
     r"\b1 - m\^n\b": "a formula",
     r"`SEED \+ 1`": "the seeds' rule",
     r"\bclose to 1\b": "a limit",
+    r"\bJPEG quality 90\b": "how the development copy of the data was made",
 }
 
 
