@@ -91,7 +91,7 @@ def members(run: RunFolder, name: str) -> list[str]:
     if not (run.model(name).exists() and record_path.exists()
             and run.validation_metrics(name).exists()):
         raise DataError(f"No finished ensemble {name!r} in {run.root}: run notebook 03 "
-                               "to its end.")
+                        "to its end.")
     recorded = json.loads(record_path.read_text())["members"]
     changed = [member for member, sha256 in recorded.items()
                if not run.model(member).exists() or files.file_sha256(run.model(member)) != sha256]

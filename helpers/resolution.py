@@ -8,8 +8,8 @@ both versions of each image: accuracy on each, and how often the two predictions
     python -m helpers.resolution MODEL [MODEL ...] DATA_DIR [--run RUN_DIR] [--out FILE.json]
 
 DATA_DIR holds full-resolution images in class folders. With ``--run``, each image is also
-looked up (by class folder and file name) in that run folder's split, and the figures are
-given for the images the models never trained on as well.
+looked up in that run folder's split (``split_of_images``), and the figures are given for
+the images the models never trained on as well.
 """
 
 from __future__ import annotations
