@@ -16,7 +16,7 @@ import json
 
 import keras
 
-from helpers import evaluate, files, inference, metrics
+from helpers import evaluate, files, inference, metrics, training
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder
 
@@ -59,18 +59,31 @@ def save(run: RunFolder, name: str, members: list[str], model: keras.Model,
     """Save ``model``, built from the runs ``members``, as run NAME of the run folder.
 
     Writes ``models/NAME.keras`` with its sidecar (the members' image settings and
-    ``label``), ``config/NAME.json`` (the members and the sha256 of each one's model file)
-    and ``metrics/NAME_validation.json``, scored on the validation split; the metrics last,
-    so a half-saved ensemble never counts as finished. Returns those metrics.
+    ``label``), ``config/NAME.json`` (the members, the sha256 of each one's model file and of
+    the saved file, and the fingerprint of ``model``'s configuration) and
+    ``metrics/NAME_validation.json``, scored on the validation split; the metrics last, so a
+    half-saved ensemble never counts as finished. Returns those metrics.
+
+    When the run folder already holds this ensemble, finished (the same members' model
+    files, the same configuration and label, its own file unchanged), it is kept and not
+    scored again: a notebook run again after a kill, with every seed kept, spends no
+    minutes on it.
     """
     settings = member_settings(run, members)
+    record = {"name": name, "label": label, "members": member_fingerprints(run, members),
+              "configuration_sha256": training.recipe_fingerprint(model),
+              "inference_cost": f"{len(members)} models per image"}
+    finished = _finished_metrics(run, name, record, settings)
+    if finished is not None:
+        print(f"{run.model(name).name} is already this ensemble of the same member models, "
+              "finished: kept, not scored again.")
+        return finished
     run.validation_metrics(name).unlink(missing_ok=True)
     with files.atomic_output(run.model(name), suffix=".keras") as temporary:
         model.save(temporary)
     inference.write_sidecar(run.model(name), label=label, **settings)
-    files.write_json({"name": name, "label": label, "members": member_fingerprints(run, members),
-                      "inference_cost": f"{len(members)} models per image"},
-                     run.run_record(name))
+    record["model_sha256"] = files.file_sha256(run.model(name))
+    files.write_json(record, run.run_record(name))
     loaded = inference.load_model(run.model(name))
     frame = evaluate.predict_split(run, name, "validation", loaded)
     y_true = evaluate.true_indices(frame, loaded.class_names)
@@ -78,6 +91,28 @@ def save(run: RunFolder, name: str, members: list[str], model: keras.Model,
     result = {"n_images": int(len(y_true)), "accuracy": metrics.accuracy(y_true, predicted),
               "macro_f1": metrics.macro_f1(y_true, predicted), "members": members}
     files.write_json(result, run.validation_metrics(name))
+    return result
+
+
+def _finished_metrics(run: RunFolder, name: str, record: dict, settings: dict) -> dict | None:
+    """The validation metrics of the finished ensemble NAME when its record matches
+    ``record``, its sidecar the label and image ``settings``, and its model file is the one
+    recorded; None otherwise (then it is saved again)."""
+    paths = (run.model(name), inference.sidecar_path(run.model(name)), run.run_record(name),
+             run.validation_metrics(name))
+    if not all(path.exists() for path in paths):
+        return None
+    try:
+        recorded = json.loads(run.run_record(name).read_text())
+        result = json.loads(run.validation_metrics(name).read_text())
+        sidecar = inference.read_sidecar(inference.sidecar_path(run.model(name)))
+    except (OSError, ValueError, DataError):
+        return None
+    model_sha256 = recorded.pop("model_sha256", None)
+    if (recorded != record or sidecar.get("label") != record["label"]
+            or any(sidecar.get(key) != value for key, value in settings.items())
+            or model_sha256 != files.file_sha256(run.model(name))):
+        return None
     return result
 
 

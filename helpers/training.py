@@ -565,11 +565,14 @@ def _readable_json(path: Path) -> bool:
         return False
 
 
-def _fingerprint(model: keras.Model, *settings) -> str:
+def recipe_fingerprint(model: keras.Model, *settings) -> str:
     """A hash of what defines a run: the model's and the optimizer's configurations (layers,
-    sizes, schedule...) and ``settings``."""
-    optimizer = model.optimizer.get_config() if model.optimizer is not None else {}
-    text = json.dumps([model.get_config(), optimizer, model.loss, *settings], sort_keys=True,
+    sizes, schedule...) and ``settings``; the same in every session."""
+    # A model never compiled (an ensemble) has neither attribute.
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = optimizer.get_config() if optimizer is not None else {}
+    loss = getattr(model, "loss", None)
+    text = json.dumps([model.get_config(), optimizer, loss, *settings], sort_keys=True,
                       default=str)
     # Keras numbers what it names itself within a session (input_layer_1, adam_w_1...).
     text = re.sub(r'("name": "[^"]*?)_\d+"', r'\1"', text)
@@ -896,7 +899,7 @@ class TrainingRun:
             raise ValueError(f"later_parameters names no parameter of the run: {sorted(unknown)}")
         parameters = {name: value for name, value in self.parameters.items()
                       if name not in later_parameters}
-        fingerprint = _fingerprint(model, parameters, self.seed, self.deterministic,
+        fingerprint = recipe_fingerprint(model, parameters, self.seed, self.deterministic,
                                    self.data_settings, self.split_sha256)
         self.fingerprints[key] = fingerprint
         if not self._training and self.work.exists() and self._trained_anything():

@@ -211,6 +211,49 @@ def test_an_ensemble_whose_seed_was_trained_again_is_refused(smoke_run, tmp_path
         ensemble.members(copy, "cnn_ensemble")
 
 
+def test_a_finished_ensemble_is_kept_and_any_change_saves_it_again(smoke_run, tmp_path):
+    import shutil
+
+    from helpers.runfolder import RunFolder
+    from helpers.tools import notebooks
+
+    copy = RunFolder(tmp_path / "run")
+    for part in ("models", "config", "metrics", "data"):
+        shutil.copytree(smoke_run.root / part, copy.root / part)
+    seeds = ensemble.members(copy, "cnn_ensemble")
+    label = inference.load_model(copy.model("cnn_ensemble")).label
+    image_size = inference.load_model(copy.model(seeds[0])).image_size
+    build = notebooks.definitions("03_train_cnn", ("build_ensemble",),
+                                  CNN_IMAGE_SIZE=image_size)["build_ensemble"]
+    saved = copy.model("cnn_ensemble").stat().st_mtime_ns
+    scored = copy.predictions("cnn_ensemble", "validation")
+
+    # Notebook 3 run again with every seed kept: its ensemble is the one in the folder.
+    result = ensemble.save(copy, "cnn_ensemble", seeds,
+                           build(ensemble.load_members(copy, seeds)), label)
+    assert result == json.loads(copy.validation_metrics("cnn_ensemble").read_text())
+    assert copy.model("cnn_ensemble").stat().st_mtime_ns == saved and not scored.exists()
+
+    # Each change saves and scores it again: the label, a member, the recipe, its own file.
+    state = {"label": label, "build": build}
+    changes = {
+        "label": lambda: state.update(label=label + ", relabelled"),
+        "member": lambda: shutil.copyfile(copy.model(seeds[0]), copy.model(seeds[1])),
+        "recipe": lambda: state.update(build=lambda members: keras.Model(
+            members[0].inputs, members[0].outputs, name="cnn_ensemble")),
+        "its own file": lambda: copy.model("cnn_ensemble").write_bytes(b"damaged"),
+    }
+    for change, make in changes.items():
+        make()
+        for attempt in ("changed", "unchanged"):
+            scored.unlink(missing_ok=True)
+            ensemble.save(copy, "cnn_ensemble", seeds,
+                          state["build"](ensemble.load_members(copy, seeds)), state["label"])
+            assert scored.exists() == (attempt == "changed"), f"{change}, {attempt}"
+        assert inference.load_model(copy.model("cnn_ensemble")).label == state["label"]
+        assert ensemble.members(copy, "cnn_ensemble") == seeds
+
+
 def test_the_comparison_checks_every_model_at_the_source_and_at_half_resolution(smoke_run):
     table = pd.read_csv(smoke_run.resolution_table)
     labels = {inference.load_model(smoke_run.model(name)).label
