@@ -166,6 +166,12 @@ def seed_spread(run: RunFolder, names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run")
 
 
+def mean_and_sd(values: pd.Series, signed: bool = False) -> str:
+    """"mean ± sd" of the seeds' figures (the sample standard deviation), to 4 decimals;
+    ``signed`` writes the mean's sign, for differences."""
+    return f"{values.mean():{'+' if signed else ''}.4f} ± {values.std(ddof=1):.4f}"
+
+
 def comparison_table(reports: dict[str, dict], costs: dict[str, dict],
                      seeds: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """One row per model: test metrics with 95% intervals, calibration, validation-to-test
@@ -194,12 +200,8 @@ def comparison_table(reports: dict[str, dict], costs: dict[str, dict],
         if spread is not None and len(spread) > 1:
             row.update({
                 "seeds": str(len(spread)),  # a count, not a score to print as 3.0000
-                "test accuracy over seeds (mean ± sd)":
-                    f"{spread['test accuracy'].mean():.4f} ± "
-                    f"{spread['test accuracy'].std(ddof=1):.4f}",
-                "macro-F1 over seeds (mean ± sd)":
-                    f"{spread['test macro-F1'].mean():.4f} ± "
-                    f"{spread['test macro-F1'].std(ddof=1):.4f}",
+                "test accuracy over seeds (mean ± sd)": mean_and_sd(spread["test accuracy"]),
+                "macro-F1 over seeds (mean ± sd)": mean_and_sd(spread["test macro-F1"]),
                 # The recipe's cost: every seed was trained, not only the one kept.
                 "training minutes, all seeds": float(spread["training minutes"].sum())})
         cost = costs[label]
@@ -387,11 +389,8 @@ def ensemble_table(kept: tuple[str, dict], ensemble: tuple[str, dict], spread: p
             "models run per image": str(passes),
             "parameters": f"{passes * parameters:,}"}
     rows[f"{members} seeds one by one, mean ± sd"] = {
-        "test accuracy": f"{spread['test accuracy'].mean():.4f} ± "
-                         f"{spread['test accuracy'].std(ddof=1):.4f}",
-        "accuracy 95% CI": "",
-        "macro-F1": f"{spread['test macro-F1'].mean():.4f} ± "
-                    f"{spread['test macro-F1'].std(ddof=1):.4f}",
+        "test accuracy": mean_and_sd(spread["test accuracy"]), "accuracy 95% CI": "",
+        "macro-F1": mean_and_sd(spread["test macro-F1"]),
         "macro-F1 95% CI": "", "models run per image": "1", "parameters": f"{parameters:,}"}
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -467,7 +466,7 @@ def conclusion(difference: dict, labels: tuple[str, str], mcnemar: dict,
         lines.append(
             f"{first} was trained with {len(seeds)} seeds; against the one run of {second} "
             f"(whose own seed-to-seed spread was not measured) the accuracy difference is "
-            f"{spread.mean():+.4f} ± {spread.std(ddof=1):.4f} (mean ± sd over the seeds), from "
+            f"{mean_and_sd(spread, signed=True)} (mean ± sd over the seeds), from "
             f"{spread.min():+.4f} to {spread.max():+.4f}: the kept seed, chosen on validation, "
             "is one draw of these.")
     confused = [f"{label} most between {table.index[0]} ({int(table['all models'].iloc[0])} "
