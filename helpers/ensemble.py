@@ -99,7 +99,7 @@ def _finished_metrics(run: RunFolder, name: str, record: dict, settings: dict) -
     ``record``, its sidecar the label and image ``settings``, and its model file is the one
     recorded; None otherwise (then it is saved again)."""
     paths = (run.model(name), inference.sidecar_path(run.model(name)), run.run_record(name),
-             run.validation_metrics(name))
+             run.predictions(name, "validation"), run.validation_metrics(name))
     if not all(path.exists() for path in paths):
         return None
     try:
@@ -119,15 +119,21 @@ def _finished_metrics(run: RunFolder, name: str, record: dict, settings: dict) -
 def members(run: RunFolder, name: str) -> list[str]:
     """The member runs of the ensemble NAME, checked to be the models it was built from.
 
-    DataError when it is missing or unfinished, or when a member's model changed
-    since (trained again): its figures would then describe models that no longer exist.
+    DataError when it is missing or unfinished, when its own model file is not the one
+    saved, or when a member's model changed since (trained again): its figures would then
+    describe models that no longer exist.
     """
     record_path = run.run_record(name)
     if not (run.model(name).exists() and record_path.exists()
             and run.validation_metrics(name).exists()):
         raise DataError(f"No finished ensemble {name!r} in {run.root}: run notebook 03 "
                         "to its end.")
-    recorded = json.loads(record_path.read_text())["members"]
+    record = json.loads(record_path.read_text())
+    # Recorded since the ensemble is kept across runs; absent from an earlier version's.
+    if "model_sha256" in record and files.file_sha256(run.model(name)) != record["model_sha256"]:
+        raise DataError(f"{run.model(name)} is not the ensemble notebook 03 saved (replaced "
+                        "or damaged since): run notebook 03 again to rebuild it.")
+    recorded = record["members"]
     changed = [member for member, sha256 in recorded.items()
                if not run.model(member).exists() or files.file_sha256(run.model(member)) != sha256]
     if changed:

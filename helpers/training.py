@@ -567,8 +567,9 @@ def _readable_json(path: Path) -> bool:
 
 def recipe_fingerprint(model: keras.Model, *settings) -> str:
     """A hash of what defines a run: the model's and the optimizer's configurations (layers,
-    sizes, schedule...) and ``settings``; the same in every session."""
-    # A model never compiled (an ensemble) has neither attribute.
+    sizes, schedule...) and ``settings``; the same in every session where the layers Keras
+    would number (below) are named or created in the same order."""
+    # A model never compiled (an ensemble) has no optimizer attribute.
     optimizer = getattr(model, "optimizer", None)
     optimizer = optimizer.get_config() if optimizer is not None else {}
     loss = getattr(model, "loss", None)

@@ -214,44 +214,69 @@ def test_an_ensemble_whose_seed_was_trained_again_is_refused(smoke_run, tmp_path
 def test_a_finished_ensemble_is_kept_and_any_change_saves_it_again(smoke_run, tmp_path):
     import shutil
 
+    from helpers import training
+    from helpers.errors import DataError
     from helpers.runfolder import RunFolder
     from helpers.tools import notebooks
 
     copy = RunFolder(tmp_path / "run")
-    for part in ("models", "config", "metrics", "data"):
+    for part in ("models", "config", "metrics", "predictions", "data"):
         shutil.copytree(smoke_run.root / part, copy.root / part)
     seeds = ensemble.members(copy, "cnn_ensemble")
     label = inference.load_model(copy.model("cnn_ensemble")).label
     image_size = inference.load_model(copy.model(seeds[0])).image_size
     build = notebooks.definitions("03_train_cnn", ("build_ensemble",),
                                   CNN_IMAGE_SIZE=image_size)["build_ensemble"]
-    saved = copy.model("cnn_ensemble").stat().st_mtime_ns
-    scored = copy.predictions("cnn_ensemble", "validation")
+    state = {"label": label, "build": build}
+
+    def scores_again() -> bool:
+        """Notebook 3's ensemble cell; whether it saved and scored the ensemble again (its
+        validation metrics are written last, atomically: a new file)."""
+        metrics = copy.validation_metrics("cnn_ensemble")
+        before = (metrics.stat().st_ino, metrics.stat().st_mtime_ns)
+        ensemble.save(copy, "cnn_ensemble", seeds,
+                      state["build"](ensemble.load_members(copy, seeds)), state["label"])
+        return (metrics.stat().st_ino, metrics.stat().st_mtime_ns) != before
+
+    def retrain_a_member() -> None:
+        """The same recipe and seed trained again: other weights, the same configuration."""
+        fingerprint = training.recipe_fingerprint(build(ensemble.load_members(copy, seeds)))
+        member = inference.load_model(copy.model(seeds[1])).model
+        member.set_weights([weight + 0.01 for weight in member.get_weights()])
+        member.save(copy.model(seeds[1]))
+        assert training.recipe_fingerprint(
+            build(ensemble.load_members(copy, seeds))) == fingerprint
+
+    def as_an_earlier_version_recorded_it() -> None:
+        record = json.loads(copy.run_record("cnn_ensemble").read_text())
+        del record["configuration_sha256"], record["model_sha256"]
+        copy.run_record("cnn_ensemble").write_text(json.dumps(record))
 
     # Notebook 3 run again with every seed kept: its ensemble is the one in the folder.
-    result = ensemble.save(copy, "cnn_ensemble", seeds,
-                           build(ensemble.load_members(copy, seeds)), label)
-    assert result == json.loads(copy.validation_metrics("cnn_ensemble").read_text())
-    assert copy.model("cnn_ensemble").stat().st_mtime_ns == saved and not scored.exists()
+    model_file = copy.model("cnn_ensemble").stat().st_mtime_ns
+    assert not scores_again()
+    assert copy.model("cnn_ensemble").stat().st_mtime_ns == model_file
 
-    # Each change saves and scores it again: the label, a member, the recipe, its own file.
-    state = {"label": label, "build": build}
     changes = {
         "label": lambda: state.update(label=label + ", relabelled"),
-        "member": lambda: shutil.copyfile(copy.model(seeds[0]), copy.model(seeds[1])),
+        "member trained again": retrain_a_member,
         "recipe": lambda: state.update(build=lambda members: keras.Model(
             members[0].inputs, members[0].outputs, name="cnn_ensemble")),
+        "record of an earlier version": as_an_earlier_version_recorded_it,
+        "validation predictions": copy.predictions("cnn_ensemble", "validation").unlink,
         "its own file": lambda: copy.model("cnn_ensemble").write_bytes(b"damaged"),
     }
     for change, make in changes.items():
         make()
-        for attempt in ("changed", "unchanged"):
-            scored.unlink(missing_ok=True)
-            ensemble.save(copy, "cnn_ensemble", seeds,
-                          state["build"](ensemble.load_members(copy, seeds)), state["label"])
-            assert scored.exists() == (attempt == "changed"), f"{change}, {attempt}"
+        assert scores_again(), f"a changed {change} kept the ensemble saved before"
+        assert not scores_again(), f"saved again with nothing changed after: {change}"
         assert inference.load_model(copy.model("cnn_ensemble")).label == state["label"]
         assert ensemble.members(copy, "cnn_ensemble") == seeds
+
+    # Notebook 5 refuses a model file that is not the one saved.
+    shutil.copyfile(copy.model(seeds[0]), copy.model("cnn_ensemble"))
+    with pytest.raises(DataError, match="not the ensemble notebook 03 saved"):
+        ensemble.members(copy, "cnn_ensemble")
 
 
 def test_the_comparison_checks_every_model_at_the_source_and_at_half_resolution(smoke_run):
