@@ -12,7 +12,10 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import data
+from helpers import (
+    data,
+    models,  # noqa: F401  registers the project's layers for load_model
+)
 from tests.conftest import REPOSITORY
 
 SCRIPTS = REPOSITORY / "tests" / "scripts"
