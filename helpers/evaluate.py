@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helpers import audit, files, inference, metrics
+from helpers import audit, files, inference, metrics, split
 from helpers.errors import DataError
 from helpers.locate import class_folders, find_data_root
 from helpers.runfolder import RunFolder
@@ -92,9 +92,7 @@ def predict_split(run: RunFolder, model_name: str, subset: str,
     Saves and returns the predictions (``run.predictions``; rows in split order).
     """
     split_frame, data_root = run.load_split()
-    rows = split_frame[split_frame["split"] == subset].sort_values("path")
-    if rows.empty:
-        raise DataError(f"The split has no images in subset {subset!r}.")
+    rows = split.subset_rows(split_frame, subset)
     paths = [str(data_root / path) for path in rows["path"]]
     probabilities = inference.predict_probabilities(loaded, paths, tta=tta)
     frame = predictions_frame(list(rows["path"]), list(rows["label"]), probabilities,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import tensorflow as tf
 
+from helpers import split as split_module
 from helpers.errors import DataError
 from helpers.labels import CLASS_NAMES
 
@@ -106,9 +107,7 @@ def make_dataset(split: pd.DataFrame, data_root: str | os.PathLike, subset: str,
     """
     if resize_method not in RESIZE_METHODS:
         raise ValueError(f"resize_method must be one of {RESIZE_METHODS}, got {resize_method!r}")
-    frame = split[split["split"] == subset].sort_values("path")
-    if frame.empty:
-        raise DataError(f"The split has no images in subset {subset!r}.")
+    frame = split_module.subset_rows(split, subset)
     unknown = set(frame["label"]) - set(CLASS_NAMES)
     if unknown:
         raise DataError(f"Unknown labels in the split: {sorted(unknown)}")

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from helpers import files, inference
+from helpers import files, inference, split
 from helpers.errors import DataError
 from helpers.evaluate import labelled_images, true_indices
 from helpers.runfolder import RunFolder, owning_run_folder
@@ -154,9 +154,9 @@ def labelled_folder(data_dir: str | os.PathLike, run: RunFolder | None = None) -
         raise DataError(f"No usable image in the class folders under {root} "
                         f"({len(skipped)} file(s) skipped).")
     if run is not None:
-        split, _ = run.load_split()
+        split_frame, _ = run.load_split()
         excluded = json.loads(run.split_metadata.read_text(encoding="utf-8"))["excluded"]
-        images["split"] = split_of_images(images, split, excluded)
+        images["split"] = split_of_images(images, split_frame, excluded)
     return images[[column for column in ("path", "label", "split") if column in images]]
 
 
@@ -166,8 +166,8 @@ def images_to_check(folder: str | os.PathLike | None, run: RunFolder) -> pd.Data
     DataError, before any work, for a folder that holds no usable image."""
     if folder:
         return labelled_folder(folder, run)
-    split, data_root = run.load_split()
-    test = split[split["split"] == "test"].sort_values("path")
+    split_frame, data_root = run.load_split()
+    test = split.subset_rows(split_frame, "test")
     return pd.DataFrame({"path": [str(data_root / path) for path in test["path"]],
                          "label": test["label"].to_numpy(), "split": "test"})
 

@@ -133,6 +133,15 @@ def read_split(split_csv: str | os.PathLike) -> pd.DataFrame:
     return split
 
 
+def subset_rows(split: pd.DataFrame, subset: str) -> pd.DataFrame:
+    """The rows of ``subset`` ("train", "validation", "test") in path order, the order every
+    reader of a split uses; DataError when it has none."""
+    rows = split[split["split"] == subset].sort_values("path")
+    if rows.empty:
+        raise DataError(f"The split has no images in subset {subset!r}.")
+    return rows
+
+
 def split_counts(split: pd.DataFrame) -> pd.DataFrame:
     """Images per class (rows, in CLASS_NAMES order) and split (columns), with totals."""
     counts = pd.crosstab(split["label"], split["split"])
