@@ -22,7 +22,12 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from helpers import project
+# Saved models name the study's learning-rate schedule in their optimizer: importing this
+# module registers it, as it registers the layers below.
+from helpers import (
+    project,
+    schedules,  # noqa: F401
+)
 
 
 @keras.saving.register_keras_serializable(package="blood_cells")

@@ -36,6 +36,7 @@ from helpers import (
     pipeline,
     runfolder,
     runlock,
+    schedules,
 )
 from helpers.runfolder import RunFolder
 
@@ -157,7 +158,7 @@ def warmup_cosine(peak_rate: float, steps_per_epoch: int, epochs: int,
     """Linear warm-up from ``peak_rate / 10`` to ``peak_rate`` over ``warmup_epochs``, then
     cosine decay to zero at ``epochs``: the schedule both models of the study train with."""
     warmup_steps = warmup_epochs * steps_per_epoch
-    return keras.optimizers.schedules.CosineDecay(
+    return schedules.WarmupCosineDecay(
         initial_learning_rate=peak_rate / 10, warmup_target=peak_rate,
         warmup_steps=warmup_steps,
         decay_steps=max(1, epochs * steps_per_epoch - warmup_steps))

@@ -85,6 +85,34 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert rates[2] > rates[3] > rates[4] and rates[4] == pytest.approx(0, abs=1e-9)
 
 
+@pytest.mark.parametrize("steps_per_epoch, epochs, warmup_epochs", [(10, 5, 1), (7, 3, 2),
+                                                                    (4, 1, 0)])
+def test_schedule_gives_keras_cosine_decay_rates_at_every_step(steps_per_epoch, epochs,
+                                                               warmup_epochs):
+    """The schedule traces without a conditional (helpers.schedules), with Keras's rates,
+    in eager mode and in a graph, at every step and after the last."""
+    schedule = training.warmup_cosine(2e-3, steps_per_epoch, epochs, warmup_epochs)
+    keras_schedule = keras.optimizers.schedules.CosineDecay(**schedule.get_config())
+    steps = np.arange(steps_per_epoch * epochs + 3)
+    expected = [float(keras_schedule(step)) for step in steps]
+    eager = [float(schedule(step)) for step in steps]
+    assert eager == expected
+    in_graph = tf.function(schedule.__call__)
+    # Grappler may reorder the arithmetic: a few float32 roundings of the peak rate.
+    np.testing.assert_allclose([float(in_graph(tf.constant(step))) for step in steps],
+                               expected, rtol=1e-6, atol=2e-3 * 1e-6)
+    assert in_graph.experimental_get_tracing_count() == 1
+
+
+def test_a_model_compiled_with_the_schedule_loads_back_with_it(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.AdamW(training.warmup_cosine(1e-3, 10, 3)),
+                  loss="sparse_categorical_crossentropy")
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+
+
 @pytest.fixture()
 def run(synthetic_source, tmp_path) -> RunFolder:
     """A run folder with the synthetic dataset's split (notebook 1's output)."""

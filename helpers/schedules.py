@@ -1,0 +1,41 @@
+"""The study's learning-rate schedule, registered so that a saved model's optimizer loads
+wherever the model's layers do: ``helpers.models`` imports this module."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="blood_cells")
+class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
+    """Keras's ``CosineDecay`` with a warm-up, the same rate at every step, computed
+    without a conditional.
+
+    Keras picks the warm-up or the decay with ``ops.cond``, which a graph traces as two
+    subgraphs. AdamW reads the learning rate once per variable for its weight decay, so a
+    training step's graph holds a copy of the schedule per variable: on 2 CPU cores the first
+    ``fit`` of ResNet50 took 85 s with Keras's schedule against 58 s with a constant rate.
+    Here both branches are a few elementwise operations and ``where`` picks one.
+    """
+
+    def __call__(self, step):
+        if self.warmup_target is None:  # Keras's version has no conditional then
+            return super().__call__(step)
+        initial_learning_rate = ops.convert_to_tensor(self.initial_learning_rate)
+        dtype = initial_learning_rate.dtype
+        decay_steps = ops.cast(self.decay_steps, dtype)
+        warmup_target = ops.cast(self.warmup_target, dtype)
+        warmup_steps = ops.cast(self.warmup_steps, dtype)
+        step = ops.minimum(ops.cast(step, dtype), decay_steps + warmup_steps)
+        # The operations of Keras's two branches, in its order, so the values are equal.
+        warming_up = ((warmup_target - initial_learning_rate) * (step / warmup_steps)
+                      + initial_learning_rate)
+        completed_fraction = ops.divide(step - warmup_steps, decay_steps)
+        cosine_decayed = 0.5 * (1.0 + ops.cos(ops.multiply(ops.array(math.pi, dtype=dtype),
+                                                           completed_fraction)))
+        decayed = (1 - self.alpha) * cosine_decayed + self.alpha
+        return ops.where(step < warmup_steps, warming_up,
+                         ops.multiply(warmup_target, decayed))
