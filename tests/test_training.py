@@ -160,10 +160,10 @@ def test_callbacks_need_the_data_and_cover_the_standard_set(run):
         probe_batchnorm_images=16, stop_after_epoch=2)]
     # BackupAndRestore after the checkpoint and the history: an epoch counts as done only
     # once both have it.
-    assert kinds == ["ForgetRestoredEpoch", "NonFiniteLossGuard", "EpochSeeds", "BestCheckpoint",
-                     "ResumableEarlyStopping", "EpochTiming", "PreciseBatchNorm",
-                     "BatchNormStatisticsProbe", "CSVLogger", "BackupAndRestore",
-                     "StopAfterEpoch"]
+    assert kinds == ["ForgetRestoredEpoch", "BuildBeforeTracing", "NonFiniteLossGuard",
+                     "EpochSeeds", "BestCheckpoint", "ResumableEarlyStopping", "EpochTiming",
+                     "PreciseBatchNorm", "BatchNormStatisticsProbe", "CSVLogger",
+                     "BackupAndRestore", "StopAfterEpoch"]
 
 
 # -- live progress, for the headless study's line --------------------------------------------
@@ -387,6 +387,20 @@ def test_history_has_timing_learning_rate_and_the_batchnorm_probe(run):
     assert (history["epoch_seconds"] > 0).all() and (history["images_per_second"] > 0).all()
     assert history["learning_rate"].iloc[1] < history["learning_rate"].iloc[0]
     assert history["val_accuracy_recomputed_bn"].between(0, 1).all()
+
+
+def test_a_fit_traces_its_training_step_once(run):
+    """Keras traces it twice when the metrics' or the optimizer's variables are created in
+    the first trace (BuildBeforeTracing)."""
+    training_run = training.TrainingRun(run, "tiny", label="Tiny CNN", seed=7)
+    train_data, validation_data = training_run.datasets(image_size=16, batch_size=8,
+                                                        max_images=16, cache=None)
+    model = _tiny_model(2, training_run.steps_per_epoch)
+    traces, train_step = [], model.train_step
+    model.train_step = lambda batch: traces.append(batch) or train_step(batch)
+    model.fit(train_data, validation_data=validation_data, epochs=2, verbose=0,
+              callbacks=training_run.callbacks(precise_batchnorm_images=8))
+    assert len(traces) == 1
 
 
 def test_the_batchnorm_probe_leaves_training_unchanged(run, tmp_path_factory):
