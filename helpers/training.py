@@ -599,13 +599,30 @@ def recipe_fingerprint(model: keras.Model, *settings) -> str:
     would number (below) are named or created in the same order."""
     # A model never compiled (an ensemble) has no optimizer attribute.
     optimizer = getattr(model, "optimizer", None)
-    optimizer = optimizer.get_config() if optimizer is not None else {}
+    optimizer = _as_keras_schedule(optimizer.get_config()) if optimizer is not None else {}
     loss = getattr(model, "loss", None)
     text = json.dumps([model.get_config(), optimizer, loss, *settings], sort_keys=True,
                       default=str)
     # Keras numbers what it names itself within a session (input_layer_1, adam_w_1...).
     text = re.sub(r'("name": "[^"]*?)_\d+"', r'\1"', text)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _as_keras_schedule(config):
+    """``config`` with each WarmupCosineDecay written as the Keras CosineDecay it equals.
+
+    Runs trained before ``helpers.schedules`` existed used Keras's class, with the same
+    rates to float32 rounding: the same recipe, so they are kept, not trained again.
+    """
+    if isinstance(config, dict):
+        if (config.get("registered_name") == "blood_cells>WarmupCosineDecay"
+                and isinstance(config.get("config"), dict)):
+            return keras.saving.serialize_keras_object(
+                keras.optimizers.schedules.CosineDecay(**config["config"]))
+        return {key: _as_keras_schedule(value) for key, value in config.items()}
+    if isinstance(config, list | tuple):
+        return [_as_keras_schedule(value) for value in config]
+    return config
 
 
 def _normalized(data: dict) -> dict:

@@ -101,16 +101,42 @@ def test_schedule_gives_keras_cosine_decay_rates_at_every_step(steps_per_epoch, 
     # Grappler may reorder the arithmetic: a few float32 roundings of the peak rate.
     np.testing.assert_allclose([float(in_graph(tf.constant(step))) for step in steps],
                                expected, rtol=1e-6, atol=2e-3 * 1e-6)
-    assert in_graph.experimental_get_tracing_count() == 1
+    graph = in_graph.get_concrete_function(tf.TensorSpec([], tf.int64)).graph
+    assert not {op.type for op in graph.get_operations()} & {"If", "StatelessIf"}
 
 
-def test_a_model_compiled_with_the_schedule_loads_back_with_it(tmp_path):
+def _compiled_with(schedule) -> keras.Model:
+    keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.AdamW(training.warmup_cosine(1e-3, 10, 3)),
+    model.compile(optimizer=keras.optimizers.AdamW(schedule),
                   loss="sparse_categorical_crossentropy")
+    return model
+
+
+def test_a_model_compiled_with_the_schedule_loads_where_its_layers_do(tmp_path):
+    """In a fresh process with the modules that load models (helpers.inference, and with it
+    helpers.models), not helpers.training: the command lines' case."""
+    model = _compiled_with(training.warmup_cosine(1e-3, 10, 3))
     model.save(tmp_path / "model.keras")
-    loaded = keras.saving.load_model(tmp_path / "model.keras")
-    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    load = ("import sys, keras; from helpers import inference; "
+            "assert 'helpers.training' not in sys.modules; "
+            "print(keras.saving.load_model(sys.argv[1]).optimizer.get_config())")
+    loaded = subprocess.run([sys.executable, "-c", load, str(tmp_path / "model.keras")],
+                            capture_output=True, text=True, cwd=REPOSITORY, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.strip().splitlines()[-1] == str(model.optimizer.get_config())
+
+
+def test_runs_trained_with_keras_cosine_decay_keep_their_recipe():
+    """The same rates as before helpers.schedules: a finished run is not trained again."""
+    schedule = training.warmup_cosine(1e-3, 10, 3)
+    keras_schedule = keras.optimizers.schedules.CosineDecay(**schedule.get_config())
+    fingerprint = training.recipe_fingerprint(_compiled_with(schedule))
+    assert training.recipe_fingerprint(_compiled_with(keras_schedule)) == fingerprint
+    other = keras.optimizers.schedules.CosineDecay(**{**schedule.get_config(),
+                                                      "warmup_steps": 20})
+    assert training.recipe_fingerprint(_compiled_with(other)) != fingerprint
+    assert training.recipe_fingerprint(_compiled_with(1e-3)) != fingerprint
 
 
 @pytest.fixture()
