@@ -29,7 +29,7 @@ lint: $(STAMP)
 # tests/conftest.py) and a few slow files in the first, the rest in the second. The first's
 # report follows the second's; either failing fails the target.
 FIRST_HALF := tests/notebooks tests/test_smoke_study.py tests/test_colab.py \
-	tests/test_replicas.py tests/test_study_runner.py
+	tests/test_replicas.py
 
 test: lint
 	@$(BIN)/python -m pytest -p no:cacheprovider $(FIRST_HALF) > $(VENV)/first-half.log 2>&1 & \
