@@ -615,7 +615,8 @@ def _as_keras_schedule(config):
     rates to float32 rounding: the same recipe, so they are kept, not trained again.
     """
     if isinstance(config, dict):
-        if (config.get("registered_name") == "blood_cells>WarmupCosineDecay"
+        if (config.get("registered_name")
+                == keras.saving.get_registered_name(schedules.WarmupCosineDecay)
                 and isinstance(config.get("config"), dict)):
             return keras.saving.serialize_keras_object(
                 keras.optimizers.schedules.CosineDecay(**config["config"]))

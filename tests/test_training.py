@@ -106,7 +106,6 @@ def test_schedule_gives_keras_cosine_decay_rates_at_every_step(steps_per_epoch, 
 
 
 def _compiled_with(schedule) -> keras.Model:
-    keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
     model.compile(optimizer=keras.optimizers.AdamW(schedule),
                   loss="sparse_categorical_crossentropy")
