@@ -1,4 +1,4 @@
-# The README's two commands are `make study` and `make test`. Each creates ./.venv with
+# The README's two main commands are `make study` and `make test`. Each creates ./.venv with
 # python3 on first use and reinstalls only when the requirements change, so both can be run
 # again and again. Set VENV to put the virtualenv elsewhere.
 PYTHON ?= python3

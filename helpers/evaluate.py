@@ -1,4 +1,4 @@
-"""Evaluate a saved model on a folder of labelled images, or on a split of a run folder.
+"""Evaluate a saved model on a folder of labelled images (``predict_split`` scores a run's split).
 
     python -m helpers.evaluate MODEL DATA_DIR [--out metrics.json] [--tta]
 

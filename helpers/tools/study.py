@@ -23,10 +23,10 @@ since the notebook started, and while a model trains, its run, epoch of epochs, 
 since its ``fit`` began and an estimate of the time left (``helpers.liveprogress``), cut to the
 terminal's width:
 
-    [3/5] 03_train_cnn: cell 17/21, 06:34 | cnn_seed43: epoch 5/15, step 120/187,
+    [3/5] 03_train_cnn: cell 26/31, 06:34 | cnn_seed43: epoch 5/15, step 120/187,
         02:10 elapsed, ~04:20 left       (one line)
 
-When the notebook ends it leaves "[3/5] 03_train_cnn: 21/21 cells, 32:10". Where stdout is not
+When the notebook ends it leaves "[3/5] 03_train_cnn: 31/31 cells, 32:10". Where stdout is not
 a terminal (a log file, CI) nothing is redrawn: a line per epoch a run finishes, then that one.
 
 The study holds the run folder's lock (``helpers.runlock``) from start to end and passes it to
@@ -347,7 +347,7 @@ def notebook_line(counter: str, done: int, total: int, elapsed: float,
     done) and the time since it started, then what its training run does (``progress``, as
     ``liveprogress.read`` gives it, as of ``now``), within ``width`` characters:
 
-        [3/5] 03_train_cnn: cell 17/21, 06:34 | cnn_seed43: epoch 5/15, step 120/187,
+        [3/5] 03_train_cnn: cell 26/31, 06:34 | cnn_seed43: epoch 5/15, step 120/187,
         02:10 elapsed, ~04:20 left
 
     (one line). Where it is too wide the step and elapsed time go first, then its end."""
@@ -364,7 +364,7 @@ def notebook_line(counter: str, done: int, total: int, elapsed: float,
 
 
 def final_line(counter: str, done: int, total: int, elapsed: float) -> str:
-    """The line a notebook leaves: "[3/5] 03_train_cnn: 21/21 cells, 32:10"."""
+    """The line a notebook leaves: "[3/5] 03_train_cnn: 31/31 cells, 32:10"."""
     return f"{counter}: {done}/{total} cells, {liveprogress.clock(elapsed)}"
 
 
