@@ -52,12 +52,25 @@ def learning_dynamics(epochs: pd.DataFrame,
     }
 
 
+# The columns of ``learning_dynamics`` as nullable types, the same in every table: tables
+# whose empty columns were typed by their values (object where all are None) warn in
+# pandas 2.1-2.3 when concatenated, and mix None and <NA> in pandas 3.
+DYNAMICS_DTYPES = {"epochs": "Int64", "best_epoch": "Int64", "best_val_accuracy": "Float64",
+                   "overfitting_from": "Int64", "gap_at_best": "Float64",
+                   "epochs_to_threshold": "Int64", "minutes_to_threshold": "Float64"}
+
+
+def dynamics_frame(rows: dict[str, dict]) -> pd.DataFrame:
+    """Rows of ``learning_dynamics`` as a table typed by ``DYNAMICS_DTYPES``."""
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=list(DYNAMICS_DTYPES))
+    return table.astype(DYNAMICS_DTYPES)
+
+
 def dynamics_table(histories: dict[str, pd.DataFrame],
                    threshold: float = CONVERGENCE_ACCURACY) -> pd.DataFrame:
     """``learning_dynamics`` of several runs, one row each (integers stay integers)."""
-    return pd.DataFrame.from_dict(
-        {run: learning_dynamics(epochs, threshold) for run, epochs in histories.items()},
-        orient="index").convert_dtypes()
+    return dynamics_frame(
+        {run: learning_dynamics(epochs, threshold) for run, epochs in histories.items()})
 
 
 def batchnorm_probe_table(history: pd.DataFrame, steps_per_epoch: int,
@@ -223,14 +236,14 @@ def phase_dynamics(run: RunFolder, name: str, threshold: float = CONVERGENCE_ACC
     label = row_name or run.read_run_record(name)["label"]
     boundary = run.phase_boundary(name)
     if not boundary or boundary >= len(epochs):
-        table = dynamics_table({label: epochs}, threshold)
+        row = learning_dynamics(epochs, threshold)
         # A run that went on from another's epoch count (notebook 4's phase-2 mistakes):
         # its epochs are numbered as fit counted them.
         first = int(epochs["epoch"].iloc[0]) if "epoch" in epochs and len(epochs) else 0
-        for column in ("best_epoch", "overfitting_from", "epochs_to_threshold"):
-            table[column] = table[column].map(
-                lambda epoch: epoch if pd.isna(epoch) else epoch + first)
-        return table
+        for key in ("best_epoch", "overfitting_from", "epochs_to_threshold"):
+            if row[key] is not None:
+                row[key] += first
+        return dynamics_frame({label: row})
     rows = {}
     for phase, part in ((f"{label}: phase 1 (frozen base)", epochs.iloc[:boundary]),
                         (f"{label}: phase 2 (fine-tuned)", epochs.iloc[boundary:])):
@@ -243,7 +256,7 @@ def phase_dynamics(run: RunFolder, name: str, threshold: float = CONVERGENCE_ACC
         if row["minutes_to_threshold"] is not None:  # minutes of the whole run, as epochs
             row["minutes_to_threshold"] += float(epochs["epoch_seconds"].iloc[:first].sum() / 60)
         rows[phase] = row
-    return pd.DataFrame.from_dict(rows, orient="index").convert_dtypes()
+    return dynamics_frame(rows)
 
 
 def per_class_table(reports: dict[str, dict]) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 learning dynamics and the comparison table."""
 
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -217,6 +218,26 @@ def test_each_phase_is_read_from_its_own_epochs(tmp_path):
     row = compare.phase_dynamics(run, "later").loc["Later"]
     assert row["best_epoch"] == 5 and row["overfitting_from"] == 6
     assert pd.isna(row["epochs_to_threshold"])  # never reached 0.95: stays empty
+
+
+def test_dynamics_tables_of_any_runs_concatenate_with_one_type_per_column(tmp_path):
+    """Notebook 5 concatenates the tables of every run: a one-phase run that never reached the
+    threshold (empty columns) with a two-phase run that did. Each column keeps its nullable
+    type, with no pandas warning (pandas 2.1-2.3 warn on all-empty object columns)."""
+    run = two_phase_run(tmp_path)
+    never = pd.read_csv(run.history("net")).assign(val_accuracy=0.5, val_loss=[0.9, 0.8, 0.7,
+                                                                              0.6, 0.5, 0.4])
+    never.to_csv(run.history("never"), index=False)
+    files.write_json({"label": "Never"}, run.run_record("never"))
+    single = compare.phase_dynamics(run, "never", threshold=0.9)
+    assert single.isna().loc["Never", ["overfitting_from", "epochs_to_threshold",
+                                       "minutes_to_threshold"]].all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = pd.concat([single, compare.phase_dynamics(run, "net", threshold=0.9),
+                           compare.dynamics_table({"alone": HISTORY})])
+    assert table.dtypes.astype(str).to_dict() == compare.DYNAMICS_DTYPES
+    assert table["epochs_to_threshold"].tolist()[:3] == [pd.NA, pd.NA, 5]
 
 
 DIFFERENCE = {"n_images": 100,
