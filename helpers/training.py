@@ -565,6 +565,11 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
+        if self.monitor_op is None:
+            # Older Keras (3.3.3, which the requirements admit) chooses it at the first
+            # epoch's end and then resets ``best`` to infinity, throwing the restored one
+            # away; choosing it now keeps it. Newer Keras leaves ``best`` alone.
+            self._set_monitor_op()
         if not self.history_csv.exists() or self.history_csv.stat().st_size == 0:
             return
         history = pd.read_csv(self.history_csv)

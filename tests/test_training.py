@@ -362,12 +362,25 @@ def test_early_stopping_counts_the_epochs_before_a_resume(tmp_path):
     history_csv = tmp_path / "history.csv"
     pd.DataFrame({"epoch": [0, 1, 2, 3], "val_loss": [0.9, 0.5, 0.6, 0.7]}).to_csv(
         history_csv, index=False)
-    stopping = training.ResumableEarlyStopping(history_csv, from_epoch=0, patience=3)
-    stopping.on_train_begin()
-    assert (stopping.best, stopping.wait) == (0.5, 2)  # one more epoch without gain stops it
-    phase_two = training.ResumableEarlyStopping(history_csv, from_epoch=3, patience=3)
-    phase_two.on_train_begin()
+
+    def resumed(from_epoch: int) -> training.ResumableEarlyStopping:
+        """The callback as fit starts it: on a model that is not stopping, then at begin."""
+        stopping = training.ResumableEarlyStopping(history_csv, from_epoch, patience=3)
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        model.stop_training = False
+        stopping.set_model(model)
+        stopping.on_train_begin()
+        return stopping
+
+    stopping = resumed(from_epoch=0)
+    assert (stopping.best, stopping.wait) == (0.5, 2)
+    stopping.on_epoch_end(4, {"val_loss": 0.55})  # the first epoch after the resume
+    # Patience ran out: 3 epochs without gain since 0.5 (Keras 3.3 forgot it here).
+    assert stopping.model.stop_training and stopping.best == 0.5
+    phase_two = resumed(from_epoch=3)
     assert (phase_two.best, phase_two.wait) == (0.7, 0)
+    phase_two.on_epoch_end(4, {"val_loss": 0.8})
+    assert (phase_two.best, phase_two.wait, phase_two.model.stop_training) == (0.7, 1, False)
 
 
 def test_finish_records_the_run_the_sidecar_and_validation_metrics(run):
