@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 from keras import ops
-from keras.src.optimizers.loss_scale_optimizer import LossScaleOptimizer
+from keras.optimizers import LossScaleOptimizer
 
 _PATCHED = "_blood_cells_replica_safe"
 
@@ -47,14 +47,17 @@ def _replica_safe_tf_apply(self, grads, trainable_variables=None):
     replica_context.merge_call(handle_cross_replica, args=(grads, trainable_variables))
 
 
-# Absent in a Keras that reorganised it; the reproduction's test then says whether the defect
-# is still there.
+# The private methods the work-around calls. A Keras that reorganised them is left as it is
+# (the reproduction's test then says whether the defect is still there).
+_NEEDED = ("_tf_apply", "check_finite", "_stateful_handle_finite_grads",
+           "_stateful_handle_non_finite_grads")
 _original_tf_apply = getattr(LossScaleOptimizer, "_tf_apply", None)
 
 
 def apply() -> None:
     """Install the work-arounds (idempotent)."""
-    if _original_tf_apply is None or getattr(LossScaleOptimizer._tf_apply, _PATCHED, False):
+    if (not all(hasattr(LossScaleOptimizer, name) for name in _NEEDED)
+            or getattr(LossScaleOptimizer._tf_apply, _PATCHED, False)):
         return
     setattr(_replica_safe_tf_apply, _PATCHED, True)
     LossScaleOptimizer._tf_apply = _replica_safe_tf_apply
