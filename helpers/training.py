@@ -222,7 +222,10 @@ class EpochSeeds(keras.callbacks.Callback):
         states = [variable for variable in self.model.non_trainable_variables
                   if variable.path.endswith("seed_generator_state")]
         for index, state in enumerate(states):
-            state.assign(np.array([self.seed * 10_007 + index, epoch], dtype=state.dtype))
+            # Within 31 bits: older Keras (3.3.3) keeps the state in uint32, and a large SEED
+            # would overflow it. The usual seeds (below 214,600) are unchanged by the modulo.
+            layer_seed = (self.seed * 10_007 + index) % 2**31
+            state.assign(np.array([layer_seed, epoch], dtype=state.dtype))
 
 
 class LiveProgress(keras.callbacks.Callback):

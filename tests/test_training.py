@@ -358,6 +358,22 @@ def test_a_kill_after_fit_before_finish_trains_no_epoch_again(run):
     assert run.read_history("tiny")["epoch"].tolist() == [0, 1]
 
 
+def test_each_epochs_random_layers_are_seeded_from_the_seed_and_the_epoch():
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.RandomFlip(seed=1),
+                              keras.layers.Dropout(0.5, seed=2)])
+    states = [variable for variable in model.non_trainable_variables
+              if variable.path.endswith("seed_generator_state")]
+    assert len(states) == 2
+    # The study's seeds as before; a large seed fits every Keras's state (Keras 3.3.3 keeps
+    # it in uint32, which the seed times 10,007 overflowed).
+    for seed, first in ((42, 420_294), (2**31 - 1, (2**31 - 1) * 10_007 % 2**31)):
+        seeds = training.EpochSeeds(counter=None, seed=seed)
+        seeds.set_model(model)
+        seeds.on_epoch_begin(3)
+        assert [keras.ops.convert_to_numpy(state).tolist() for state in states] == [
+            [first, 3], [first + 1, 3]]
+
+
 def test_early_stopping_counts_the_epochs_before_a_resume(tmp_path):
     history_csv = tmp_path / "history.csv"
     pd.DataFrame({"epoch": [0, 1, 2, 3], "val_loss": [0.9, 0.5, 0.6, 0.7]}).to_csv(
