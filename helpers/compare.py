@@ -60,10 +60,25 @@ DYNAMICS_DTYPES = {"epochs": "Int64", "best_epoch": "Int64", "best_val_accuracy"
                    "epochs_to_threshold": "Int64", "minutes_to_threshold": "Float64"}
 
 
+# The columns of ``learning_dynamics`` that are epoch numbers (1-based).
+EPOCH_NUMBERS = ("best_epoch", "overfitting_from", "epochs_to_threshold")
+
+
 def dynamics_frame(rows: dict[str, dict]) -> pd.DataFrame:
     """Rows of ``learning_dynamics`` as a table typed by ``DYNAMICS_DTYPES``."""
+    for name, row in rows.items():
+        if set(row) != set(DYNAMICS_DTYPES):  # a new key would otherwise be dropped unseen
+            raise ValueError(f"{name}: the columns {sorted(row)} are not DYNAMICS_DTYPES's")
     table = pd.DataFrame.from_dict(rows, orient="index", columns=list(DYNAMICS_DTYPES))
     return table.astype(DYNAMICS_DTYPES)
+
+
+def dynamics_text(table: pd.DataFrame) -> str:
+    """A table of ``dynamics_frame`` as text: 3 decimals, empty cells (never) as "-".
+    pandas prints an empty nullable cell as <NA> whatever ``na_rep`` says, and ``fillna`` on
+    the object cast warns in pandas 2.2, so the empty cells are masked instead."""
+    return table.astype(object).mask(table.isna(), "-").to_string(
+        float_format=lambda value: f"{value:.3f}")
 
 
 def dynamics_table(histories: dict[str, pd.DataFrame],
@@ -225,6 +240,12 @@ def comparison_table(reports: dict[str, dict], costs: dict[str, dict],
     return pd.DataFrame(rows).set_index("model")
 
 
+def _counted_from(row: dict, first: int) -> dict:
+    """A ``learning_dynamics`` row whose epoch numbers start at epoch ``first`` (0-based)."""
+    return {key: value + first if key in EPOCH_NUMBERS and value is not None else value
+            for key, value in row.items()}
+
+
 def phase_dynamics(run: RunFolder, name: str, threshold: float = CONVERGENCE_ACCURACY,
                    row_name: str | None = None) -> pd.DataFrame:
     """``learning_dynamics`` of run NAME, one row per training phase when it had two
@@ -240,19 +261,12 @@ def phase_dynamics(run: RunFolder, name: str, threshold: float = CONVERGENCE_ACC
         # A run that went on from another's epoch count (notebook 4's phase-2 mistakes):
         # its epochs are numbered as fit counted them.
         first = int(epochs["epoch"].iloc[0]) if "epoch" in epochs and len(epochs) else 0
-        for key in ("best_epoch", "overfitting_from", "epochs_to_threshold"):
-            if row[key] is not None:
-                row[key] += first
-        return dynamics_frame({label: row})
+        return dynamics_frame({label: _counted_from(row, first)})
     rows = {}
     for phase, part in ((f"{label}: phase 1 (frozen base)", epochs.iloc[:boundary]),
                         (f"{label}: phase 2 (fine-tuned)", epochs.iloc[boundary:])):
-        row = learning_dynamics(part.reset_index(drop=True), threshold)
         first = int(part.index[0])
-        row["best_epoch"] += first
-        for key in ("overfitting_from", "epochs_to_threshold"):
-            if row[key] is not None:
-                row[key] += first
+        row = _counted_from(learning_dynamics(part.reset_index(drop=True), threshold), first)
         if row["minutes_to_threshold"] is not None:  # minutes of the whole run, as epochs
             row["minutes_to_threshold"] += float(epochs["epoch_seconds"].iloc[:first].sum() / 60)
         rows[phase] = row

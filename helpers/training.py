@@ -223,7 +223,7 @@ class EpochSeeds(keras.callbacks.Callback):
                   if variable.path.endswith("seed_generator_state")]
         for index, state in enumerate(states):
             # Within 31 bits: older Keras (3.3.3) keeps the state in uint32, and a large SEED
-            # would overflow it. The usual seeds (below 214,600) are unchanged by the modulo.
+            # would overflow it. Seeds up to 214,598 (the study's) are unchanged by the modulo.
             layer_seed = (self.seed * 10_007 + index) % 2**31
             state.assign(np.array([layer_seed, epoch], dtype=state.dtype))
 

@@ -236,8 +236,15 @@ def test_dynamics_tables_of_any_runs_concatenate_with_one_type_per_column(tmp_pa
         warnings.simplefilter("error")
         table = pd.concat([single, compare.phase_dynamics(run, "net", threshold=0.9),
                            compare.dynamics_table({"alone": HISTORY})])
+        text = compare.dynamics_text(table)
     assert table.dtypes.astype(str).to_dict() == compare.DYNAMICS_DTYPES
     assert table["epochs_to_threshold"].tolist()[:3] == [pd.NA, pd.NA, 5]
+    # Empty cells print as "-", numbers as before: the Never row has 3 empty cells.
+    never_line = next(line for line in text.splitlines() if line.startswith("Never"))
+    assert never_line.split()[1:] == ["6", "6", "0.500", "-", "0.450", "-", "-"]
+    assert "<NA>" not in text and "None" not in text
+    with pytest.raises(ValueError, match="DYNAMICS_DTYPES"):
+        compare.dynamics_frame({"run": {**compare.learning_dynamics(HISTORY), "new": 1}})
 
 
 DIFFERENCE = {"n_images": 100,
