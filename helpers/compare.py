@@ -68,7 +68,8 @@ def dynamics_frame(rows: dict[str, dict]) -> pd.DataFrame:
     """Rows of ``learning_dynamics`` as a table typed by ``DYNAMICS_DTYPES``."""
     for name, row in rows.items():
         if set(row) != set(DYNAMICS_DTYPES):  # a new key would otherwise be dropped unseen
-            raise ValueError(f"{name}: the columns {sorted(row)} are not DYNAMICS_DTYPES's")
+            raise ValueError(f"{name}: columns {sorted(row)}, but the dynamics table has "
+                             f"{sorted(DYNAMICS_DTYPES)}")
     table = pd.DataFrame.from_dict(rows, orient="index", columns=list(DYNAMICS_DTYPES))
     return table.astype(DYNAMICS_DTYPES)
 

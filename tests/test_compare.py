@@ -243,7 +243,7 @@ def test_dynamics_tables_of_any_runs_concatenate_with_one_type_per_column(tmp_pa
     never_line = next(line for line in text.splitlines() if line.startswith("Never"))
     assert never_line.split()[1:] == ["6", "6", "0.500", "-", "0.450", "-", "-"]
     assert "<NA>" not in text and "None" not in text
-    with pytest.raises(ValueError, match="DYNAMICS_DTYPES"):
+    with pytest.raises(ValueError, match="but the dynamics table has"):
         compare.dynamics_frame({"run": {**compare.learning_dynamics(HISTORY), "new": 1}})
 
 
