@@ -209,6 +209,11 @@ class EpochSeeds(keras.callbacks.Callback):
     ``pipeline.make_dataset``) and re-seeds the model's random layers (augmentation, dropout).
     Their generator states are not in Keras checkpoints, so without this a run resumed by
     BackupAndRestore would replay the first epoch's augmentations instead of continuing.
+
+    Keras's generator state is a pair [key, counter] whose counter goes up by one per draw,
+    so each (layer, epoch) gets a key of its own, mixed from the seed, the layer's index and
+    the epoch, with the counter at 0. Keys of the form [seed, epoch] would replay: epoch 1's
+    k-th draw would be epoch 0's (k+1)-th.
     """
 
     def __init__(self, counter: tf.Variable | None, seed: int):
@@ -222,10 +227,16 @@ class EpochSeeds(keras.callbacks.Callback):
         states = [variable for variable in self.model.non_trainable_variables
                   if variable.path.endswith("seed_generator_state")]
         for index, state in enumerate(states):
-            # Within 31 bits: older Keras (3.3.3) keeps the state in uint32, and a large SEED
-            # would overflow it. Seeds up to 214,598 (the study's) are unchanged by the modulo.
-            layer_seed = (self.seed * 10_007 + index) % 2**31
-            state.assign(np.array([layer_seed, epoch], dtype=state.dtype))
+            state.assign(np.array([layer_epoch_key(self.seed, index, epoch), 0],
+                                  dtype=state.dtype))
+
+
+def layer_epoch_key(seed: int, layer: int, epoch: int) -> int:
+    """The generator key of random layer number LAYER in EPOCH of a run seeded SEED: a hash
+    of the three, within 31 bits (Keras 3.3.3 keeps the state in uint32, later ones in
+    int64)."""
+    mixed = np.random.SeedSequence([seed % 2**32, layer, epoch]).generate_state(1)[0]
+    return int(mixed) % 2**31
 
 
 class LiveProgress(keras.callbacks.Callback):

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from helpers import data, inference, liveprogress, runlock, training
+from helpers import data, inference, liveprogress, models, runlock, training
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
 from helpers.tools import notebooks
@@ -365,14 +365,42 @@ def test_each_epochs_random_layers_are_seeded_from_the_seed_and_the_epoch():
     states = [variable for variable in model.non_trainable_variables
               if variable.path.endswith("seed_generator_state")]
     assert len(states) == 2
-    # The study's seeds as before; a large seed fits every Keras's state (Keras 3.3.3 keeps
-    # it in uint32, which the seed times 10,007 overflowed).
-    for seed, first in ((42, 420_294), (2**31 - 1, (2**31 - 1) * 10_007 % 2**31)):
+
+    def states_at(seed: int, epoch: int) -> list[list[int]]:
         seeds = training.EpochSeeds(counter=None, seed=seed)
         seeds.set_model(model)
-        seeds.on_epoch_begin(3)
-        assert [keras.ops.convert_to_numpy(state).tolist() for state in states] == [
-            [first, 3], [first + 1, 3]]
+        seeds.on_epoch_begin(epoch)
+        return [keras.ops.convert_to_numpy(state).tolist() for state in states]
+
+    # A function of (seed, epoch) alone, so a resumed run draws what it would have drawn.
+    assert states_at(42, 3) == states_at(42, 3)
+    keys = {state[0] for seed in (42, 43) for epoch in (0, 1, 2)
+            for state in states_at(seed, epoch)}
+    assert len(keys) == 12  # every layer, epoch and seed a key of its own
+    # Within 31 bits for any seed: Keras 3.3.3 keeps the state in uint32.
+    assert all(0 <= key < 2**31 for key in keys | {s[0] for s in states_at(2**31 - 1, 9)})
+    assert all(state[1] == 0 for state in states_at(42, 5))
+
+
+def test_two_epochs_of_augmentation_draw_independent_values():
+    """Keras's generator counts one step per draw: were epoch e seeded [seed, e], epoch 1
+    would replay epoch 0's draws shifted by one batch. No draw of one epoch may equal any
+    draw of another."""
+    noise = models.RandomPixelNoise(3.0, seed=7)
+    model = keras.Sequential([keras.Input((4, 4, 3)), noise])
+    seeds = training.EpochSeeds(counter=None, seed=42)
+    seeds.set_model(model)
+    images = np.full((2, 4, 4, 3), 128.0, dtype="float32")
+    draws = {}
+    for epoch in (0, 1):
+        seeds.on_epoch_begin(epoch)
+        draws[epoch] = [np.asarray(noise(images, training=True)) for _ in range(5)]
+    first, second = draws[0], draws[1]
+    assert not any(np.array_equal(a, b) for a in first for b in second)
+    assert not any(np.array_equal(first[i], first[j])  # and none repeats within an epoch
+                   for i in range(5) for j in range(i + 1, 5))
+    seeds.on_epoch_begin(1)  # the same epoch again (a resume): the same draws
+    assert np.array_equal(np.asarray(noise(images, training=True)), second[0])
 
 
 @pytest.mark.parametrize("keras_like", ["installed", "3.3.3"])
