@@ -8,6 +8,7 @@ predictions, ``metrics/NAME_test.json`` and the comparison table.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -202,16 +203,20 @@ def mean_and_sd(values: pd.Series, signed: bool = False) -> str:
 
 
 def comparison_table(reports: dict[str, dict], costs: dict[str, dict],
-                     seeds: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
-    """One row per model: test metrics with 95% intervals, calibration, validation-to-test
-    gap and training cost. ``reports``/``costs`` map a model's label to
-    ``evaluate_on_test`` and ``training_cost`` results; ``seeds`` maps a label to its
-    ``seed_spread``, reported as mean and standard deviation over the seeds."""
+                     seeds: dict[str, pd.DataFrame] | None = None,
+                     limits: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """One row per model: what limits a verdict about it, test metrics with 95% intervals,
+    calibration, validation-to-test gap and training cost. ``reports``/``costs`` map a
+    model's label to ``evaluate_on_test`` and ``training_cost`` results; ``seeds`` maps a
+    label to its ``seed_spread``, reported as mean and standard deviation over the seeds;
+    ``limits`` to its ``caveats`` (the first column: "none" where there are none)."""
     rows = []
     for label, report in reports.items():
         calibration = report["calibration"]
-        row = {
-            "model": label,
+        row = {"model": label}
+        if limits is not None:
+            row["caveats"] = "; ".join(limits.get(label, [])) or "none"
+        row |= {
             "test accuracy": report["accuracy"],
             "accuracy 95% CI": "{:.4f}-{:.4f}".format(*report["accuracy_ci95"]),
             "macro-F1": report["macro_f1"],
@@ -314,10 +319,41 @@ def confused_pairs(y_true: np.ndarray, predicted: dict[str, np.ndarray],
     return table.sort_values("all models", ascending=False, kind="stable").head(top)
 
 
-def training_budget(run: RunFolder, name: str, loaded: inference.LoadedModel) -> dict:
-    """What model NAME saw and spent in training: its weights' origin (from its label),
-    input pixels and crop, training images, epochs (per phase where it had two), the seeds
-    trained for it and their minutes, and its parameters."""
+# "Converged" in the conclusion: the last epoch lowered validation loss by less than this
+# share of the lowest before it (notebook 5's CONVERGED_LOSS_CHANGE passes its own).
+CONVERGED_LOSS_CHANGE = 0.02
+
+
+def initial_weights(record: dict) -> str:
+    """Where a run's weights started, from its run record: "ImageNet", "file NAME" or
+    "random" (the CNN always; a ResNet50 with RESNET_WEIGHTS "none")."""
+    setting = record.get("parameters", {}).get("RESNET_WEIGHTS", "none")
+    if setting == "none":
+        return "random"
+    return "ImageNet" if setting == "imagenet" else f"file {Path(setting).name}"
+
+
+def convergence(epochs: pd.DataFrame, loss_change: float = CONVERGED_LOSS_CHANGE) -> str:
+    """Whether a run had stopped improving when training ended, by a stated rule: "yes"
+    when its last epoch lowered validation loss by less than ``loss_change`` (a share) below
+    the lowest of the epochs before, else "no: ..." saying by how much it still fell. One
+    epoch cannot tell: "no: one epoch"."""
+    losses = epochs["val_loss"].to_numpy(dtype=float)
+    if len(losses) < 2:
+        return "no: one epoch"
+    before, last = float(np.min(losses[:-1])), float(losses[-1])
+    fell = (before - last) / before if before > 0 else 0.0
+    if fell < loss_change:
+        return "yes"
+    return f"no: validation loss still fell {fell:.0%} in the last epoch"
+
+
+def training_budget(run: RunFolder, name: str, loaded: inference.LoadedModel,
+                    loss_change: float = CONVERGED_LOSS_CHANGE) -> dict:
+    """What model NAME saw and spent in training: where its weights started, input pixels
+    and crop, training images, epochs (per phase where it had two), the seeds trained for
+    it and their minutes, whether it converged (``convergence`` with ``loss_change``) and
+    its parameters."""
     record = run.read_run_record(name)
     history = run.read_history(name)
     boundary = run.phase_boundary(name)
@@ -328,6 +364,7 @@ def training_budget(run: RunFolder, name: str, loaded: inference.LoadedModel) ->
     epochs = (f"{boundary} + {len(history) - boundary}" if boundary and boundary < len(history)
               else str(len(history)))
     return {
+        "initial weights": initial_weights(record),
         "input (pixels)": f"{loaded.image_size}x{loaded.image_size}",
         "crop fraction": float(loaded.crop_fraction),
         "training images": int(record["data"]["training_images"]),
@@ -335,6 +372,7 @@ def training_budget(run: RunFolder, name: str, loaded: inference.LoadedModel) ->
         "seeds trained": max(1, len(candidates)),
         "minutes (kept run)": minutes,
         "minutes (final runs, all seeds)": all_minutes,
+        "converged": convergence(history, loss_change),
         "number format": record.get("precision", "?"),
         "parameters": int(loaded.model.count_params()),
     }
@@ -440,47 +478,129 @@ def _share(value: float) -> str:
     return f"{value:.4f}"
 
 
+# What two models must share to be compared "on equal terms": the rows of ``budget_table``
+# that say what a model saw (its cost, minutes, is reported apart).
+TERMS = ("initial weights", "input (pixels)", "crop fraction", "training images",
+         "seeds trained")
+
+
+def _terms(budgets: pd.DataFrame) -> list[str]:
+    return [row for row in budgets.index if row in TERMS or row.startswith("epochs")]
+
+
+# How the rows of TERMS read in a caveat or a verdict.
+SHORT_TERMS = {"initial weights": "weights", "input (pixels)": "input size",
+               "crop fraction": "crop", "seeds trained": "seeds"}
+
+
+def _unequal(budgets: pd.DataFrame) -> str:
+    """The terms on which the models of ``budgets`` differ, in a few words (empty: none)."""
+    differing = [row for row in _terms(budgets) if budgets.loc[row].astype(str).nunique() > 1]
+    return ", ".join(SHORT_TERMS.get(row, "epochs" if row.startswith("epochs") else row)
+                     for row in differing)
+
+
+def caveats(budgets: pd.DataFrame) -> dict[str, list[str]]:
+    """Per model (a column of ``budget_table``): what limits a verdict about it. The models
+    trained on unequal terms (rows of TERMS that differ), did not converge (the "converged"
+    row), or started from random weights where the label says so (a ResNet50 without
+    ImageNet weights is not transfer learning)."""
+    differing = _unequal(budgets)
+    found: dict[str, list[str]] = {}
+    for label in budgets.columns:
+        notes = []
+        if "random init" in label:
+            notes.append("random init: not transfer learning")
+        if "converged" in budgets.index and str(budgets.loc["converged", label]) != "yes":
+            notes.append("not converged")
+        if differing:
+            notes.append(f"unequal terms ({differing})")
+        found[label] = notes
+    return found
+
+
+def _described(budgets: pd.DataFrame, label: str) -> str:
+    """One model's terms in a few words: "random weights, 64x64 px, 15 epochs, 3 seeds,
+    converged"."""
+    column = budgets[label].astype(str)
+    epochs = next((column[row] for row in column.index if row.startswith("epochs")), "?")
+    seeds = column.get("seeds trained", "1")
+    converged = column.get("converged", "yes")
+    return (f"{column.get('initial weights', 'random')} weights, "
+            f"{column.get('input (pixels)', '?')} px input, {epochs} epochs, "
+            f"{seeds} seed{'s' if seeds != '1' else ''}, "
+            + ("converged" if converged == "yes" else "**not converged** (" +
+               converged.removeprefix("no: ") + ")"))
+
+
 def conclusion(difference: dict, labels: tuple[str, str], mcnemar: dict,
                top_pairs: dict[str, pd.DataFrame], budgets: pd.DataFrame,
                seeds: pd.DataFrame | None = None,
-               flagged_temperatures: tuple[str, ...] = ()) -> str:
+               flagged_temperatures: tuple[str, ...] = (),
+               loss_change: float = CONVERGED_LOSS_CHANGE) -> str:
     """The study's conclusion as Markdown, written from the run's numbers:
     ``difference`` is ``metrics.paired_bootstrap_difference`` of model A (``labels[0]``)
     minus model B, ``mcnemar`` their McNemar test, ``top_pairs`` each model's (by label)
     ``confused_pairs`` table of its own errors with ``top=1``,
     ``budgets`` the ``budget_table``, ``seeds`` A's ``seed_differences`` when it was
     trained with several seeds, ``flagged_temperatures`` the models whose temperature fit
-    hit its bound."""
+    hit its bound, ``loss_change`` the rule the budgets' "converged" row used.
+
+    Its first sentence says what was compared (weights, input, epochs, seeds, convergence);
+    a verdict between models trained on unequal terms, or one that had not converged, says
+    so in its own sentence."""
     first, second = labels
     accuracy, macro_f1 = difference["accuracy"], difference["macro_f1"]
     low, high = accuracy["ci95"]
     interval_says = low > 0 or high < 0
     mcnemar_says = mcnemar["p_value"] < 0.05
     better, worse = (first, second) if accuracy["difference"] > 0 else (second, first)
+    differing = [row for row in _terms(budgets) if budgets.loc[row].astype(str).nunique() > 1]
+    unconverged = [label for label in labels if "converged" in budgets.index
+                   and str(budgets.loc["converged", label]) != "yes"]
+    limits = []
+    if differing:
+        limits.append(f"they trained on unequal terms ({_unequal(budgets)})")
+    if unconverged:
+        limits.append(" and ".join(unconverged)
+                      + (" was" if len(unconverged) == 1 else " were")
+                      + " still improving when training stopped")
+    qualifier = (" as the two were trained here, which is not a verdict on the architectures: "
+                 + " and ".join(limits)) if limits else ""
     if interval_says and mcnemar_says:
-        verdict = (f"**{better} is more accurate than {worse}** on images like these (one "
+        verdict = (f"**{better} scored higher than {worse}{qualifier}**; on these test images "
+                   "the interval excludes zero and McNemar's p is below 0.05" if limits else
+                   f"**{better} is more accurate than {worse}** on images like these (one "
                    "hospital, an image-level split): the interval excludes zero and McNemar's "
                    "p is below 0.05")
     elif interval_says or mcnemar_says:
         interval = "excludes" if interval_says else "includes"
-        verdict = (f"**the difference is borderline**: the interval {interval} zero, "
+        verdict = (f"**the difference is borderline{qualifier}**: the interval {interval} zero, "
                    f"McNemar's p = {mcnemar['p_value']:.3g} {'is' if mcnemar_says else 'is not'} "
                    "below 0.05 (with few images where the models differ the percentile "
                    "bootstrap is approximate and the exact test conservative); treat the sign "
                    "of the difference as uncertain")
     else:
-        verdict = (f"**the test images do not separate {first} from {second}**: the "
-                   "interval of the difference includes zero and McNemar's p is 0.05 or more")
+        verdict = (f"**the test images do not separate {first} from {second}{qualifier}**: "
+                   "the interval of the difference includes zero and McNemar's p is 0.05 or "
+                   "more")
+    compared = (f"Compared: {first} ({_described(budgets, first)}) and {second} "
+                f"({_described(budgets, second)}), on the same {difference['n_images']} test "
+                f"images. Converged means the last epoch lowered validation loss by less than "
+                f"{loss_change:.0%}.")
+    if any("random init" in label for label in labels):
+        compared += (" A ResNet50 with random initial weights is not transfer learning: this "
+                     "run cannot say what ImageNet weights give.")
     lines = [
-        f"On the same {difference['n_images']} test images, {first} scored accuracy "
-        f"{_share(accuracy['a'])} and macro-F1 {_share(macro_f1['a'])}; {second} "
-        f"{_share(accuracy['b'])} and {_share(macro_f1['b'])}. The difference "
-        f"({first} minus {second}) is {accuracy['difference']:+.4f} in accuracy (95% paired "
-        f"bootstrap interval {low:+.4f} to {high:+.4f}) and {macro_f1['difference']:+.4f} in "
-        f"macro-F1 ({macro_f1['ci95'][0]:+.4f} to {macro_f1['ci95'][1]:+.4f}); McNemar's "
-        f"exact test gives p = {mcnemar['p_value']:.3g} ({mcnemar['a_only_correct']} images "
-        f"only {first} got right, {mcnemar['b_only_correct']} only {second}). So "
-        f"{verdict}.",
+        compared,
+        f"{first} scored accuracy {_share(accuracy['a'])} and macro-F1 "
+        f"{_share(macro_f1['a'])}; {second} {_share(accuracy['b'])} and "
+        f"{_share(macro_f1['b'])}. The difference ({first} minus {second}) is "
+        f"{accuracy['difference']:+.4f} in accuracy (95% paired bootstrap interval "
+        f"{low:+.4f} to {high:+.4f}) and {macro_f1['difference']:+.4f} in macro-F1 "
+        f"({macro_f1['ci95'][0]:+.4f} to {macro_f1['ci95'][1]:+.4f}); McNemar's exact test "
+        f"gives p = {mcnemar['p_value']:.3g} ({mcnemar['a_only_correct']} images only "
+        f"{first} got right, {mcnemar['b_only_correct']} only {second}). So {verdict}.",
     ]
     f1_low, f1_high = macro_f1["ci95"]
     if (f1_low > 0 or f1_high < 0) != (low > 0 or high < 0):
@@ -502,19 +622,15 @@ def conclusion(difference: dict, labels: tuple[str, str], mcnemar: dict,
                 for label, table in top_pairs.items()]
     if confused:
         lines.append("The classes each model confuses: " + "; ".join(confused) + ".")
-    compared = [row for row in budgets.index
-                if row in ("input (pixels)", "crop fraction", "training images",
-                           "minutes (final runs, all seeds)") or row.startswith("epochs")]
-    differing = [row for row in compared if budgets.loc[row].astype(str).nunique() > 1]
+    listed = differing + [row for row in budgets.index
+                          if row == "minutes (final runs, all seeds)"
+                          and budgets.loc[row].astype(str).nunique() > 1]
     if differing:
-        lines.append("The two did not train on equal terms, so this compares the two recipes "
-                     "as run, not the architectures at equal cost:\n" + "\n".join(
+        lines.append("What differed, so this compares the two recipes as run, not the "
+                     "architectures at equal cost:\n" + "\n".join(
                          f"- {row}: " + "; ".join(f"{budgets.loc[row, label]} for {label}"
                                                   for label in budgets.columns)
-                         for row in differing))
-    if any("random init" in label for label in labels):
-        lines.append("A ResNet50 with random initial weights is not transfer learning: this "
-                     "run says nothing about what ImageNet weights give.")
+                         for row in listed))
     for label in flagged_temperatures:
         lines.append(f"The temperature fitted for {label} sits at the bound of its search: the "
                      "best temperature lies beyond it, so its calibrated figures are worse than "

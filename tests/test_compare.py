@@ -251,46 +251,117 @@ DIFFERENCE = {"n_images": 100,
               "accuracy": {"a": 0.95, "b": 0.90, "difference": 0.05, "ci95": [0.02, 0.08]},
               "macro_f1": {"a": 0.94, "b": 0.88, "difference": 0.06, "ci95": [0.03, 0.09]}}
 MCNEMAR = {"a_only_correct": 7, "b_only_correct": 2, "p_value": 0.01}
-BUDGETS = pd.DataFrame({"CNN": {"input (pixels)": "64x64", "crop fraction": "0.7"},
-                        "ResNet50, random init": {"input (pixels)": "64x64",
-                                                  "crop fraction": "1"}})
+BUDGETS = pd.DataFrame({"CNN": {"initial weights": "random", "input (pixels)": "64x64",
+                                 "crop fraction": "0.7", "converged": "yes"},
+                        "ResNet50, random init": {"initial weights": "random",
+                                                  "input (pixels)": "64x64",
+                                                  "crop fraction": "1", "converged": "yes"}})
 PAIR = pd.DataFrame({"all models": [4]}, index=pd.Index(["ig / neutrophil"], name="pair"))
 NONE = PAIR.iloc[:0]
 PAIRS = {"CNN": PAIR, "ResNet50, random init": NONE}
 
 
+def _sentences(text: str) -> tuple[str, str]:
+    """The conclusion's first sentence (what was compared) and the one with the verdict."""
+    first = text.split(". ")[0]
+    verdict = next(sentence for sentence in text.split("\n\n")[1].split(". ")
+                   if sentence.startswith("So "))
+    return first, verdict
+
+
 def test_the_conclusion_follows_the_numbers():
     labels = ("CNN", "ResNet50, random init")
     text = compare.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, BUDGETS)
-    assert "**CNN is more accurate than ResNet50, random init** on images like these" in text
+    first, verdict = _sentences(text)
+    assert first.startswith("Compared: CNN (random weights, 64x64 px input, ? epochs, 1 seed, "
+                            "converged) and ResNet50, random init (random weights")
+    assert "cannot say what ImageNet weights give" in text.split("\n\n")[0]
+    # Unequal terms (the crop): said in the verdict's own sentence, and no bare winner.
+    assert "**CNN scored higher than ResNet50, random init as the two were trained here" in verdict
+    assert "unequal terms (crop)" in verdict and "more accurate" not in text
     assert "+0.0500" in text and "+0.0200 to +0.0800" in text and "p = 0.01" in text
     assert "ig / neutrophil" in text
     assert "crop fraction: 0.7 for CNN; 1 for ResNet50, random init" in text
-    assert "did not train on equal terms" in text
-    assert "input (pixels)" not in text  # equal for both: not a difference
-    assert "not transfer learning" in text and "borderline" not in text
+    assert "input (pixels):" not in text  # equal for both: not a difference
+    assert "borderline" not in text
+    # Equal terms, both converged: the plain verdict, with its scope.
     equal = BUDGETS.assign(CNN=BUDGETS["ResNet50, random init"])
-    assert "equal terms" not in compare.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, equal)
+    text = compare.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, equal)
+    assert "**CNN is more accurate than ResNet50, random init** on images like these" in text
+    assert "equal terms" not in text and "still improving" not in text
+    # One model not converged: said in the verdict, and first, with the rule.
+    unconverged = equal.copy()
+    unconverged.loc["converged", "ResNet50, random init"] = (
+        "no: validation loss still fell 12% in the last epoch")
+    text = compare.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, unconverged,
+                              loss_change=0.05)
+    first, verdict = _sentences(text)
+    assert "**not converged** (validation loss still fell 12% in the last epoch)" in first
+    assert "less than 5%" in text.split("\n\n")[0]
+    assert "ResNet50, random init was still improving when training stopped**" in verdict
+    assert "unequal terms" not in verdict
     unsure = {**DIFFERENCE, "accuracy": {**DIFFERENCE["accuracy"], "ci95": [-0.01, 0.08]}}
     text = compare.conclusion(unsure, labels, {**MCNEMAR, "p_value": 0.3}, PAIRS, BUDGETS)
-    assert "do not separate CNN from ResNet50, random init" in text
-    assert "more accurate" not in text
+    assert "do not separate CNN from ResNet50, random init as the two were trained" in text
+    assert "more accurate" not in text and "scored higher" not in text
     # Macro-F1's interval excludes zero where accuracy's does not: said.
     assert "Macro-F1, which weighs every class alike, separates" in text
     # The interval and McNemar disagree: borderline, never a bold winner.
-    text = compare.conclusion(unsure, ("CNN", "Other"), MCNEMAR, {}, BUDGETS,
+    text = compare.conclusion(unsure, ("CNN", "Other"), MCNEMAR, {},
+                              BUDGETS.set_axis(["CNN", "Other"], axis=1),
                               flagged_temperatures=("Other",))
-    assert "**the difference is borderline**" in text and "more accurate" not in text
+    assert "**the difference is borderline as the two were trained here" in text
+    assert "more accurate" not in text
     assert "transfer" not in text and "confuses" not in text
     assert "temperature fitted for Other sits at the bound" in text
-    text = compare.conclusion(DIFFERENCE, labels, {**MCNEMAR, "p_value": 0.2}, PAIRS, BUDGETS)
-    assert "borderline" in text and "is not below 0.05" in text
+    text = compare.conclusion(DIFFERENCE, labels, {**MCNEMAR, "p_value": 0.2}, PAIRS, equal)
+    assert "**the difference is borderline**" in text and "is not below 0.05" in text
     worse = {**DIFFERENCE, "accuracy": {**DIFFERENCE["accuracy"], "difference": -0.05,
                                         "ci95": [-0.08, -0.01]}}
     seeds = pd.DataFrame({"accuracy difference": [-0.02, -0.04, -0.03]})
-    text = compare.conclusion(worse, labels, MCNEMAR, PAIRS, BUDGETS, seeds)
+    text = compare.conclusion(worse, labels, MCNEMAR, PAIRS, equal, seeds)
     assert "**ResNet50, random init is more accurate than CNN**" in text
     assert "3 seeds" in text and "-0.0300 ± 0.0100" in text
+
+
+def test_caveats_mark_the_rows_of_the_comparison_table():
+    unequal = BUDGETS.copy()
+    unequal.loc["converged", "CNN"] = "no: one epoch"
+    limits = compare.caveats(unequal)
+    assert limits == {"CNN": ["not converged", "unequal terms (crop)"],
+                      "ResNet50, random init": ["random init: not transfer learning",
+                                                "unequal terms (crop)"]}
+    equal = BUDGETS.assign(CNN=BUDGETS["ResNet50, random init"])
+    assert compare.caveats(equal)["CNN"] == []
+    report = {"accuracy": 0.9, "accuracy_ci95": [0.8, 0.95], "macro_f1": 0.9,
+              "macro_f1_ci95": [0.8, 0.95], "balanced_accuracy": 0.9,
+              "roc_auc_macro_ovr": 0.99, "validation_accuracy": 0.9,
+              "calibration": {"ece_before": 0.1, "ece_after": 0.05}}
+    cost = {"training_minutes": 1.0, "images_per_second": 10.0, "parameters": 10}
+    table = compare.comparison_table({"CNN": report, "ResNet50, random init": report},
+                                     {"CNN": cost, "ResNet50, random init": cost},
+                                     limits=compare.caveats(equal))
+    assert table.columns[0] == "caveats"
+    assert table["caveats"].tolist() == ["none", "random init: not transfer learning"]
+
+
+def test_convergence_is_judged_by_the_last_epochs_fall_in_validation_loss():
+    def history(losses):
+        return pd.DataFrame({"val_loss": losses})
+    assert compare.convergence(history([1.0, 0.5, 0.495])) == "yes"  # 1% < 2%
+    assert compare.convergence(history([1.0, 0.5, 0.6])) == "yes"  # rose: past its best
+    assert compare.convergence(history([1.0, 0.8, 0.6])) == (
+        "no: validation loss still fell 25% in the last epoch")
+    assert compare.convergence(history([1.0, 0.5, 0.495]), loss_change=0.005).startswith("no")
+    assert compare.convergence(history([0.7])) == "no: one epoch"
+
+
+def test_initial_weights_are_read_from_the_run_record():
+    assert compare.initial_weights({"parameters": {"CNN_EPOCHS": 3}}) == "random"
+    assert compare.initial_weights({"parameters": {"RESNET_WEIGHTS": "none"}}) == "random"
+    assert compare.initial_weights({"parameters": {"RESNET_WEIGHTS": "imagenet"}}) == "ImageNet"
+    assert compare.initial_weights(
+        {"parameters": {"RESNET_WEIGHTS": "/w/resnet.weights.h5"}}) == "file resnet.weights.h5"
 
 
 def test_the_budget_table_puts_one_and_two_phase_epochs_in_one_row():
