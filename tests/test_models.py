@@ -248,3 +248,14 @@ def test_resnet50_weights_setting_and_label_say_where_the_weights_come_from(tmp_
     assert "ImageNet" in models.resnet50_label("imagenet")
     assert models.resnet50_label(str(path)) == (
         "ResNet50, weights from my_weights.h5, frozen then fine-tuned")
+
+
+def test_the_study_checks_the_imagenet_file_keras_downloads():
+    """helpers.study looks for ResNet50's ImageNet weights without importing Keras: the file
+    and address it checks must be the ones keras.applications.ResNet50 downloads."""
+    from keras.src.applications import resnet
+
+    from helpers.tools import study
+
+    assert study.IMAGENET_URL == resnet.BASE_WEIGHTS_PATH + study.IMAGENET_FILE
+    assert study.IMAGENET_FILE == "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"

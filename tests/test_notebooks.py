@@ -113,7 +113,7 @@ def test_profiles_only_override_declared_parameters_with_their_types(profile):
 
 def test_profile_choices():
     assert study.load_profile("smoke")["DATA_SOURCE"] == "synthetic"
-    assert study.load_profile("cpu")["RESNET_WEIGHTS"] == "none"  # labelled random init
+    assert study.load_profile("cpu")["RESNET_WEIGHTS"] == "imagenet"  # offline: random init, said
     assert study.load_profile("full")["RESNET_WEIGHTS"] == "imagenet"
 
 
@@ -204,6 +204,27 @@ def test_study_shows_one_line_per_notebook_and_logs_the_kernels_stderr(tmp_path,
     # The report: one page with both notebooks' cells and outputs.
     report = study.write_report(RunFolder(run_dir), notebooks=("a", "b")).read_text()
     assert "count: 300 of 300 items" in report and "<pre>2</pre>" in report
+
+
+def test_the_report_opens_with_the_conclusion_the_table_and_the_limits(tmp_path):
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    _tiny_notebook(sources / "a.ipynb", "print('setup code')")
+    _tiny_notebook(sources / "b.ipynb", "1 + 1")
+    limits = nbformat.read(sources / "b.ipynb", as_version=4)
+    limits.cells.append(nbformat.v4.new_markdown_cell(
+        study.LIMITS_HEADING + "\n\nOne hospital, an image-level split."))
+    nbformat.write(limits, sources / "b.ipynb")
+    run = RunFolder(tmp_path / "run")
+    study.run_study({}, str(run.root), notebooks=("a", "b"), notebook_dir=sources)
+    run.conclusion.parent.mkdir(exist_ok=True)
+    run.conclusion.write_text("Compared: model A (random weights) and model B.\n")
+    run.comparison_table.write_text("model,caveats,test accuracy\nA,not converged,0.91234\n")
+    report = study.write_report(run, notebooks=("a", "b")).read_text()
+    order = [report.index(text) for text in (
+        "Compared: model A (random weights)", "not converged", "0.9123",
+        "One hospital, an image-level split", "setup code")]
+    assert order == sorted(order)  # the answer and its limits before any notebook's code
 
 
 def test_progress_shows_as_the_place_it_runs_in_can_show_it(monkeypatch, capsys):

@@ -72,7 +72,7 @@ def test_ci_runs_the_readme_test_command():
 # file name, words of usage lines, the setup cell's variable the lint looks for.
 NOT_PARAMETERS = {"KAGGLE_USERNAME", "KAGGLE_KEY", "TF_ENABLE_ONEDNN_OPTS",
                   "TF_CPP_MIN_LOG_LEVEL", "BLOOD_CELLS_HEADLESS", "BLOOD_CELL_STUDY_LOCK",
-                  "BLOOD_CELLS_PROGRESS_FILE",
+                  "BLOOD_CELLS_PROGRESS_FILE", "KERAS_HOME",
                   "DS_000001", "UPPER_CASE", "IMAGE_OR_DIR", "OUT_DIR", "IS_COLAB"}
 
 

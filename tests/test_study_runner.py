@@ -65,6 +65,12 @@ def profiles(tmp_path, monkeypatch):
     return folder
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No test here asks the network: ImageNet weights are out of reach, as on CI."""
+    monkeypatch.setattr(study, "imagenet_weights_reachable", lambda: "offline (a test)")
+
+
 def _error_line(capsys) -> str:
     """What main wrote on stderr, checked to be one line starting with ``error: ``."""
     err = capsys.readouterr().err
@@ -457,3 +463,59 @@ def test_the_kernels_write_progress_to_a_file_the_line_shows(tmp_path, sources, 
     progress_file = Path((run_dir / "progress_file.txt").read_text())
     assert progress_file.name == "progress.json" and not progress_file.parent.exists()
     assert liveprogress.PROGRESS_VARIABLE not in os.environ
+
+
+# -- ImageNet weights, settled before the first notebook --------------------------------------
+
+DECLARED = {"RESNET_WEIGHTS": (str, "imagenet"), "CNN_EPOCHS": (int, 14)}
+
+
+def test_offline_a_profiles_imagenet_becomes_random_init_said_in_one_line():
+    said = []
+    settled = study.settle_weights({"CNN_EPOCHS": 3}, DECLARED, asked_for=False,
+                                   log=said.append)  # the notebooks' default: ImageNet
+    assert settled == {"CNN_EPOCHS": 3, "RESNET_WEIGHTS": "none"}
+    assert len(said) == 1 and "\n" not in said[0]
+    assert "offline (a test)" in said[0] and "random init" in said[0]
+    assert "cannot say what transfer learning gives" in said[0]
+
+
+def test_offline_imagenet_asked_for_is_refused_with_both_ways_out():
+    with pytest.raises(study.StudyError) as refusal:
+        study.settle_weights({"RESNET_WEIGHTS": "imagenet"}, DECLARED, asked_for=True)
+    message = str(refusal.value)
+    assert "offline (a test)" in message and study.IMAGENET_FILE in message
+    assert "--set RESNET_WEIGHTS=path/to/it" in message
+    assert "--set RESNET_WEIGHTS=none" in message
+
+
+def test_weights_that_can_be_had_or_are_not_imagenets_are_left_as_they_are():
+    def never():
+        raise AssertionError("asked about ImageNet for weights that are not ImageNet's")
+    for weights in ("none", "weights/resnet50.h5"):
+        parameters = {"RESNET_WEIGHTS": weights}
+        assert study.settle_weights(parameters, DECLARED, True, unreachable=never) == parameters
+    assert study.settle_weights({}, DECLARED, True, unreachable=lambda: None) == {}
+
+
+def test_weights_in_keras_cache_need_no_network(tmp_path, monkeypatch):
+    monkeypatch.undo()  # the real check, with a cache of its own
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / study.IMAGENET_FILE).write_bytes(b"weights")
+    assert study.imagenet_weights_reachable(timeout=0.001) is None
+
+
+def test_the_study_passes_the_settled_weights_to_the_notebooks(profiles, tmp_path,
+                                                               monkeypatch, capsys):
+    (profiles / "online.yaml").write_text("RESNET_WEIGHTS: imagenet\n")
+    given = []
+    monkeypatch.setattr(study, "run_study",
+                        lambda parameters, *args, **kwargs: given.append(parameters))
+    assert study.main(["--profile", "online", "--run-dir", str(tmp_path / "run")]) == 0
+    assert given == [{"RESNET_WEIGHTS": "none"}]
+    assert "ImageNet weights cannot be had here" in capsys.readouterr().out
+    # Asked for on the command line: refused, nothing run.
+    assert study.main(["--profile", "online", "--run-dir", str(tmp_path / "run"),
+                       "--set", "RESNET_WEIGHTS=imagenet"]) == 1
+    assert "--set RESNET_WEIGHTS=none" in _error_line(capsys) and len(given) == 1

@@ -624,12 +624,99 @@ def _execute(run: RunFolder, source: Path, given: dict, counter: str) -> None:
     failed.unlink(missing_ok=True)
 
 
+LIMITS_HEADING = "## Limits of this study"
+
+
+def report_front(run: RunFolder, notebooks: tuple[str, ...] = NOTEBOOKS) -> list:
+    """The cells the report opens with: the conclusion (``metrics/conclusion.md``), the
+    comparison table (``metrics/comparison.csv``) and the study's limits (the cell of the
+    last notebook headed LIMITS_HEADING), each where the run wrote it; then a line saying
+    the notebooks follow."""
+    cells = [nbformat.v4.new_markdown_cell(
+        f"# The blood cell study in {run.root.name}: the answer first\n\n"
+        "The conclusion, the comparison on the test split and the study's limits, as the "
+        "last notebook wrote them; then the notebooks as they ran, in order.")]
+    if run.conclusion.exists():
+        cells.append(nbformat.v4.new_markdown_cell(
+            "## Conclusion\n\n" + run.conclusion.read_text(encoding="utf-8")))
+    if run.comparison_table.exists():
+        table = pd.read_csv(run.comparison_table, index_col="model").T
+        cells.append(nbformat.v4.new_markdown_cell(
+            "## The comparison on the test split\n\n"
+            + table.to_html(float_format=lambda value: f"{value:.4f}", na_rep="")))
+    last = nbformat.read(run.notebooks / f"{notebooks[-1]}.ipynb", as_version=4)
+    cells += [cell for cell in last.cells if cell.cell_type == "markdown"
+              and cell.source.startswith(LIMITS_HEADING)]
+    cells.append(nbformat.v4.new_markdown_cell(
+        "---\n\n*The notebooks follow: " + ", ".join(notebooks) + ".*"))
+    return cells
+
+
+# -- ImageNet weights, before the first notebook ------------------------------------------------
+
+# Where keras.applications.ResNet50(weights="imagenet", include_top=False) downloads from, and
+# the file it keeps in Keras's cache (tests/test_models.py checks both against Keras).
+IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+IMAGENET_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{IMAGENET_FILE}"
+
+
+def imagenet_weights_reachable(timeout: float = 10.0) -> str | None:
+    """None where ResNet50's ImageNet weights can be had (in Keras's cache, or the download
+    answers), else why not, in a few words."""
+    cache = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
+    if (cache / IMAGENET_FILE).is_file():
+        return None
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(urllib.request.Request(IMAGENET_URL, method="HEAD"),
+                                    timeout=timeout):
+            return None
+    except urllib.error.HTTPError as error:
+        return f"the download answered HTTP {error.code}"
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        return f"the download failed: {reason}"
+
+
+def settle_weights(parameters: dict, declared: dict[str, tuple[type, object]],
+                   asked_for: bool, unreachable: Callable[[], str | None] | None = None,
+                   log=print) -> dict:
+    """The parameters with RESNET_WEIGHTS settled before any notebook runs.
+
+    Where ImageNet weights are meant but cannot be had: a profile's default becomes "none"
+    (random init, labelled so in every result, and said here in one line), so an offline
+    study still runs to its end; ImageNet asked for with ``--set`` (``asked_for``) is
+    refused instead, naming both ways out. A model is never silently trained on weights
+    other than the ones it is labelled with: notebook 4 labels by RESNET_WEIGHTS."""
+    weights = parameters.get("RESNET_WEIGHTS", declared.get("RESNET_WEIGHTS", (str, None))[1])
+    if weights != "imagenet":
+        return parameters
+    why = (unreachable or imagenet_weights_reachable)()
+    if why is None:
+        return parameters
+    if asked_for:
+        raise StudyError(
+            f"ResNet50's ImageNet weights cannot be had here ({why}). Either put "
+            f"{IMAGENET_FILE} (from {IMAGENET_URL}) where you run and give --set "
+            "RESNET_WEIGHTS=path/to/it, or give --set RESNET_WEIGHTS=none for random "
+            "initial weights (labelled \"ResNet50, random init\": no transfer learning).")
+    log(f"ImageNet weights cannot be had here ({why}): ResNet50 trains from random init, "
+        "labelled so everywhere, and this run cannot say what transfer learning gives "
+        "(--set RESNET_WEIGHTS=FILE.h5 uses a copy of the weights).")
+    return {**parameters, "RESNET_WEIGHTS": "none"}
+
+
 def write_report(run: RunFolder, notebooks: tuple[str, ...] = NOTEBOOKS) -> Path:
     """The executed notebooks as one self-contained HTML page (figures embedded), to send to
-    someone without Jupyter: ``RUN_DIR/report.html``."""
+    someone without Jupyter: ``RUN_DIR/report.html``. It opens with ``report_front``: the
+    answer and its limits before any setup code."""
     from nbconvert import HTMLExporter  # a tool of the headless runner, not of the notebooks
 
     combined = nbformat.v4.new_notebook()
+    for cell in report_front(run, notebooks):
+        cell.id = f"front-{len(combined.cells)}"
+        combined.cells.append(cell)
     for name in notebooks:
         notebook = nbformat.read(run.notebooks / f"{name}.ipynb", as_version=4)
         combined.metadata = combined.metadata or notebook.metadata
@@ -674,14 +761,18 @@ def _study(args: argparse.Namespace) -> None:
     if args.data_dir:
         parameters.update(DATA_SOURCE="local",
                           DATA_DIR=str(Path(args.data_dir).expanduser().resolve()))
-    parameters.update(parse_override(text) for text in args.set)
+    overrides = dict(parse_override(text) for text in args.set)
+    parameters.update(overrides)
     # The module's NOTEBOOKS and NOTEBOOK_DIR as they are now, not when the defaults were made.
-    check_parameters(parameters, all_declared_parameters(NOTEBOOK_DIR, NOTEBOOKS))
+    declared = all_declared_parameters(NOTEBOOK_DIR, NOTEBOOKS)
+    check_parameters(parameters, declared)
     # A folder given here is relative to where you are; the default to the repository.
     run_dir = (str(Path(args.run_dir).expanduser().resolve()) if args.run_dir
                else f"runs/{args.profile}")
     check_root(project.resolve(run_dir))
     print(f"Profile {args.profile}, run folder {project.resolve(run_dir)}")
+    parameters = settle_weights(parameters, declared,
+                                asked_for=overrides.get("RESNET_WEIGHTS") == "imagenet")
     run = RunFolder(project.resolve(run_dir))
     # The report too is written under the lock (run_study takes it again: a count).
     with runlock.held(run.root, f"python -m helpers.study into {run.root}"):
