@@ -77,6 +77,33 @@ def pytest_collection_finish(session):
 
 
 NBVAL_RUNS_STUDY = pytest.StashKey[bool]()
+# The test images read between notebook 1 (which splits) and notebook 5 (which first uses the
+# test split): set when nbval ran the five notebooks, or a reason why it could not be known.
+TEST_IMAGES_READ = pytest.StashKey[dict]()
+
+
+def pytest_runtest_setup(item):
+    """Around nbval's run of the study: stamp the test split's files before notebook 2's
+    first cell, and see which were read before notebook 5's (``tests/reads.py``)."""
+    if not _is_notebook(item) or not item.config.stash.get(NBVAL_RUNS_STUDY, False):
+        return
+    from helpers import project
+    from helpers.tools import notebooks
+    from tests import reads
+
+    state = item.config.stash.setdefault(TEST_IMAGES_READ, {})
+    notebook = item.path.stem
+    if notebook == "02_explore" and "stamped" not in state:
+        frame, data_root = RunFolder(project.resolve(notebooks.CHECKED_RUN_DIR)).load_split()
+        paths = {subset: [data_root / path for path in frame.loc[frame["split"] == subset,
+                                                                  "path"]]
+                 for subset in ("train", "test")}
+        if not reads.reads_are_recorded(paths["train"][0]):
+            state["unknown"] = "this filesystem does not record reads (noatime)"
+        else:
+            state["stamped"] = reads.stamp(paths["test"])
+    elif notebook == "05_compare" and "stamped" in state and "read" not in state:
+        state["read"] = reads.read_since(state["stamped"])
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ import pytest
 from helpers import ensemble, inference, models
 from helpers.labels import CLASS_NAMES
 from helpers.tools import study
+from tests import reads
+from tests.conftest import TEST_IMAGES_READ
 
 SMOKE = study.load_profile("smoke")
 
@@ -311,3 +313,27 @@ def test_the_resolution_command_reports_the_images_not_trained_on(smoke_run, tmp
     trained = int((split_frame["split"] == "train").sum()) + twins.count("train")
     assert rows[1]["n_images"] == rows[0]["n_images"] - trained > 0
     assert rows[0]["changed"] == round((1 - rows[0]["agreement"]) * rows[0]["n_images"])
+
+
+def test_notebooks_2_to_4_never_read_a_test_image(request, smoke_run):
+    """The test split is first touched in notebook 5: between notebook 1's split and
+    notebook 5's first cell no test image was opened (tests/conftest.py watches nbval's run
+    of the study)."""
+    state = request.config.stash.get(TEST_IMAGES_READ, None)
+    if state is None:
+        pytest.skip("watched only around nbval's run of the five notebooks in this session")
+    if "unknown" in state:
+        pytest.skip(state["unknown"])
+    assert len(state["stamped"]) == len(smoke_run.load_split()[0].query("split == 'test'"))
+    assert [path.name for path in state["read"]] == []
+
+
+def test_a_read_is_seen_and_a_file_left_alone_is_not(tmp_path):
+    read, unread = tmp_path / "read.jpg", tmp_path / "unread.jpg"
+    read.write_bytes(b"cell"), unread.write_bytes(b"cell")
+    if not reads.reads_are_recorded(read):
+        pytest.skip("this filesystem does not record reads (noatime)")
+    stamped = reads.stamp([read, unread])
+    read.read_bytes()
+    unread.stat()  # looking at a file is not reading it
+    assert reads.read_since(stamped) == [read]
