@@ -154,12 +154,14 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
 # -- learning rates --------------------------------------------------------------------------
 
 def warmup_cosine(peak_rate: float, steps_per_epoch: int, epochs: int,
-                  warmup_epochs: int = 1) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Linear warm-up from ``peak_rate / 10`` to ``peak_rate`` over ``warmup_epochs``, then
-    cosine decay to zero at ``epochs``: the schedule both models of the study train with."""
+                  warmup_epochs: int = 1, warmup_from: float = 0.1,
+                  ) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warm-up from ``warmup_from`` times ``peak_rate`` to ``peak_rate`` over
+    ``warmup_epochs``, then cosine decay to zero at ``epochs``: the schedule both models of
+    the study train with (the notebooks pass every argument, so the recipe reads there)."""
     warmup_steps = warmup_epochs * steps_per_epoch
     return schedules.WarmupCosineDecay(
-        initial_learning_rate=peak_rate / 10, warmup_target=peak_rate,
+        initial_learning_rate=peak_rate * warmup_from, warmup_target=peak_rate,
         warmup_steps=warmup_steps,
         decay_steps=max(1, epochs * steps_per_epoch - warmup_steps))
 
@@ -552,16 +554,18 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
 
 class BestCheckpoint(keras.callbacks.Callback):
     """Saves the model after each epoch with a lower validation loss than ``best`` (the best
-    of this phase so far, from the history when resumed), through a temporary file and a
-    rename: a kill mid-save leaves the previous best whole."""
+    of this phase so far, from the history when resumed), or after every epoch with
+    ``every_epoch`` (no selection: the last epoch is the model), through a temporary file
+    and a rename: a kill mid-save leaves the previous one whole."""
 
-    def __init__(self, path: Path, best: float | None):
+    def __init__(self, path: Path, best: float | None, every_epoch: bool = False):
         super().__init__()
         self.path = Path(path)
         self.best = math.inf if best is None else best
+        self.every_epoch = every_epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs and logs.get("val_loss", math.inf) < self.best:
+        if logs and (self.every_epoch or logs.get("val_loss", math.inf) < self.best):
             self.best = logs["val_loss"]
             with files.atomic_output(self.path, suffix=".keras") as temporary:
                 self.model.save(temporary)
@@ -849,7 +853,8 @@ class TrainingRun:
 
     def callbacks(self, phase: str | None = None, *, initial_epoch: int = 0, patience: int = 6,
                   precise_batchnorm_images: int = 1024, probe_batchnorm_images: int = 0,
-                  stop_after_epoch: int = 0) -> list[keras.callbacks.Callback]:
+                  stop_after_epoch: int = 0, keep_best: bool = True,
+                  ) -> list[keras.callbacks.Callback]:
         """The standard callbacks for ``fit`` of this run (of training phase ``phase``).
 
         - BuildBeforeTracing: the metrics' and the optimizer's variables exist before ``fit``
@@ -863,6 +868,8 @@ class TrainingRun:
           ``initial_epoch``.
         - ResumableEarlyStopping on validation loss after ``patience`` epochs without a
           better one, counted across resumes.
+        - With ``keep_best=False``, as the earlier study trained: no selection and no early
+          stopping, the checkpoint saved after every epoch, so the last epoch is the model.
         - EpochTiming: epoch seconds, images/s and the learning rate in the history.
         - PreciseBatchNorm: BatchNorm statistics recomputed on ``precise_batchnorm_images``
           training images before each validation (0: off, Keras's moving averages).
@@ -890,10 +897,13 @@ class TrainingRun:
             NonFiniteLossGuard(self._diverged),
             EpochSeeds(self.epoch_counter, self.seed),
             BestCheckpoint(self.checkpoint(phase),
-                           best_logged(self.history_csv, from_epoch=initial_epoch)),
-            ResumableEarlyStopping(self.history_csv, initial_epoch, patience),
-            EpochTiming(self.training_images),  # before PreciseBatchNorm: times training
+                           best_logged(self.history_csv, from_epoch=initial_epoch),
+                           every_epoch=not keep_best),
         ]
+        if keep_best:
+            callbacks.append(ResumableEarlyStopping(self.history_csv, initial_epoch, patience))
+        # Before PreciseBatchNorm: it times training alone.
+        callbacks.append(EpochTiming(self.training_images))
         if precise_batchnorm_images:
             callbacks.append(PreciseBatchNorm(self.training_data, batches))
         if probe_batchnorm_images:
@@ -1211,9 +1221,11 @@ class TrainingRun:
         shutil.rmtree(leaving)
 
 
-def keep_best_run(run: RunFolder, candidates: list[str], name: str) -> str:
+def keep_best_run(run: RunFolder, candidates: list[str], name: str,
+                  by: tuple[str, ...] = ("accuracy", "macro_f1")) -> str:
     """Keep the finished run among ``candidates`` (e.g. one per seed) with the best validation
-    accuracy (macro-F1 breaks ties) as run NAME: its model and sidecar, history, phases,
+    metrics ``by``, compared in order (the notebook's choice: accuracy, macro-F1 breaking
+    ties) as run NAME: its model and sidecar, history, phases,
     record (with every candidate's validation metrics and the one kept) and validation
     metrics are copied into place, the metrics last, so a half-copied run never counts as
     finished. Returns the name of the run kept."""
@@ -1221,8 +1233,8 @@ def keep_best_run(run: RunFolder, candidates: list[str], name: str) -> str:
         raise ValueError("keep_best_run needs at least one finished run")
     scores = {candidate: json.loads(run.validation_metrics(candidate).read_text())
               for candidate in candidates}
-    best = max(candidates, key=lambda candidate: (scores[candidate]["accuracy"],
-                                                  scores[candidate]["macro_f1"]))
+    best = max(candidates, key=lambda candidate: tuple(scores[candidate][metric]
+                                                       for metric in by))
     run.validation_metrics(name).unlink(missing_ok=True)
     for source, destination in [(run.model(best), run.model(name)),
                                 (inference.sidecar_path(run.model(best)),

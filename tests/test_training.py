@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -190,6 +191,36 @@ def test_callbacks_need_the_data_and_cover_the_standard_set(run):
                      "EpochSeeds", "BestCheckpoint", "ResumableEarlyStopping", "EpochTiming",
                      "PreciseBatchNorm", "BatchNormStatisticsProbe", "CSVLogger",
                      "BackupAndRestore", "StopAfterEpoch"]
+
+
+def test_the_checkpoint_without_selection_saves_an_epoch_worse_than_the_best(tmp_path):
+    saved = []
+
+    class Recorder:
+        def save(self, path):
+            saved.append(path)
+            Path(path).write_bytes(b"model")
+
+    for every_epoch, saves in ((False, 1), (True, 2)):
+        saved.clear()
+        checkpoint = training.BestCheckpoint(tmp_path / "kept.keras", None, every_epoch)
+        checkpoint.set_model(Recorder())
+        checkpoint.on_epoch_end(0, {"val_loss": 1.0})
+        checkpoint.on_epoch_end(1, {"val_loss": 2.0})  # worse: kept only without selection
+        assert len(saved) == saves
+
+
+def test_without_selection_the_last_epoch_is_the_model_and_nothing_stops_early(run):
+    """The earlier study's way (keep_best=False): every epoch is trained and the last one's
+    weights are the kept model, whatever validation said."""
+    training_run, model = _train_tiny(run, name="last_epoch", epochs=3, keep_best=False)
+    kinds = [type(callback).__name__ for callback in training_run.callbacks(keep_best=False)]
+    assert "ResumableEarlyStopping" not in kinds and "BestCheckpoint" in kinds
+    last = [weight.copy() for weight in model.get_weights()]
+    training_run.finish()
+    kept = keras.saving.load_model(run.model("last_epoch"), compile=False).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(kept, last, strict=True))
+    assert run.read_history("last_epoch")["epoch"].tolist() == [0, 1, 2]
 
 
 # -- live progress, for the headless study's line --------------------------------------------
@@ -835,3 +866,20 @@ def test_a_run_of_edited_code_is_not_recorded_as_the_commit(tmp_path):
     (tmp_path / "new_module.py").write_text("")  # a new file is a change too
     assert training.git_commit(tmp_path) == f"{commit} with uncommitted changes"
     assert training.git_commit(tmp_path.parent / "not-a-checkout-here") == "unknown"
+
+
+def test_the_kept_run_is_chosen_by_the_metrics_the_notebook_names(tmp_path):
+    """keep_best_run compares the metrics ``by`` names, in order: the first decides, the
+    next breaks its ties."""
+    run = RunFolder(tmp_path / "run")
+    scores = {"a": {"accuracy": 0.9, "macro_f1": 0.80}, "b": {"accuracy": 0.9, "macro_f1": 0.85},
+              "c": {"accuracy": 0.8, "macro_f1": 0.95}}
+    for name, score in scores.items():
+        run.validation_metrics(name).parent.mkdir(parents=True, exist_ok=True)
+        run.validation_metrics(name).write_text(json.dumps({"n_images": 10, **score}))
+        for path in (run.model(name), inference.sidecar_path(run.model(name)),
+                     run.history(name), run.run_record(name)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"name": name}) if path.suffix == ".json" else name)
+    assert training.keep_best_run(run, list(scores), "kept", by=("accuracy", "macro_f1")) == "b"
+    assert training.keep_best_run(run, list(scores), "kept", by=("macro_f1",)) == "c"

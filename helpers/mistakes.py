@@ -1,0 +1,60 @@
+"""The table of notebook 4's last section: the earlier study's mistakes trained back in,
+beside the recipe and the earlier study's reported accuracy."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+RECIPE = "none (the recipe)"
+REFERENCE = "the earlier study, as reported"
+KEPT = "kept model"
+BEST = "best epoch"
+LAST = "last epoch"
+
+
+def mistakes_table(kept: dict[str, dict | None], histories: dict[str, pd.DataFrame],
+                   reference: float) -> pd.DataFrame:
+    """Validation accuracy per run (a row each, in the order of ``kept``, then a row for the
+    earlier study's ``reference``): of the model it kept (``kept``: the run's validation
+    metrics, None where it diverged), and from its history at its best epoch (lowest
+    validation loss) and its last one."""
+    rows = {}
+    for name, result in kept.items():
+        history = histories.get(name)
+        row = {KEPT: math.nan if result is None else float(result["accuracy"]),
+               BEST: math.nan, LAST: math.nan}
+        if history is not None and len(history):
+            row[BEST] = float(history["val_accuracy"].loc[history["val_loss"].idxmin()])
+            row[LAST] = float(history["val_accuracy"].iloc[-1])
+        rows[name] = row
+    rows[REFERENCE] = {KEPT: reference, BEST: math.nan, LAST: math.nan}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "mistake"
+    return table
+
+
+def mistakes_text(table: pd.DataFrame) -> str:
+    """``mistakes_table`` as text: 4 decimals; a run with no kept model reads "diverged",
+    figures the earlier study did not report "-"."""
+    shown = table.astype(object).map(lambda value: "-" if pd.isna(value) else f"{value:.4f}")
+    diverged = table[KEPT].isna() & (table.index != REFERENCE)
+    shown.loc[diverged, KEPT] = "diverged"
+    return shown.to_string()
+
+
+def near_the_reference(table: pd.DataFrame, reference: float, within: float) -> str:
+    """Which runs' kept models land within ``within`` of the earlier study's ``reference``
+    accuracy, from the numbers of ``mistakes_table``; else the nearest one."""
+    runs = table[KEPT].drop(index=[REFERENCE, RECIPE], errors="ignore").dropna()
+    if runs.empty:
+        return "No mistake run finished: nothing to set beside the earlier study's figure."
+    distance = (runs - reference).abs()
+    near = runs[distance <= within]
+    if len(near):
+        return (f"Within {within:.2f} of the earlier study's {reference:.2f}: "
+                + ", ".join(f"{name} ({value:.4f})" for name, value in near.items()) + ".")
+    nearest = distance.idxmin()
+    return (f"No run lands within {within:.2f} of the earlier study's {reference:.2f}; the "
+            f"nearest is {nearest} at {runs[nearest]:.4f}.")

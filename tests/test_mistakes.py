@@ -1,0 +1,43 @@
+"""The table of the earlier study's mistakes (notebook 4's last section)."""
+
+import math
+
+import pandas as pd
+
+from helpers import mistakes
+
+
+def _history(accuracies, losses):
+    return pd.DataFrame({"val_accuracy": accuracies, "val_loss": losses})
+
+
+def test_the_table_gives_each_runs_kept_best_and_last_epoch_and_the_reference():
+    kept = {"none (the recipe)": {"accuracy": 0.98}, "no_preprocessing": {"accuracy": 0.62},
+            "all": None}
+    histories = {"none (the recipe)": _history([0.9, 0.98, 0.97], [0.5, 0.1, 0.2]),
+                 "no_preprocessing": _history([0.70, 0.62], [0.9, 1.1])}
+    table = mistakes.mistakes_table(kept, histories, reference=0.66)
+    assert list(table.index) == ["none (the recipe)", "no_preprocessing", "all",
+                                 mistakes.REFERENCE]
+    assert table.loc["none (the recipe)", mistakes.BEST] == 0.98  # lowest validation loss
+    assert table.loc["none (the recipe)", mistakes.LAST] == 0.97
+    assert table.loc["no_preprocessing"].tolist() == [0.62, 0.70, 0.62]  # last reported
+    assert math.isnan(table.loc["all", mistakes.KEPT])
+    text = mistakes.mistakes_text(table)
+    all_line = next(line for line in text.splitlines() if line.startswith("all"))
+    assert all_line.split() == ["all", "diverged", "-", "-"]
+    reference = next(line for line in text.splitlines() if line.startswith("the earlier"))
+    assert reference.split()[-3:] == ["0.6600", "-", "-"]
+
+
+def test_the_runs_near_the_reference_are_named_from_the_numbers():
+    table = mistakes.mistakes_table(
+        {"none (the recipe)": {"accuracy": 0.67}, "a": {"accuracy": 0.63},
+         "b": {"accuracy": 0.90}, "c": None}, {}, reference=0.66)
+    # The recipe is never the answer, even when it sits near the figure.
+    assert mistakes.near_the_reference(table, 0.66, 0.05) == (
+        "Within 0.05 of the earlier study's 0.66: a (0.6300).")
+    assert mistakes.near_the_reference(table, 0.66, 0.01) == (
+        "No run lands within 0.01 of the earlier study's 0.66; the nearest is a at 0.6300.")
+    none_finished = mistakes.mistakes_table({"c": None}, {}, reference=0.66)
+    assert "No mistake run finished" in mistakes.near_the_reference(none_finished, 0.66, 0.05)
