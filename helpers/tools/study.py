@@ -6,7 +6,8 @@
 Profiles are ``notebooks/profiles/NAME.yaml``, overrides of the notebooks' defaults (which
 are the ``colab`` profile, what "Run all" in Colab runs): ``smoke`` (synthetic data, a minute per
 notebook: CI), ``cpu`` (the real data at 64 px on a 2-core machine, about an hour where the
-CPU has bfloat16 units; ResNet50 from random init, since such machines are often offline),
+CPU has bfloat16 units; ResNet50 from ImageNet weights, or random init where they cannot be
+had, said before the first notebook),
 ``full`` (224 px on a GPU, ImageNet weights). The default is ``cpu``, which runs anywhere.
 ``--data-dir`` uses a folder you have instead of downloading from Kaggle.
 
