@@ -319,9 +319,11 @@ def confused_pairs(y_true: np.ndarray, predicted: dict[str, np.ndarray],
     return table.sort_values("all models", ascending=False, kind="stable").head(top)
 
 
-# "Converged" in the conclusion: the last epoch lowered validation loss by less than this
-# share of the lowest before it (notebook 5's CONVERGED_LOSS_CHANGE passes its own).
-CONVERGED_LOSS_CHANGE = 0.02
+# "Converged" in the conclusion: the best validation accuracy of a run's last
+# CONVERGENCE_WINDOW epochs is less than this above the best before them (notebook 5's
+# CONVERGED_ACCURACY_GAIN passes its own).
+CONVERGED_ACCURACY_GAIN = 0.005
+CONVERGENCE_WINDOW = 2
 
 
 def initial_weights(record: dict) -> str:
@@ -333,27 +335,30 @@ def initial_weights(record: dict) -> str:
     return "ImageNet" if setting == "imagenet" else f"file {Path(setting).name}"
 
 
-def convergence(epochs: pd.DataFrame, loss_change: float = CONVERGED_LOSS_CHANGE) -> str:
+def convergence(epochs: pd.DataFrame, gain: float = CONVERGED_ACCURACY_GAIN,
+                window: int = CONVERGENCE_WINDOW) -> str:
     """Whether a run had stopped improving when training ended, by a stated rule: "yes"
-    when its last epoch lowered validation loss by less than ``loss_change`` (a share) below
-    the lowest of the epochs before, else "no: ..." saying by how much it still fell. One
-    epoch cannot tell: "no: one epoch"."""
-    losses = epochs["val_loss"].to_numpy(dtype=float)
-    if len(losses) < 2:
+    when the best validation accuracy of its last ``window`` epochs is less than ``gain``
+    above the best of the epochs before them, else "no: ..." saying by how much it still
+    rose. A noisy last epoch does not hide a rise the epoch before it made. Shorter runs
+    compare their last epoch with those before; one epoch cannot tell ("no: one epoch")."""
+    accuracies = epochs["val_accuracy"].to_numpy(dtype=float)
+    if len(accuracies) < 2:
         return "no: one epoch"
-    before, last = float(np.min(losses[:-1])), float(losses[-1])
-    fell = (before - last) / before if before > 0 else 0.0
-    if fell < loss_change:
+    window = min(window, len(accuracies) - 1)
+    rise = float(np.max(accuracies[-window:]) - np.max(accuracies[:-window]))
+    if rise < gain:
         return "yes"
-    return f"no: validation loss still fell {fell:.0%} in the last epoch"
+    return (f"no: validation accuracy rose {rise:+.3f} in its last "
+            + ("epoch" if window == 1 else f"{window} epochs"))
 
 
 def training_budget(run: RunFolder, name: str, loaded: inference.LoadedModel,
-                    loss_change: float = CONVERGED_LOSS_CHANGE) -> dict:
+                    gain: float = CONVERGED_ACCURACY_GAIN) -> dict:
     """What model NAME saw and spent in training: where its weights started, input pixels
     and crop, training images, epochs (per phase where it had two), the seeds trained for
-    it and their minutes, whether it converged (``convergence`` with ``loss_change``) and
-    its parameters."""
+    it and their minutes, whether it converged (``convergence`` with ``gain``) and its
+    parameters."""
     record = run.read_run_record(name)
     history = run.read_history(name)
     boundary = run.phase_boundary(name)
@@ -372,7 +377,7 @@ def training_budget(run: RunFolder, name: str, loaded: inference.LoadedModel,
         "seeds trained": max(1, len(candidates)),
         "minutes (kept run)": minutes,
         "minutes (final runs, all seeds)": all_minutes,
-        "converged": convergence(history, loss_change),
+        "converged": convergence(history, gain),
         "number format": record.get("precision", "?"),
         "parameters": int(loaded.model.count_params()),
     }
@@ -537,14 +542,14 @@ def conclusion(difference: dict, labels: tuple[str, str], mcnemar: dict,
                top_pairs: dict[str, pd.DataFrame], budgets: pd.DataFrame,
                seeds: pd.DataFrame | None = None,
                flagged_temperatures: tuple[str, ...] = (),
-               loss_change: float = CONVERGED_LOSS_CHANGE) -> str:
+               gain: float = CONVERGED_ACCURACY_GAIN) -> str:
     """The study's conclusion as Markdown, written from the run's numbers:
     ``difference`` is ``metrics.paired_bootstrap_difference`` of model A (``labels[0]``)
     minus model B, ``mcnemar`` their McNemar test, ``top_pairs`` each model's (by label)
     ``confused_pairs`` table of its own errors with ``top=1``,
     ``budgets`` the ``budget_table``, ``seeds`` A's ``seed_differences`` when it was
     trained with several seeds, ``flagged_temperatures`` the models whose temperature fit
-    hit its bound, ``loss_change`` the rule the budgets' "converged" row used.
+    hit its bound, ``gain`` the rule the budgets' "converged" row used.
 
     Its first sentence says what was compared (weights, input, epochs, seeds, convergence);
     a verdict between models trained on unequal terms, or one that had not converged, says
@@ -586,8 +591,9 @@ def conclusion(difference: dict, labels: tuple[str, str], mcnemar: dict,
                    "more")
     compared = (f"Compared: {first} ({_described(budgets, first)}) and {second} "
                 f"({_described(budgets, second)}), on the same {difference['n_images']} test "
-                f"images. Converged means the last epoch lowered validation loss by less than "
-                f"{loss_change:.0%}.")
+                f"images. Converged means the best validation accuracy of its last "
+                f"{CONVERGENCE_WINDOW} epochs was less than {gain:g} above the best before "
+                "them.")
     if any("random init" in label for label in labels):
         compared += (" A ResNet50 with random initial weights is not transfer learning: this "
                      "run cannot say what ImageNet weights give.")

@@ -15,14 +15,19 @@ LAST = "last epoch"
 
 
 def mistakes_table(kept: dict[str, dict | None], histories: dict[str, pd.DataFrame],
-                   reference: float) -> pd.DataFrame:
+                   reference: float, boundaries: dict[str, int | None] | None = None,
+                   ) -> pd.DataFrame:
     """Validation accuracy per run (a row each, in the order of ``kept``, then a row for the
     earlier study's ``reference``): of the model it kept (``kept``: the run's validation
     metrics, None where it diverged), and from its history at its best epoch (lowest
-    validation loss) and its last one."""
+    validation loss) and its last one, both of its last phase: ``boundaries`` gives where
+    that phase starts in the history (None or absent: the whole history is one phase)."""
     rows = {}
     for name, result in kept.items():
         history = histories.get(name)
+        boundary = (boundaries or {}).get(name)
+        if history is not None and boundary:
+            history = history.iloc[boundary:]
         row = {KEPT: math.nan if result is None else float(result["accuracy"]),
                BEST: math.nan, LAST: math.nan}
         if history is not None and len(history):

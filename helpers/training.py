@@ -204,6 +204,12 @@ class EpochTiming(keras.callbacks.Callback):
         logs["learning_rate"] = current_learning_rate(self.model.optimizer)  # at the last step
 
 
+# How EpochSeeds draws each epoch's randomness: part of every run's recipe, so runs trained
+# with the earlier keys ([seed, epoch], which replayed the draws of the epoch before shifted
+# by one batch) are trained again rather than kept or resumed with other draws.
+EPOCH_RANDOMNESS = "generator key hash(seed, layer, epoch), counter 0"
+
+
 class EpochSeeds(keras.callbacks.Callback):
     """Makes each epoch's randomness a function of (seed, epoch) alone.
 
@@ -979,7 +985,8 @@ class TrainingRun:
         parameters = {name: value for name, value in self.parameters.items()
                       if name not in later_parameters}
         fingerprint = recipe_fingerprint(model, parameters, self.seed, self.deterministic,
-                                   self.data_settings, self.split_sha256)
+                                         self.data_settings, self.split_sha256,
+                                         EPOCH_RANDOMNESS)
         self.fingerprints[key] = fingerprint
         if not self._training and self.work.exists() and self._trained_anything():
             recorded = self._work_fingerprints().get(key)

@@ -292,12 +292,11 @@ def test_the_conclusion_follows_the_numbers():
     # One model not converged: said in the verdict, and first, with the rule.
     unconverged = equal.copy()
     unconverged.loc["converged", "ResNet50, random init"] = (
-        "no: validation loss still fell 12% in the last epoch")
-    text = compare.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, unconverged,
-                              loss_change=0.05)
+        "no: validation accuracy rose +0.024 in its last 2 epochs")
+    text = compare.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, unconverged, gain=0.0025)
     first, verdict = _sentences(text)
-    assert "**not converged** (validation loss still fell 12% in the last epoch)" in first
-    assert "less than 5%" in text.split("\n\n")[0]
+    assert "**not converged** (validation accuracy rose +0.024 in its last 2 epochs)" in first
+    assert "less than 0.0025 above the best before them" in text.split("\n\n")[0]
     assert "ResNet50, random init was still improving when training stopped**" in verdict
     assert "unequal terms" not in verdict
     unsure = {**DIFFERENCE, "accuracy": {**DIFFERENCE["accuracy"], "ci95": [-0.01, 0.08]}}
@@ -345,14 +344,22 @@ def test_caveats_mark_the_rows_of_the_comparison_table():
     assert table["caveats"].tolist() == ["none", "random init: not transfer learning"]
 
 
-def test_convergence_is_judged_by_the_last_epochs_fall_in_validation_loss():
-    def history(losses):
-        return pd.DataFrame({"val_loss": losses})
-    assert compare.convergence(history([1.0, 0.5, 0.495])) == "yes"  # 1% < 2%
-    assert compare.convergence(history([1.0, 0.5, 0.6])) == "yes"  # rose: past its best
-    assert compare.convergence(history([1.0, 0.8, 0.6])) == (
-        "no: validation loss still fell 25% in the last epoch")
-    assert compare.convergence(history([1.0, 0.5, 0.495]), loss_change=0.005).startswith("no")
+def test_convergence_is_judged_by_the_last_epochs_gain_in_validation_accuracy():
+    def history(accuracies):
+        return pd.DataFrame({"val_accuracy": accuracies})
+    # The README's ResNet50: still rising.
+    assert compare.convergence(history([0.753, 0.888, 0.912])) == (
+        "no: validation accuracy rose +0.159 in its last 2 epochs")
+    # A noisy last epoch does not hide the rise the epoch before it made.
+    assert compare.convergence(history([0.80, 0.85, 0.93, 0.92])).startswith("no: ")
+    # Settled: the last two epochs add less than the gain (0.005) to the best before.
+    assert compare.convergence(history([0.95, 0.985, 0.988, 0.989, 0.988])) == "yes"
+    assert compare.convergence(history([0.95, 0.985, 0.988, 0.989, 0.988]),
+                               gain=0.0005).startswith("no: ")
+    assert compare.convergence(history([0.95, 0.985, 0.97, 0.96])) == "yes"  # past its best
+    # Two epochs: the last against the first.
+    assert compare.convergence(history([0.5, 0.6])) == (
+        "no: validation accuracy rose +0.100 in its last epoch")
     assert compare.convergence(history([0.7])) == "no: one epoch"
 
 

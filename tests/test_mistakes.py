@@ -23,6 +23,13 @@ def test_the_table_gives_each_runs_kept_best_and_last_epoch_and_the_reference():
     assert table.loc["none (the recipe)", mistakes.LAST] == 0.97
     assert table.loc["no_preprocessing"].tolist() == [0.62, 0.70, 0.62]  # last reported
     assert math.isnan(table.loc["all", mistakes.KEPT])
+    # Of the last phase: a better phase-1 epoch is not the recipe's best.
+    two_phases = _history([0.99, 0.95, 0.97], [0.05, 0.3, 0.2])
+    phased = mistakes.mistakes_table({"recipe": {"accuracy": 0.97}}, {"recipe": two_phases},
+                                     0.66, boundaries={"recipe": 1})
+    assert phased.loc["recipe", mistakes.BEST] == 0.97
+    whole = mistakes.mistakes_table({"recipe": {"accuracy": 0.97}}, {"recipe": two_phases}, 0.66)
+    assert whole.loc["recipe", mistakes.BEST] == 0.99
     text = mistakes.mistakes_text(table)
     all_line = next(line for line in text.splitlines() if line.startswith("all"))
     assert all_line.split() == ["all", "diverged", "-", "-"]

@@ -219,10 +219,10 @@ def test_the_report_opens_with_the_conclusion_the_table_and_the_limits(tmp_path)
     study.run_study({}, str(run.root), notebooks=("a", "b"), notebook_dir=sources)
     run.conclusion.parent.mkdir(exist_ok=True)
     run.conclusion.write_text("Compared: model A (random weights) and model B.\n")
-    run.comparison_table.write_text("model,caveats,test accuracy\nA,not converged,0.91234\n")
+    run.comparison_table.write_text("model,caveats,test accuracy\nA,not converged,0.91236\n")
     report = study.write_report(run, notebooks=("a", "b")).read_text()
     order = [report.index(text) for text in (
-        "Compared: model A (random weights)", "not converged", "0.9123",
+        "Compared: model A (random weights)", "not converged", "0.9124",
         "One hospital, an image-level split", "setup code")]
     assert order == sorted(order)  # the answer and its limits before any notebook's code
 

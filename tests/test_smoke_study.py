@@ -120,21 +120,55 @@ def test_saved_resnet50_applies_preprocess_input_between_its_input_and_the_base(
     np.testing.assert_allclose(model(images, training=False), expected, rtol=1e-4, atol=1e-6)
 
 
-def test_the_mistakes_are_the_recipe_with_each_mistake_trained_back_in(smoke_run):
-    assert SMOKE["RESNET_MISTAKES"] == ["learning_rate", "all"]
-    recipe = smoke_run.read_history("resnet50")
-    boundary = smoke_run.phase_boundary("resnet50")
-    # learning_rate: phase 2 alone, from the recipe's phase 1 model, at the earlier rate.
-    record = smoke_run.read_run_record("resnet50_mistake_learning_rate")
-    assert record["parameters"]["start_sha256"] == hashlib.sha256(
-        smoke_run.model("resnet50", "frozen").read_bytes()).hexdigest()
-    assert smoke_run.phase_boundary("resnet50_mistake_learning_rate") is None
-    rate = smoke_run.read_history("resnet50_mistake_learning_rate")["learning_rate"]
+MISTAKE_RUNS = ("earlier_training", "no_preprocessing", "double_scaling", "batchnorm_training",
+                "learning_rate", "frozen_small_input", "no_preprocessing+batchnorm_training",
+                "batchnorm_training+learning_rate", "all")
+
+
+def test_the_mistakes_are_trained_the_earlier_studys_way_each_beside_its_reference(smoke_run):
+    assert SMOKE["RESNET_MISTAKES"] == ["every"]
     smoke = {**study.load_profile("colab"), **SMOKE}  # the notebooks' defaults, overridden
-    assert rate.iloc[0] == pytest.approx(smoke["RESNET_MISTAKES_LEARNING_RATE"], rel=1e-3)
-    # It goes on from the recipe's phase 1 epoch count: the recipe's data order.
-    assert smoke_run.read_history("resnet50_mistake_learning_rate")["epoch"].iloc[0] == boundary
-    assert recipe["learning_rate"].iloc[boundary] < rate.iloc[0] / 10
+    start = "resnet50_mistake_earlier_training"
+    for mistake in MISTAKE_RUNS:  # every one, Adam at a constant rate, the last epoch kept
+        name = f"resnet50_mistake_{mistake}"
+        parameters = smoke_run.read_run_record(name)["parameters"]
+        assert parameters["optimizer"] == "Adam, constant rate"
+        assert parameters["keep_best"] is False
+        history = smoke_run.read_history(name)
+        boundary = smoke_run.phase_boundary(name)
+        for phase in (history.iloc[:boundary], history.iloc[boundary:]) if boundary else (
+                history,):
+            assert phase["learning_rate"].nunique() == 1, f"{name}: the rate changed"
+    # The reference trains a phase 1 of its own; the variants with the recipe's input go on
+    # from it, at its epoch count (its data order), differing in their mistake alone.
+    boundary = smoke_run.phase_boundary(start)
+    assert boundary == SMOKE["RESNET_FROZEN_EPOCHS"]
+    for mistake in ("batchnorm_training", "learning_rate", "batchnorm_training+learning_rate"):
+        name = f"resnet50_mistake_{mistake}"
+        assert smoke_run.read_run_record(name)["parameters"]["start_sha256"] == hashlib.sha256(
+            smoke_run.model(start, "frozen").read_bytes()).hexdigest()
+        assert smoke_run.phase_boundary(name) is None
+        history = smoke_run.read_history(name)
+        assert history["epoch"].iloc[0] == boundary
+        assert len(history) == SMOKE["RESNET_MISTAKES_EPOCHS"]
+    reference_rate = smoke_run.read_history(start)["learning_rate"].iloc[boundary]
+    assert reference_rate == pytest.approx(smoke["RESNET_FINE_TUNE_LEARNING_RATE"], rel=1e-3)
+    high_rate = smoke_run.read_history("resnet50_mistake_learning_rate")["learning_rate"]
+    assert high_rate.iloc[0] == pytest.approx(smoke["RESNET_MISTAKES_LEARNING_RATE"], rel=1e-3)
+
+    def layers_of(mistake: str) -> list[str]:
+        model = inference.load_model(smoke_run.model(f"resnet50_mistake_{mistake}")).model
+        return [layer.name for layer in model.layers]
+    assert "rescale" not in layers_of("earlier_training")
+    scaled_twice = layers_of("double_scaling")
+    assert scaled_twice.index("rescale") < scaled_twice.index("resnet_preprocess")
+    # The linear probe: one phase, the base never trained, at its own input size.
+    probe = inference.load_model(smoke_run.model("resnet50_mistake_frozen_small_input"))
+    assert probe.image_size == SMOKE["RESNET_MISTAKES_IMAGE_SIZE"]
+    assert smoke_run.phase_boundary("resnet50_mistake_frozen_small_input") is None
+    assert len(smoke_run.read_history("resnet50_mistake_frozen_small_input")) == (
+        SMOKE["RESNET_FROZEN_EPOCHS"] + SMOKE["RESNET_MISTAKES_EPOCHS"])
+    assert not probe.model.get_layer("resnet50").trainable_weights
     # all: no preprocess_input (0-1 RGB into the base), a phase 1 of its own, and BatchNorm
     # moving in phase 2.
     frozen = keras.saving.load_model(smoke_run.model("resnet50_mistake_all", "frozen"))

@@ -23,6 +23,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from helpers import liveprogress, runlock
+from helpers.runfolder import RunFolder
 from helpers.tools import study
 
 
@@ -470,23 +471,15 @@ def test_the_kernels_write_progress_to_a_file_the_line_shows(tmp_path, sources, 
 DECLARED = {"RESNET_WEIGHTS": (str, "imagenet"), "CNN_EPOCHS": (int, 14)}
 
 
-def test_offline_a_profiles_imagenet_becomes_random_init_said_in_one_line():
+def test_offline_imagenet_becomes_random_init_said_in_one_line():
     said = []
-    settled = study.settle_weights({"CNN_EPOCHS": 3}, DECLARED, asked_for=False,
+    settled = study.settle_weights({"CNN_EPOCHS": 3}, DECLARED,
                                    log=said.append)  # the notebooks' default: ImageNet
     assert settled == {"CNN_EPOCHS": 3, "RESNET_WEIGHTS": "none"}
     assert len(said) == 1 and "\n" not in said[0]
     assert "offline (a test)" in said[0] and "random init" in said[0]
     assert "cannot say what transfer learning gives" in said[0]
-
-
-def test_offline_imagenet_asked_for_is_refused_with_both_ways_out():
-    with pytest.raises(study.StudyError) as refusal:
-        study.settle_weights({"RESNET_WEIGHTS": "imagenet"}, DECLARED, asked_for=True)
-    message = str(refusal.value)
-    assert "offline (a test)" in message and study.IMAGENET_FILE in message
-    assert "--set RESNET_WEIGHTS=path/to/it" in message
-    assert "--set RESNET_WEIGHTS=none" in message
+    assert "--set RESNET_WEIGHTS=PATH" in said[0] and study.IMAGENET_FILE in said[0]
 
 
 def test_weights_that_can_be_had_or_are_not_imagenets_are_left_as_they_are():
@@ -494,8 +487,24 @@ def test_weights_that_can_be_had_or_are_not_imagenets_are_left_as_they_are():
         raise AssertionError("asked about ImageNet for weights that are not ImageNet's")
     for weights in ("none", "weights/resnet50.h5"):
         parameters = {"RESNET_WEIGHTS": weights}
-        assert study.settle_weights(parameters, DECLARED, True, unreachable=never) == parameters
-    assert study.settle_weights({}, DECLARED, True, unreachable=lambda: None) == {}
+        assert study.settle_weights(parameters, DECLARED, unreachable=never) == parameters
+    assert study.settle_weights({}, DECLARED, unreachable=lambda: None) == {}
+
+
+def test_offline_a_resnet50_from_imagenet_in_the_run_folder_is_never_trained_over(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    for record in (run.run_record("resnet50"), run.work("resnet50") / "record.json"):
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"parameters": {"RESNET_WEIGHTS": "imagenet"}}))
+        with pytest.raises(study.StudyError) as refusal:
+            study.settle_weights({}, DECLARED, run)
+        assert str(record) in str(refusal.value) and "--run-dir" in str(refusal.value)
+        record.write_text(json.dumps({"parameters": {"RESNET_WEIGHTS": "none"}}))
+    # Random init before, or nothing yet: the fall-back trains over nothing of ImageNet's.
+    said = []
+    assert study.settle_weights({}, DECLARED, run, log=said.append) == {
+        "RESNET_WEIGHTS": "none"}
+    assert len(said) == 1
 
 
 def test_weights_in_keras_cache_need_no_network(tmp_path, monkeypatch):
@@ -512,10 +521,9 @@ def test_the_study_passes_the_settled_weights_to_the_notebooks(profiles, tmp_pat
     given = []
     monkeypatch.setattr(study, "run_study",
                         lambda parameters, *args, **kwargs: given.append(parameters))
-    assert study.main(["--profile", "online", "--run-dir", str(tmp_path / "run")]) == 0
-    assert given == [{"RESNET_WEIGHTS": "none"}]
-    assert "ImageNet weights cannot be had here" in capsys.readouterr().out
-    # Asked for on the command line: refused, nothing run.
-    assert study.main(["--profile", "online", "--run-dir", str(tmp_path / "run"),
-                       "--set", "RESNET_WEIGHTS=imagenet"]) == 1
-    assert "--set RESNET_WEIGHTS=none" in _error_line(capsys) and len(given) == 1
+    for extra in ([], ["--set", "RESNET_WEIGHTS=imagenet"]):  # from the profile or --set
+        assert study.main(["--profile", "online", "--run-dir", str(tmp_path / "run"),
+                           *extra]) == 0
+        assert given.pop() == {"RESNET_WEIGHTS": "none"}
+        out = capsys.readouterr().out
+        assert out.index("Profile online") < out.index("ImageNet weights cannot be had here")

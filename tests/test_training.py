@@ -687,6 +687,15 @@ def test_a_finished_run_of_the_same_recipe_is_kept_and_another_recipe_trains(run
     assert run.model("tiny").read_bytes() != model_bytes
 
 
+def test_a_run_of_other_epoch_randomness_is_trained_again(run, monkeypatch):
+    """Runs trained before EpochSeeds' keys changed drew other augmentation: not the same
+    recipe, so not kept as one."""
+    assert _run_once(run)[0] is False
+    assert _run_once(run)[0] is True  # the same recipe: kept
+    monkeypatch.setattr(training, "EPOCH_RANDOMNESS", "generator key [seed, epoch]")
+    assert _run_once(run)[0] is False
+
+
 def test_a_diverged_run_fails_keeps_nothing_and_blocks_nothing(run):
     """A loss that goes non-finite stops the run with a message that says so; the run that
     finished before stays in place, and another recipe then trains without a manual step."""

@@ -680,31 +680,50 @@ def imagenet_weights_reachable(timeout: float = 10.0) -> str | None:
         return f"the download failed: {reason}"
 
 
+def _imagenet_resnet50_in(run: RunFolder) -> Path | None:
+    """The record of a ResNet50 trained (or training) from ImageNet weights in ``run``, or
+    None: what a fall-back to random init would train over."""
+    for record in (run.run_record("resnet50"), run.work("resnet50") / "record.json"):
+        try:
+            weights = json.loads(record.read_text(encoding="utf-8"))["parameters"].get(
+                "RESNET_WEIGHTS")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if weights == "imagenet":
+            return record
+    return None
+
+
 def settle_weights(parameters: dict, declared: dict[str, tuple[type, object]],
-                   asked_for: bool, unreachable: Callable[[], str | None] | None = None,
-                   log=print) -> dict:
+                   run: RunFolder | None = None,
+                   unreachable: Callable[[], str | None] | None = None, log=print) -> dict:
     """The parameters with RESNET_WEIGHTS settled before any notebook runs.
 
-    Where ImageNet weights are meant but cannot be had: a profile's default becomes "none"
-    (random init, labelled so in every result, and said here in one line), so an offline
-    study still runs to its end; ImageNet asked for with ``--set`` (``asked_for``) is
-    refused instead, naming both ways out. A model is never silently trained on weights
-    other than the ones it is labelled with: notebook 4 labels by RESNET_WEIGHTS."""
+    Where ImageNet weights are meant but cannot be had, they become "none" and one line
+    says so and how to have them: the study then runs to its end (an offline machine with
+    a local data folder is the common case), its ResNet50 labelled "ResNet50, random init"
+    in every result and its conclusion saying the run cannot answer the transfer question.
+    Refusing instead would stop a student's whole study for one model; the label, not the
+    parameter asked for, is what every result carries (notebook 4 labels by what it gets).
+    Where ``run`` already holds a ResNet50 from ImageNet weights, falling back would train
+    over it: StudyError, naming the ways out."""
     weights = parameters.get("RESNET_WEIGHTS", declared.get("RESNET_WEIGHTS", (str, None))[1])
     if weights != "imagenet":
         return parameters
     why = (unreachable or imagenet_weights_reachable)()
     if why is None:
         return parameters
-    if asked_for:
+    earlier = _imagenet_resnet50_in(run) if run is not None else None
+    if earlier is not None:
         raise StudyError(
-            f"ResNet50's ImageNet weights cannot be had here ({why}). Either put "
-            f"{IMAGENET_FILE} (from {IMAGENET_URL}) where you run and give --set "
-            "RESNET_WEIGHTS=path/to/it, or give --set RESNET_WEIGHTS=none for random "
-            "initial weights (labelled \"ResNet50, random init\": no transfer learning).")
+            f"ImageNet weights cannot be had here ({why}), and {run.root} holds a ResNet50 "
+            f"trained from them ({earlier}): random init would train over it. Put "
+            f"{IMAGENET_FILE} in Keras's cache (~/.keras/models/) or give --set "
+            "RESNET_WEIGHTS=PATH to a copy, or use another --run-dir.")
     log(f"ImageNet weights cannot be had here ({why}): ResNet50 trains from random init, "
-        "labelled so everywhere, and this run cannot say what transfer learning gives "
-        "(--set RESNET_WEIGHTS=FILE.h5 uses a copy of the weights).")
+        "labelled so everywhere, and this run cannot say what transfer learning gives. "
+        f"With internet they download; offline, --set RESNET_WEIGHTS=PATH uses a copy of "
+        f"{IMAGENET_FILE}.")
     return {**parameters, "RESNET_WEIGHTS": "none"}
 
 
@@ -762,8 +781,7 @@ def _study(args: argparse.Namespace) -> None:
     if args.data_dir:
         parameters.update(DATA_SOURCE="local",
                           DATA_DIR=str(Path(args.data_dir).expanduser().resolve()))
-    overrides = dict(parse_override(text) for text in args.set)
-    parameters.update(overrides)
+    parameters.update(parse_override(text) for text in args.set)
     # The module's NOTEBOOKS and NOTEBOOK_DIR as they are now, not when the defaults were made.
     declared = all_declared_parameters(NOTEBOOK_DIR, NOTEBOOKS)
     check_parameters(parameters, declared)
@@ -772,8 +790,7 @@ def _study(args: argparse.Namespace) -> None:
                else f"runs/{args.profile}")
     check_root(project.resolve(run_dir))
     print(f"Profile {args.profile}, run folder {project.resolve(run_dir)}")
-    parameters = settle_weights(parameters, declared,
-                                asked_for=overrides.get("RESNET_WEIGHTS") == "imagenet")
+    parameters = settle_weights(parameters, declared, RunFolder(project.resolve(run_dir)))
     run = RunFolder(project.resolve(run_dir))
     # The report too is written under the lock (run_study takes it again: a count).
     with runlock.held(run.root, f"python -m helpers.study into {run.root}"):
