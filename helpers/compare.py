@@ -340,17 +340,16 @@ def convergence(epochs: pd.DataFrame, gain: float = CONVERGED_ACCURACY_GAIN,
     """Whether a run had stopped improving when training ended, by a stated rule: "yes"
     when the best validation accuracy of its last ``window`` epochs is less than ``gain``
     above the best of the epochs before them, else "no: ..." saying by how much it still
-    rose. A noisy last epoch does not hide a rise the epoch before it made. Shorter runs
-    compare their last epoch with those before; one epoch cannot tell ("no: one epoch")."""
+    rose. A noisy last epoch does not hide a rise the epoch before it made. A run of
+    ``window`` epochs or fewer cannot tell, and is not called converged."""
     accuracies = epochs["val_accuracy"].to_numpy(dtype=float)
-    if len(accuracies) < 2:
-        return "no: one epoch"
-    window = min(window, len(accuracies) - 1)
+    if len(accuracies) <= window:
+        return (f"no: {len(accuracies)} epoch{'s' if len(accuracies) != 1 else ''}, too few "
+                "to tell")
     rise = float(np.max(accuracies[-window:]) - np.max(accuracies[:-window]))
     if rise < gain:
         return "yes"
-    return (f"no: validation accuracy rose {rise:+.3f} in its last "
-            + ("epoch" if window == 1 else f"{window} epochs"))
+    return f"no: validation accuracy rose {rise:+.3f} in its last {window} epochs"
 
 
 def training_budget(run: RunFolder, name: str, loaded: inference.LoadedModel,
