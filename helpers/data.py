@@ -88,7 +88,9 @@ def run_split(args: argparse.Namespace) -> None:
 def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None,
             cache_dir: str | Path = "data", medmnist_size: int = 224,
             seed: int = split.DEFAULT_SEED, force: bool = False,
-            synthetic_images_per_class: int = 12) -> tuple[audit.AuditResult, split.SplitResult]:
+            synthetic_images_per_class: int = 12,
+            fractions: dict[str, float] = split.SPLIT_FRACTIONS,
+            ) -> tuple[audit.AuditResult, split.SplitResult]:
     """Acquire the data, audit it and write (or reuse) the split in ``RUN_DIR/data``.
 
     Writes audit.json, audit_index.csv, split.csv and split.json there, holding the run
@@ -96,8 +98,10 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
     class (with the download's quirks; drawn from ``seed``) into ``data_dir``, by default
     ``RUN_DIR/synthetic``. A saved split that no longer fits is refused (StaleSplitError)
     before anything in the run folder changes: the synthetic cells are drawn beside their
-    folder and moved into it only once the split is accepted.
+    folder and moved into it only once the split is accepted. ``fractions``: the share of
+    each class in train, validation and test (checked before anything is acquired).
     """
+    fractions = split.check_fractions(fractions)
     run = RunFolder(run_dir)
     check_root(run.root)
     with runlock.held(run.root, "preparing the data (notebook 01)"):
@@ -123,7 +127,8 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
                                            {**drawn.summary, "data_root": str(data_root)})
             else:
                 result = audit.audit(data_root, progress=True)
-            split_result = split.make_split(result, run.split_csv, seed=seed, force=force)
+            split_result = split.make_split(result, run.split_csv, seed=seed, force=force,
+                                            fractions=fractions)
             if staging is not None:
                 _replace_folder(staging, data_root)
         finally:

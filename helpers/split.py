@@ -21,6 +21,7 @@ from helpers.errors import DataError, StaleSplitError
 from helpers.labels import CLASS_NAMES
 
 SPLIT_NAMES = ("train", "validation", "test")
+# The default; notebook 1's SPLIT_FRACTIONS passes the study's own.
 SPLIT_FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
 SPLIT_COLUMNS = ["path", "label", "sha256", "split"]
 DEFAULT_SEED = 42
@@ -66,8 +67,21 @@ def select_images(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return kept, pd.concat(excluded, ignore_index=True).sort_values("path", ignore_index=True)
 
 
-def assign_splits(images: pd.DataFrame, seed: int = DEFAULT_SEED) -> pd.DataFrame:
-    """Assign each image to train/validation/test, stratified by class.
+def check_fractions(fractions: object) -> dict[str, float]:
+    """``fractions`` as {"train": ..., "validation": ..., "test": ...}, each above 0 and
+    together 1; DataError naming SPLIT_FRACTIONS otherwise."""
+    if (not isinstance(fractions, dict) or set(fractions) != set(SPLIT_NAMES)
+            or not all(isinstance(value, int | float) and not isinstance(value, bool)
+                       and 0 < value < 1 for value in fractions.values())
+            or abs(sum(fractions.values()) - 1) > 1e-9):
+        raise DataError(f"SPLIT_FRACTIONS must give train, validation and test each a share "
+                        f"above 0, together 1, such as {SPLIT_FRACTIONS}; got {fractions!r}.")
+    return {name: float(fractions[name]) for name in SPLIT_NAMES}
+
+
+def assign_splits(images: pd.DataFrame, seed: int = DEFAULT_SEED,
+                  fractions: dict[str, float] = SPLIT_FRACTIONS) -> pd.DataFrame:
+    """Assign each image to train/validation/test in ``fractions``, stratified by class.
 
     Within each class the counts are the fractions rounded to whole images (the test split
     takes the rest), so each split is within one image of its share. Images are ordered by
@@ -79,8 +93,8 @@ def assign_splits(images: pd.DataFrame, seed: int = DEFAULT_SEED) -> pd.DataFram
     for label in CLASS_NAMES:
         members = images[images["label"] == label].sort_values("sha256")
         order = rng.permutation(len(members))
-        n_train = int(np.floor(SPLIT_FRACTIONS["train"] * len(members) + 0.5))
-        n_validation = int(np.floor(SPLIT_FRACTIONS["validation"] * len(members) + 0.5))
+        n_train = int(np.floor(fractions["train"] * len(members) + 0.5))
+        n_validation = int(np.floor(fractions["validation"] * len(members) + 0.5))
         names = np.array(["test"] * len(members), dtype=object)
         names[order[:n_train]] = "train"
         names[order[n_train:n_train + n_validation]] = "validation"
@@ -95,13 +109,14 @@ def metadata_path(split_csv: Path) -> Path:
 
 
 def write_split(result: SplitResult, split_csv: str | os.PathLike, seed: int,
-                data_root: str | os.PathLike) -> None:
+                data_root: str | os.PathLike,
+                fractions: dict[str, float] = SPLIT_FRACTIONS) -> None:
     """Write the split CSV and its metadata JSON atomically (a crash leaves the old files)."""
     split_csv = Path(split_csv)
     split_csv.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
         "seed": seed,
-        "fractions": SPLIT_FRACTIONS,
+        "fractions": fractions,
         "data_root": str(Path(data_root).resolve()),
         "counts": split_counts(result.split).to_dict(orient="index"),
         "excluded": result.excluded.to_dict(orient="records"),
@@ -177,17 +192,29 @@ def _saved_seed(metadata_file: Path) -> int | None:
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
+def _saved_fractions(metadata_file: Path) -> object:
+    """The fractions recorded beside a split (None when missing or damaged)."""
+    try:
+        return json.loads(metadata_file.read_text(encoding="utf-8")).get("fractions")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def make_split(audit_result: AuditResult, split_csv: str | os.PathLike,
-               seed: int = DEFAULT_SEED, force: bool = False) -> SplitResult:
-    """Create the split, or reuse the saved one at ``split_csv`` if it still fits the data.
+               seed: int = DEFAULT_SEED, force: bool = False,
+               fractions: dict[str, float] = SPLIT_FRACTIONS) -> SplitResult:
+    """Create the split in ``fractions``, or reuse the saved one at ``split_csv`` if it
+    still fits the data.
 
     A saved split is reused only when it holds exactly the images that the audit selects now
-    (same paths, classes and content) and was made with the same seed; otherwise this raises
-    StaleSplitError saying what changed, unless ``force`` makes a new split over it.
+    (same paths, classes and content) and was made with the same seed and fractions;
+    otherwise this raises StaleSplitError saying what changed, unless ``force`` makes a new
+    split over it.
     """
     split_csv = Path(split_csv)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DataError(f"The split's seed must be a whole number of 0 or more, got {seed!r}.")
+    fractions = check_fractions(fractions)
     if not usable_mask(audit_result.index).any():
         raise DataError(f"No usable image in the class folders under {audit_result.data_root} "
                         f"({len(audit_result.index)} file(s), none a readable image in a "
@@ -202,11 +229,15 @@ def make_split(audit_result: AuditResult, split_csv: str | os.PathLike,
                             "has no seed")
         elif saved_seed != seed:
             problems.append(f"it was made with seed {saved_seed}, this run asks for seed {seed}")
+        saved_fractions = _saved_fractions(metadata_path(split_csv))
+        if saved_fractions != fractions:
+            problems.append(f"it was made with fractions {saved_fractions}, this run asks for "
+                            f"{fractions}")
         if problems:
             raise StaleSplitError(
                 f"The saved split {split_csv} does not match the data in "
                 f"{audit_result.data_root}:\n  - " + "\n  - ".join(problems) + f"\n{REMAKE}")
         return SplitResult(split=saved, excluded=excluded, reused=True)
-    result = SplitResult(split=assign_splits(images, seed), excluded=excluded)
-    write_split(result, split_csv, seed, audit_result.data_root)
+    result = SplitResult(split=assign_splits(images, seed, fractions), excluded=excluded)
+    write_split(result, split_csv, seed, audit_result.data_root, fractions)
     return result

@@ -113,6 +113,33 @@ def test_other_seed_than_the_saved_split_is_an_error(made_split, synthetic_audit
         split.make_split(synthetic_audit, split_csv, seed=8)
 
 
+def test_the_fractions_asked_for_are_the_split_made_and_recorded(synthetic_audit, tmp_path):
+    fractions = {"train": 0.5, "validation": 0.25, "test": 0.25}
+    split_csv = tmp_path / "split.csv"
+    result = split.make_split(synthetic_audit, split_csv, seed=7, fractions=fractions)
+    for label in CLASS_NAMES:
+        counts = result.split.loc[result.split["label"] == label, "split"].value_counts()
+        for name, fraction in fractions.items():
+            assert abs(counts.get(name, 0) - fraction * counts.sum()) <= 1, (label, name)
+    assert json.loads(split.metadata_path(split_csv).read_text())["fractions"] == fractions
+    assert split.make_split(synthetic_audit, split_csv, seed=7, fractions=fractions).reused
+    # Other fractions than the saved split's: refused, saying which, unless forced.
+    with pytest.raises(StaleSplitError, match="fractions"):
+        split.make_split(synthetic_audit, split_csv, seed=7)
+    assert not split.make_split(synthetic_audit, split_csv, seed=7, force=True).reused
+
+
+@pytest.mark.parametrize("fractions", [
+    {"train": 0.7, "validation": 0.2}, {"train": 0.7, "validation": 0.2, "test": 0.2},
+    {"train": 1.0, "validation": 0.0, "test": 0.0}, {"train": "0.7", "validation": 0.15,
+                                                     "test": 0.15}, [0.7, 0.15, 0.15]])
+def test_fractions_that_are_not_three_shares_of_one_are_refused(fractions, synthetic_audit,
+                                                                 tmp_path):
+    with pytest.raises(DataError, match="SPLIT_FRACTIONS"):
+        split.make_split(synthetic_audit, tmp_path / "split.csv", fractions=fractions)
+    assert not (tmp_path / "split.csv").exists()
+
+
 def test_malformed_split_file_is_an_error(tmp_path, synthetic_audit):
     split_csv = tmp_path / "split.csv"
     split_csv.write_text("file,class\na.jpg,ig\n")
