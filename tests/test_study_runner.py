@@ -159,9 +159,10 @@ def test_a_value_of_the_wrong_type_is_said_in_words(profiles, capsys, no_executi
     err = _error_line(capsys)
     assert "CNN_EPOCHS" in err and "'ten'" in err and "a whole number" in err
     declared = study.all_declared_parameters()
-    for name in declared:  # every declared type reads as words
+    for name, (kind, _) in declared.items():  # every declared type reads as words
+        wrong = ["a"] if kind is dict else {"a": 1}
         with pytest.raises(study.StudyError) as failure:
-            study.check_parameters({name: {"a": 1}}, declared)
+            study.check_parameters({name: wrong}, declared)
         assert name in str(failure.value) and "<class" not in str(failure.value)
     assert no_execution == []
 
