@@ -524,14 +524,14 @@ def caveats(budgets: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def _described(budgets: pd.DataFrame, label: str) -> str:
-    """One model's terms in a few words: "random weights, 64x64 px, 15 epochs, 3 seeds,
-    converged"."""
+    """One model's terms in a few words: "weights: random, input 64x64 px, 15 epochs,
+    3 seeds, converged"."""
     column = budgets[label].astype(str)
     epochs = next((column[row] for row in column.index if row.startswith("epochs")), "?")
     seeds = column.get("seeds trained", "1")
     converged = column.get("converged", "yes")
-    return (f"{column.get('initial weights', 'random')} weights, "
-            f"{column.get('input (pixels)', '?')} px input, {epochs} epochs, "
+    return (f"weights: {column.get('initial weights', 'random')}, "
+            f"input {column.get('input (pixels)', '?')} px, {epochs} epochs, "
             f"{seeds} seed{'s' if seeds != '1' else ''}, "
             + ("converged" if converged == "yes" else "**not converged** (" +
                converged.removeprefix("no: ") + ")"))

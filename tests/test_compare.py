@@ -273,9 +273,18 @@ def test_the_conclusion_follows_the_numbers():
     labels = ("CNN", "ResNet50, random init")
     text = compare.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, BUDGETS)
     first, verdict = _sentences(text)
-    assert first.startswith("Compared: CNN (random weights, 64x64 px input, ? epochs, 1 seed, "
-                            "converged) and ResNet50, random init (random weights")
+    assert first.startswith("Compared: CNN (weights: random, input 64x64 px, ? epochs, 1 seed, "
+                            "converged) and ResNet50, random init (weights: random")
     assert "cannot say what ImageNet weights give" in text.split("\n\n")[0]
+    # Weights from a file are named by the file, ImageNet's as ImageNet.
+    from_file = BUDGETS.copy()
+    from_file.loc["initial weights"] = ["random", "file resnet50.weights.h5"]
+    first, _ = _sentences(compare.conclusion(DIFFERENCE, ("CNN", "ResNet50, weights from "
+                                                          "resnet50.weights.h5"), MCNEMAR, {},
+                                             from_file.set_axis(
+                                                 ["CNN", "ResNet50, weights from "
+                                                  "resnet50.weights.h5"], axis=1)))
+    assert "(weights: file resnet50.weights.h5, input 64x64 px" in first
     # Unequal terms (the crop): said in the verdict's own sentence, and no bare winner.
     assert "**CNN scored higher than ResNet50, random init as the two were trained here" in verdict
     assert "unequal terms (crop)" in verdict and "more accurate" not in text
