@@ -98,11 +98,14 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
 def write_sidecar(model_path: str | os.PathLike, *, label: str, image_size: int,
                   resize_method: str, crop_fraction: float) -> Path:
     """Write ``NAME.json`` beside ``NAME.keras``: what makes the saved model usable on its own
-    (how its results are labelled, its class names and how its input images are prepared)."""
+    (how its results are labelled, its class names and how its input images are prepared),
+    and the model file's sha256, so the two cannot be mismatched unseen (write it after the
+    model)."""
     path = sidecar_path(model_path)
     files.write_json({
         "label": label, "class_names": list(CLASS_NAMES), "image_size": image_size,
         "resize_method": resize_method, "crop_fraction": crop_fraction,
+        "model_sha256": files.file_sha256(model_path),
         "input": "RGB 0-255: central crop_fraction of each side, resized to image_size x "
                  "image_size (helpers.pipeline.decode_and_resize)"}, path)
     return path
@@ -131,6 +134,14 @@ def _sidecar_problems(info: object) -> list[str]:
     elif len(set(names)) != len(names):
         repeated = sorted({name for name in names if names.count(name) > 1})
         problems.append(f"class_names repeats {', '.join(repeated)}")
+    elif names != list(CLASS_NAMES):  # outputs read in another order: labels swapped
+        differing = [f"output {index} {name!r} where the study has {study!r}"
+                     for index, (name, study) in enumerate(zip(names, CLASS_NAMES))
+                     if name != study][:3]
+        problems.append(
+            f"class_names must be the study's {len(CLASS_NAMES)} classes in its order "
+            f"({', '.join(CLASS_NAMES)}), else every figure would swap labels; "
+            + ("; ".join(differing) if differing else f"it names {len(names)} classes"))
     if info["image_size"] <= 0:
         problems.append(f"image_size must be positive, got {info['image_size']}")
     if info["resize_method"] not in RESIZE_METHODS:
@@ -191,6 +202,12 @@ def load_model(model_path: str | os.PathLike) -> LoadedModel:
             "size, resize method and crop the model was trained with. Copy it from the run "
             "folder's models/ together with the model.")
     info = read_sidecar(info_path)
+    recorded = info.get("model_sha256")
+    if recorded is not None and recorded != files.file_sha256(path):
+        raise ModelFileError(
+            f"{path.name} is not the model {info_path.name} was written for (its sha256 "
+            f"differs from the {str(recorded)[:12]}... recorded there): copy the two from the "
+            "same run folder, or train the model again.")
     try:
         model = keras.saving.load_model(path)
     except Exception as error:  # Keras raises many types for a damaged or foreign file

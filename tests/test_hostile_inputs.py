@@ -119,6 +119,14 @@ def _model_with_sidecar(folder: Path, saved_model: Path, **changes) -> Path:
     ({"crop_fraction": 1e-9}, "crop_fraction must be a number in"),
     ({"crop_fraction": 1.5}, "crop_fraction must be a number in"),
     ({"image_size": True}, "image_size missing or not a whole number"),
+    # Outputs read in another order: every figure would swap labels.
+    ({"class_names": [CLASS_NAMES[1], CLASS_NAMES[0], *CLASS_NAMES[2:]]},
+     f"output 0 '{CLASS_NAMES[1]}' where the study has '{CLASS_NAMES[0]}'"),
+    ({"class_names": [*CLASS_NAMES[:7], "band_neutrophil"]},
+     "must be the study's 8 classes in its order"),
+    ({"class_names": list(reversed(CLASS_NAMES))}, "else every figure would swap labels"),
+    # The sidecar of another model file (or the model changed since it was written).
+    ({"model_sha256": "0" * 64}, "is not the model model.json was written for"),
 ])
 def test_a_sidecar_that_disagrees_or_is_implausible_is_refused(saved_model, synthetic_source,
                                                                tmp_path, capsys, changes,
