@@ -21,7 +21,7 @@ from pathlib import Path
 
 from helpers import acquire, audit, files, locate, runlock, split, synthetic
 from helpers.errors import DataError
-from helpers.runfolder import RunFolder, check_root, mark, owning_run_folder
+from helpers.runfolder import RunFolder, check_placement, check_root, mark, owning_run_folder
 
 SOURCES = (*acquire.SOURCES, "synthetic")
 
@@ -104,6 +104,7 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
     fractions = split.check_fractions(fractions)
     run = RunFolder(run_dir)
     check_root(run.root)
+    check_placement(run.root, data_dir if source == "local" else None)
     with runlock.held(run.root, "preparing the data (notebook 01)"):
         mark(run.root)
         staging = None
@@ -118,6 +119,7 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
         else:
             data_root = acquire.acquire(source, data_dir=data_dir, cache_dir=cache_dir,
                                         medmnist_size=medmnist_size)
+            check_placement(run.root, data_root)
         try:
             if staging is not None:
                 synthetic.make_synthetic_dataset(

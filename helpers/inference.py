@@ -136,7 +136,8 @@ def _sidecar_problems(info: object) -> list[str]:
         problems.append(f"class_names repeats {', '.join(repeated)}")
     elif names != list(CLASS_NAMES):  # outputs read in another order: labels swapped
         differing = [f"output {index} {name!r} where the study has {study!r}"
-                     for index, (name, study) in enumerate(zip(names, CLASS_NAMES))
+                     for index, (name, study) in enumerate(zip(names, CLASS_NAMES,
+                                                               strict=False))
                      if name != study][:3]
         problems.append(
             f"class_names must be the study's {len(CLASS_NAMES)} classes in its order "

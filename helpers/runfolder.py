@@ -89,6 +89,26 @@ def check_root(root: str | os.PathLike) -> None:
             raise DataError(f"The run folder {root} {where}: give a folder.")
 
 
+def check_placement(root: str | os.PathLike,
+                    data_root: str | os.PathLike | None = None) -> None:
+    """DataError when a run folder ``root`` lies inside another run folder, or inside (or
+    is) the data folder ``data_root``: its figures and models would be read as images of a
+    class on the next split. (The data may lie inside the run folder: synthetic data does.)"""
+    root = Path(root).resolve()
+    for folder in root.parents:
+        # The study's mark alone: a ".lock" of another tool (pytest's temporary folders have
+        # one) says nothing of a run folder.
+        if (folder / MARKER).exists():
+            raise DataError(f"The run folder {root} lies inside the run folder {folder}: give "
+                            "a folder outside it, so the two never mix their results.")
+    if data_root is not None:
+        data = Path(data_root).resolve()
+        if root == data or data in root.parents:
+            raise DataError(f"The run folder {root} lies inside the data folder {data}: its "
+                            "figures and models would be read as images on the next split. "
+                            "Give a run folder outside the data folder.")
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """Paths and small readers of one run folder (``root``)."""

@@ -183,3 +183,13 @@ def test_split_command(synthetic_source, tmp_path, capsys):
     assert "Reused the saved split" in capsys.readouterr().out
     assert data.main(["split", str(root), "--out", str(split_csv), "--seed", "4"]) == 1
     assert "seed 3" in capsys.readouterr().err
+
+
+def test_preparing_a_run_folder_inside_the_data_folder_is_refused_before_anything_is_made(
+        synthetic_source, capsys):
+    root, _ = synthetic_source
+    run_dir = root / "basophil" / "myrun"
+    assert data.main(["prepare", "--source", "local", "--data-dir", str(root),
+                      "--run-dir", str(run_dir)]) == 1
+    assert "lies inside the data folder" in capsys.readouterr().err
+    assert not run_dir.exists()

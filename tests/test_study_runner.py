@@ -22,7 +22,7 @@ import papermill
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from helpers import liveprogress, runlock
+from helpers import liveprogress, runfolder, runlock
 from helpers.runfolder import RunFolder
 from helpers.tools import study
 
@@ -528,3 +528,22 @@ def test_the_study_passes_the_settled_weights_to_the_notebooks(profiles, tmp_pat
         assert given.pop() == {"RESNET_WEIGHTS": "none"}
         out = capsys.readouterr().out
         assert out.index("Profile online") < out.index("ImageNet weights cannot be had here")
+
+
+# -- where a run folder may be ------------------------------------------------------------------
+
+def test_a_run_folder_inside_the_data_or_another_run_folder_is_refused_before_any_work(
+        tmp_path, profiles, capsys, no_execution):
+    data = tmp_path / "images"
+    (data / "basophil").mkdir(parents=True)
+    for run_dir in (data / "basophil" / "myrun", data):
+        assert study.main(["--profile", "ok", "--data-dir", str(data),
+                           "--run-dir", str(run_dir)]) == 1
+        assert "lies inside the data folder" in _error_line(capsys)
+    assert sorted(path.name for path in data.rglob("*")) == ["basophil"]  # nothing made
+    outer = RunFolder(tmp_path / "outer")
+    runfolder.mark(outer.root)
+    assert study.main(["--profile", "ok", "--run-dir", str(outer.root / "figures" / "run")]) == 1
+    assert f"inside the run folder {outer.root}" in _error_line(capsys)
+    # Data inside the run folder is how synthetic data lives: allowed.
+    runfolder.check_placement(outer.root, outer.root / "synthetic")

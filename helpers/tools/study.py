@@ -789,6 +789,9 @@ def _study(args: argparse.Namespace) -> None:
     run_dir = (str(Path(args.run_dir).expanduser().resolve()) if args.run_dir
                else f"runs/{args.profile}")
     check_root(project.resolve(run_dir))
+    local = parameters.get("DATA_SOURCE") == "local" and parameters.get("DATA_DIR")
+    runfolder.check_placement(project.resolve(run_dir),
+                              project.resolve(parameters["DATA_DIR"]) if local else None)
     print(f"Profile {args.profile}, run folder {project.resolve(run_dir)}")
     parameters = settle_weights(parameters, declared, RunFolder(project.resolve(run_dir)))
     run = RunFolder(project.resolve(run_dir))
