@@ -220,7 +220,7 @@ def format_summary(summary: dict) -> str:
     """A readable multi-line report of an audit summary."""
     def listing(items, limit=10):
         items = list(items)
-        lines = [f"    {item}" for item in items[:limit]]
+        lines = [f"    {files.terminal_text(str(item))}" for item in items[:limit]]
         if len(items) > limit:
             lines.append(f"    ... and {len(items) - limit} more (see the JSON report)")
         return lines

@@ -164,7 +164,8 @@ def format_report(report: dict) -> str:
         lines.append(f"  {name:<13}" + "".join(f"{count:>7,}" for count in row))
     if report["skipped"]:
         lines += ["", f"Skipped ({len(report['skipped'])}):"]
-        lines += [f"  {item['path']}: {item['reason']}" for item in report["skipped"][:20]]
+        lines += [f"  {files.terminal_text(item['path'])}: "
+                  f"{files.terminal_text(item['reason'])}" for item in report["skipped"][:20]]
         if len(report["skipped"]) > 20:
             lines.append(f"  ... and {len(report['skipped']) - 20} more (see the JSON)")
     return "\n".join(lines)

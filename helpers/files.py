@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import tempfile
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,6 +131,17 @@ def display_name(path: str | os.PathLike) -> str:
     """``path`` as text that can be printed and written as UTF-8: bytes of a name that are
     not UTF-8 (kept by Python as surrogates) shown as \\xNN."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def terminal_text(text: str) -> str:
+    """``text`` (a file name, a reason naming one) as it may be shown on a terminal or in a
+    report: control characters (escape sequences that would move the cursor or rewrite
+    earlier lines, newlines that would fake a line) written as \\xNN or \\uNNNN."""
+    return "".join(
+        character if unicodedata.category(character) not in ("Cc", "Cf", "Zl", "Zp")
+        else (f"\\x{ord(character):02x}" if ord(character) < 0x100
+              else f"\\u{ord(character):04x}")
+        for character in text)
 
 
 def is_utf8_name(path: str | os.PathLike) -> bool:

@@ -12,6 +12,7 @@ a regular file.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +65,21 @@ def predict_files(loaded: inference.LoadedModel, paths: list[Path],
     return pd.DataFrame(rows, columns=columns)
 
 
+# What a spreadsheet would run as a formula at the start of a cell.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every text cell a spreadsheet would read as a formula (a file named
+    "=HYPERLINK(...).jpg") prefixed with an apostrophe, as OWASP advises for CSV exports."""
+    def neutral(value: object) -> object:
+        return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) \
+            else value
+    return frame.apply(lambda column: column.map(neutral)
+                       if pd.api.types.is_string_dtype(column) or column.dtype == object
+                       else column)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,14 +109,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     for row in predictions.itertuples():
         if row.problem:
-            print(f"{row.path}: skipped ({row.problem})")
+            print(f"{files.terminal_text(row.path)}: skipped "
+                  f"({files.terminal_text(row.problem)})")
         else:
-            print(f"{row.path}: {row.class_1} {row.probability_1:.3f}  "
+            print(f"{files.terminal_text(row.path)}: {row.class_1} {row.probability_1:.3f}  "
                   f"({row.class_2} {row.probability_2:.3f}, {row.class_3} "
                   f"{row.probability_3:.3f})")
     if args.out:
         try:
-            files.write_text_atomically(predictions.to_csv(index=False), args.out)
+            # Every text cell quoted: a carriage return in a name stays inside its cell.
+            files.write_text_atomically(spreadsheet_safe(predictions).to_csv(
+                index=False, quoting=csv.QUOTE_NONNUMERIC), args.out)
         except DataError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1

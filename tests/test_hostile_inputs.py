@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import data, evaluate, inference, predict, split
+from helpers import data, evaluate, files, inference, predict, split
 from helpers.errors import DataError, StaleSplitError
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
@@ -244,3 +244,34 @@ def test_outputs_inside_the_inputs_and_a_synthetic_folder_under_a_file_are_refus
     with pytest.raises(SystemExit):  # argparse: a usage line and the reason
         data.main(["split", str(root), "--out", str(tmp_path / "s.csv"), "--seed", "-1"])
     assert "-1 is negative" in capsys.readouterr().err
+
+
+def test_names_that_are_formulas_or_terminal_escapes_are_neutralised(saved_model,
+                                                                     synthetic_source,
+                                                                     tmp_path, capsys,
+                                                                     monkeypatch):
+    root, _ = synthetic_source
+    image = next((root / "basophil").glob("*.jpg")).read_bytes()
+    folder = tmp_path / "cells" / "basophil"
+    folder.mkdir(parents=True)
+    names = ['=HYPERLINK("example.invalid","x").jpg', "+1.jpg", "@cell.jpg",
+             "\x1b[2J\x1b[Hcleared.jpg", "line\rreturn.jpg"]
+    for name in names:
+        (folder / name).write_bytes(image)
+    out = tmp_path / "predictions.csv"
+    monkeypatch.chdir(folder)  # relative inputs: the CSV's cells are the names themselves
+    assert predict.main([str(saved_model), *names, "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "\x1b" not in shown and "\r" not in shown
+    assert "\\x1b[2J\\x1b[Hcleared.jpg" in shown and "line\\x0dreturn.jpg" in shown
+    # In the CSV no cell starts as a formula: each such name is prefixed with an apostrophe.
+    cells = pd.read_csv(out, keep_default_na=False)["path"].tolist()
+    assert f"'{names[0]}" in cells and "'+1.jpg" in cells and "'@cell.jpg" in cells
+    assert not any(str(cell).startswith(predict.FORMULA_STARTS) for cell in cells)
+    assert "line\rreturn.jpg" in cells and len(cells) == len(names)  # one row per image
+
+
+def test_terminal_text_escapes_control_characters_and_keeps_the_rest():
+    assert files.terminal_text("basophil/BA_1.jpg") == "basophil/BA_1.jpg"
+    assert files.terminal_text("ü 細胞.jpg") == "ü 細胞.jpg"
+    assert files.terminal_text("a\nb\tc\x1b\x7f\u202e.jpg") == "a\\x0ab\\x09c\\x1b\\x7f\\u202e.jpg"

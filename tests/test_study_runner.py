@@ -547,3 +547,13 @@ def test_a_run_folder_inside_the_data_or_another_run_folder_is_refused_before_an
     assert f"inside the run folder {outer.root}" in _error_line(capsys)
     # Data inside the run folder is how synthetic data lives: allowed.
     runfolder.check_placement(outer.root, outer.root / "synthetic")
+
+
+def test_a_profile_is_a_name_never_a_path(profiles, capsys, no_execution, tmp_path):
+    (tmp_path / "outside.yaml").write_text("CNN_EPOCHS: 1\n")
+    for name in ("../outside", "/etc/passwd", "ok/../ok", "ok.yaml", ".hidden", "o\x1b[2Jk"):
+        assert study.main(["--profile", name]) == 1
+        error = _error_line(capsys)
+        assert "takes the name of a profile" in error and "known: ok" in error
+        assert "\x1b" not in error  # escaped, never sent to the terminal as is
+    assert not (tmp_path / "runs").exists()

@@ -118,9 +118,12 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 def load_profile(name: str) -> dict:
     """The parameters of profile ``name`` (``notebooks/profiles/NAME.yaml``); StudyError
     naming the file when it is not a YAML mapping of parameter names."""
+    known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):  # never a path out of the folder
+        raise StudyError(f"--profile takes the name of a profile in {PROFILE_DIR} (known: "
+                         f"{known}), not {files.terminal_text(repr(name))}")
     path = PROFILE_DIR / f"{name}.yaml"
     if not path.exists():
-        known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
         raise StudyError(f"No profile {name!r} (known: {known})")
     try:
         profile = yaml.safe_load(path.read_text(encoding="utf-8"))
