@@ -557,3 +557,42 @@ def test_a_profile_is_a_name_never_a_path(profiles, capsys, no_execution, tmp_pa
         assert "takes the name of a profile" in error and "known: ok" in error
         assert "\x1b" not in error  # escaped, never sent to the terminal as is
     assert not (tmp_path / "runs").exists()
+
+
+# -- signals -------------------------------------------------------------------------------------
+
+STUDY_OF = """
+import sys
+from pathlib import Path
+from helpers.tools import study
+study.NOTEBOOKS, study.NOTEBOOK_DIR = ("a",), Path(sys.argv[1])
+study.PROFILE_DIR = Path(sys.argv[2])
+sys.exit(study.main(["--profile", "ok", "--run-dir", sys.argv[3]]))
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_end_the_study_as_ctrl_c_does(tmp_path, sources, profiles,
+                                                         signal_name):
+    import signal
+    import time
+
+    started = tmp_path / "started"
+    _tiny_notebook(sources / "a.ipynb", f"import time\nopen({str(started)!r}, 'w').close()\n"
+                   "time.sleep(120)")
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-c", STUDY_OF, str(sources), str(profiles),
+                                str(run_dir)], cwd=Path(study.__file__).parents[2],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert started.exists(), process.communicate(timeout=30)
+    process.send_signal(getattr(signal, signal_name))
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + getattr(signal, signal_name), err
+    assert err.splitlines()[-1] == (f"error: stopped by {signal_name} in a; run the same "
+                                    "command again to resume")
+    assert (run_dir / "notebooks" / "a.failed.ipynb").exists()
+    assert _hidden(run_dir / "notebooks") == []
+    assert not runlock.lock_path(run_dir).exists()

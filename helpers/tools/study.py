@@ -49,6 +49,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -80,12 +81,25 @@ class StudyError(RuntimeError):
     """A notebook failed, or the profile, an override or the run folder is wrong."""
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``timeout``, ``docker stop``, a closed terminal, a cancelled CI
+    job), raised where the study is, so it ends as Ctrl-C does."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+def _stop(signal_number: int, frame) -> None:
+    raise Stopped(signal_number)
+
+
 class StudyInterrupted(KeyboardInterrupt):
     """Ctrl-C while the study was at notebook ``notebook`` (still a KeyboardInterrupt)."""
 
-    def __init__(self, notebook: str) -> None:
+    def __init__(self, notebook: str, signal_number: int | None = None) -> None:
         super().__init__(notebook)
-        self.notebook = notebook
+        self.notebook, self.signal_number = notebook, signal_number
 
 
 # How a value of each type reads in a message: what it is, and what to give instead.
@@ -550,8 +564,8 @@ def run_study(parameters: dict, run_dir: str, force: bool = False,
                                  counter, rerun_rest, log):
                     executed.append(name)
                     rerun_rest = True
-            except KeyboardInterrupt:
-                raise StudyInterrupted(name) from None
+            except KeyboardInterrupt as interrupt:
+                raise StudyInterrupted(name, getattr(interrupt, "signal_number", None)) from None
     return executed
 
 
@@ -764,17 +778,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="override one parameter of the profile (repeatable)")
     parser.add_argument("--force", action="store_true", help="rerun every notebook")
     args = parser.parse_args(argv)
+    handled = (signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+    before = {number: signal.signal(number, _stop) for number in handled}
     try:
         _study(args)
     except (StudyError, DataError) as error:  # DataError: the run folder's lock is held
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except StudyInterrupted as interrupt:
-        print(f"error: interrupted in {interrupt.notebook}; {RESUME}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(f"error: interrupted; {RESUME}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM or SIGHUP: the same way out
+        number = getattr(interrupt, "signal_number", None)
+        how = f"stopped by {signal.Signals(number).name}" if number else "interrupted"
+        where = f" in {interrupt.notebook}" if isinstance(interrupt, StudyInterrupted) else ""
+        print(f"error: {how}{where}; {RESUME}", file=sys.stderr)
+        return 128 + number if number else 130
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
     return 0
 
 
