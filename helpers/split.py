@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helpers import files
+from helpers import files, parameters
 from helpers.audit import AuditResult, usable_mask
 from helpers.errors import DataError, StaleSplitError
 from helpers.labels import CLASS_NAMES
 
 SPLIT_NAMES = ("train", "validation", "test")
 # The default; notebook 1's SPLIT_FRACTIONS passes the study's own.
-SPLIT_FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
+SPLIT_FRACTIONS = parameters.DEFAULT_FRACTIONS
 SPLIT_COLUMNS = ["path", "label", "sha256", "split"]
 DEFAULT_SEED = 42
 # How to get out of a refused split, in every message that refuses one.
@@ -70,12 +70,9 @@ def select_images(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def check_fractions(fractions: object) -> dict[str, float]:
     """``fractions`` as {"train": ..., "validation": ..., "test": ...}, each above 0 and
     together 1; DataError naming SPLIT_FRACTIONS otherwise."""
-    if (not isinstance(fractions, dict) or set(fractions) != set(SPLIT_NAMES)
-            or not all(isinstance(value, int | float) and not isinstance(value, bool)
-                       and 0 < value < 1 for value in fractions.values())
-            or abs(sum(fractions.values()) - 1) > 1e-9):
-        raise DataError(f"SPLIT_FRACTIONS must give train, validation and test each a share "
-                        f"above 0, together 1, such as {SPLIT_FRACTIONS}; got {fractions!r}.")
+    problem = parameters.fractions_problem(fractions)
+    if problem:
+        raise DataError(f"SPLIT_FRACTIONS {problem}.")
     return {name: float(fractions[name]) for name in SPLIT_NAMES}
 
 

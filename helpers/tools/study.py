@@ -64,6 +64,7 @@ import yaml
 from papermill.engines import NBClientEngine, papermill_engines
 
 from helpers import files, liveprogress, progressbar, project, runfolder, runlock
+from helpers import parameters as study_parameters
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder, check_root
 
@@ -807,6 +808,12 @@ def _study(args: argparse.Namespace) -> None:
     # The module's NOTEBOOKS and NOTEBOOK_DIR as they are now, not when the defaults were made.
     declared = all_declared_parameters(NOTEBOOK_DIR, NOTEBOOKS)
     check_parameters(parameters, declared)
+    # The values of the whole configuration, judged now rather than hours in.
+    configured = {name: default for name, (_, default) in declared.items()} | parameters
+    refused = study_parameters.problems(configured)
+    if refused:
+        raise StudyError("Parameters the study would refuse later, refused now:\n  "
+                         + "\n  ".join(refused))
     # A folder given here is relative to where you are; the default to the repository.
     run_dir = (str(Path(args.run_dir).expanduser().resolve()) if args.run_dir
                else f"runs/{args.profile}")
