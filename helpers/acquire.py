@@ -43,12 +43,18 @@ NETWORK_TIMEOUT_SECONDS = 10
 
 
 def _other_sources(source: str) -> str:
+    """The other sources, in the words of every place that takes one: notebook 01's
+    DATA_SOURCE, which the study sets with --set (or --data-dir for a folder of your own),
+    and python -m helpers.data's --source."""
     hints = {
-        "kaggle": "--source kaggle (a public dataset: no Kaggle account needed)",
-        "medmnist": "--source medmnist (BloodMNIST from Zenodo, 64/128/224 px)",
-        "local": "--source local --data-dir PATH (a folder you downloaded and unpacked yourself)",
+        "kaggle": "kaggle (a public dataset: no Kaggle account needed)",
+        "medmnist": "medmnist (BloodMNIST from Zenodo, 64/128/224 px)",
+        "local": "local, a folder you downloaded and unpacked yourself (DATA_DIR; "
+                 "python -m helpers.study --data-dir PATH)",
     }
-    return "Other sources: " + "; ".join(hint for name, hint in hints.items() if name != source)
+    return ("Other sources (DATA_SOURCE in notebook 01, --set DATA_SOURCE=NAME for python -m "
+            "helpers.study, --source NAME for python -m helpers.data): "
+            + "; ".join(hint for name, hint in hints.items() if name != source))
 
 
 def check_reachable(url: str, source: str, timeout: float = NETWORK_TIMEOUT_SECONDS) -> None:
@@ -150,7 +156,9 @@ def acquire(source: str = "kaggle", data_dir: str | os.PathLike | None = None,
     folders; ``local`` uses ``data_dir``. The result is located inside what was downloaded.
     """
     if source not in SOURCES:
-        raise DataSourceError(f"Unknown data source {source!r}; choose one of {SOURCES}.")
+        raise DataSourceError(f"Unknown data source {source!r}; choose one of "
+                              f"{', '.join((*SOURCES, 'synthetic'))} (synthetic: cells drawn "
+                              "by helpers.synthetic, for trying the notebooks out).")
     if source == "local":
         if data_dir is None:
             raise DataSourceError("The local source needs a data folder (--data-dir PATH).")

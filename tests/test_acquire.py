@@ -96,8 +96,10 @@ def test_no_network_names_the_other_sources(tmp_path):
     with pytest.raises(DataSourceError) as error:
         acquire.download_file(UNREACHABLE, tmp_path / "data.npz", "0" * 32, source="medmnist")
     message = str(error.value)
-    assert "--source kaggle" in message and "--source local" in message
-    assert "--source medmnist" not in message
+    # In the words every place that takes a source uses: the study has no --source.
+    assert "kaggle (a public dataset" in message and "--data-dir PATH" in message
+    assert "--set DATA_SOURCE=NAME for python -m helpers.study" in message
+    assert "medmnist (" not in message
     assert list(tmp_path.iterdir()) == []
 
 
@@ -123,7 +125,8 @@ def test_kaggle_offline_fails_fast_naming_the_other_sources(monkeypatch):
     monkeypatch.setattr(acquire, "KAGGLE_URL", UNREACHABLE)
     with pytest.raises(DataSourceError) as error:
         acquire.acquire("kaggle")
-    assert "--source medmnist" in str(error.value) and "--source local" in str(error.value)
+    assert "medmnist (BloodMNIST" in str(error.value) and "--data-dir PATH" in str(error.value)
+    assert "--source NAME for python -m helpers.data" in str(error.value)
 
 
 def test_kaggle_download_is_located_inside_the_nested_download(monkeypatch, tmp_path):
@@ -181,8 +184,9 @@ def test_local_source(synthetic_source, tmp_path):
         acquire.acquire("local")
     with pytest.raises(DataLayoutError):
         acquire.acquire("local", data_dir=tmp_path)
-    with pytest.raises(DataSourceError, match="Unknown data source"):
-        acquire.acquire("zenodo")
+    for unknown in ("zenodo", "Synthetic"):  # the choices listed include synthetic
+        with pytest.raises(DataSourceError, match="Unknown data source.*local, synthetic"):
+            acquire.acquire(unknown)
 
 
 def test_prepare_command_writes_audit_and_split_into_the_run_folder(synthetic_source, tmp_path,
