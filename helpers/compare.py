@@ -154,6 +154,8 @@ def evaluate_on_test(run: RunFolder, name: str, loaded: inference.LoadedModel,
     if tta:
         augmented = evaluate.predict_split(run, name, "test", loaded, tta=True)
         report["tta"] = evaluate.report_from_predictions(augmented, class_names, n_resamples)
+    else:  # an earlier run's TTA predictions are not this report's
+        run.set_aside([run.predictions(name, "test", tta=True)], "TTA is off in this run")
     files.write_json(report, run.test_metrics(name))
     return report
 

@@ -32,6 +32,7 @@ contract. Every path is asked of a ``RunFolder``; nothing else builds one by han
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from dataclasses import dataclass
@@ -45,7 +46,8 @@ from helpers.errors import DataError
 # What a run folder holds, under its root: the study writes and reads these, so no command's
 # output may land among them (``files.check_output_path``).
 RESULT_PARTS = ("data", "synthetic", "models", "history", "work", "config", "metrics",
-                "predictions", "figures", "notebooks", "logs", "report.html", ".lock",
+                "predictions", "figures", "notebooks", "logs", "superseded", "report.html",
+                ".lock",
                 ".blood-cell-study-run")
 
 
@@ -222,6 +224,39 @@ class RunFolder:
 
     def predictions(self, name: str, subset: str, tta: bool = False) -> Path:
         return self.root / "predictions" / f"{name}_{subset}{'_tta' if tta else ''}.csv"
+
+    def run_files(self, name: str) -> list[Path]:
+        """Every file of the run folder that belongs to run NAME (those that exist)."""
+        paths = [self.model(name), self.model(name).with_suffix(".json"),
+                 *(self.model(name, phase) for phase in self.finished_phases(name)),
+                 self.history(name), self.phases(name), self.run_record(name),
+                 self.validation_metrics(name), self.test_metrics(name),
+                 *(self.predictions(name, subset, tta) for subset in split.SPLIT_NAMES
+                   for tta in (False, True))]
+        return [path for path in paths if path.exists()]
+
+    def set_aside(self, paths: list[Path], why: str) -> list[Path]:
+        """Move ``paths`` (those that exist) into ``superseded/TIME/``, keeping their place
+        under the run folder, and say so in one line: results that no longer belong to
+        this run (TTA turned off, fewer seeds) are never left beside its new ones, nor
+        deleted. Returns where they went."""
+        present = [Path(path) for path in paths if Path(path).exists()]
+        if not present:
+            return []
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        moved = []
+        for path in present:
+            target = self.root / "superseded" / stamp / path.relative_to(self.root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            moved.append(target)
+        print(f"Set aside ({why}): {', '.join(path.name for path in present)} -> "
+              f"superseded/{stamp}/")
+        return moved
+
+    def set_aside_runs(self, names: list[str], why: str) -> list[Path]:
+        """``set_aside`` every file of the runs ``names``."""
+        return self.set_aside([path for name in names for path in self.run_files(name)], why)
 
     def figure(self, name: str) -> Path:
         return self.root / "figures" / f"{name}.png"

@@ -2,6 +2,7 @@
 learning dynamics and the comparison table."""
 
 import json
+import shutil
 import warnings
 
 import keras
@@ -44,6 +45,37 @@ def test_test_report_scores_the_test_split_and_is_saved(scored_run):
                                                            "path"])
     assert run.predictions("cnn", "test", tta=True).exists()
     assert report["label"] == "Baseline CNN"
+
+
+def test_a_report_without_tta_sets_the_earlier_tta_predictions_aside(scored_run, tmp_path,
+                                                                       capsys):
+    run, loaded, _ = scored_run
+    copy = RunFolder(tmp_path / "run")  # the fixture's folder stays as the others read it
+    shutil.copytree(run.root, copy.root)
+    earlier = copy.predictions("cnn", "test", tta=True).read_bytes()
+    report = compare.evaluate_on_test(copy, "cnn", loaded, tta=False, n_resamples=50)
+    assert "tta" not in report and not copy.predictions("cnn", "test", tta=True).exists()
+    moved = list((copy.root / "superseded").rglob("cnn_test_tta.csv"))
+    assert len(moved) == 1 and moved[0].read_bytes() == earlier  # set aside, not deleted
+    assert moved[0].parent.name == "predictions"
+    assert "Set aside (TTA is off in this run): cnn_test_tta.csv" in capsys.readouterr().out
+
+
+def test_runs_no_longer_part_of_a_run_are_set_aside_whole_and_nothing_else(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    for name in ("cnn_seed4", "cnn_seed42", "cnn_seed44"):
+        for path in (run.model(name), run.model(name).with_suffix(".json"), run.history(name),
+                     run.run_record(name), run.validation_metrics(name),
+                     run.predictions(name, "test")):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(name)
+    moved = run.set_aside_runs(["cnn_seed4", "cnn_missing"], "not a seed of this run")
+    assert sorted(path.name for path in moved) == sorted([
+        "cnn_seed4.keras", "cnn_seed4.json", "cnn_seed4.csv", "cnn_seed4.json",
+        "cnn_seed4_validation.json", "cnn_seed4_test.csv"])
+    assert run.history_names() == ["cnn_seed42", "cnn_seed44"]  # the prefix took no other
+    assert all(path.read_text() == "cnn_seed4" for path in moved)
+    assert run.set_aside_runs([], "nothing") == []
 
 
 def test_temperature_is_fitted_on_validation_and_applied_to_test(scored_run):
