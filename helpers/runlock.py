@@ -76,6 +76,28 @@ def _seconds_since_refresh(path: Path) -> float:
         return 0.0
 
 
+def _seconds_seen_unchanged(path: Path, holder: dict) -> float:
+    """How long this machine, by its own clock, has seen the lock ``path`` unchanged (the
+    same holder, the same refresh time): for a holder whose clock runs ahead of ours, whose
+    refresh times lie in our future and say nothing of its silence. The first look is
+    recorded beside the lock (``.lock.seen-HOST``) and counts from now."""
+    try:
+        refreshed = path.stat().st_mtime_ns
+    except OSError:
+        return 0.0
+    seen_file = path.with_name(f"{LOCK_NAME}.seen-{socket.gethostname()}")
+    seen = {"token": holder.get("token"), "refreshed_ns": refreshed}
+    try:
+        earlier = json.loads(seen_file.read_text(encoding="utf-8"))
+        if {key: earlier.get(key) for key in seen} == seen:
+            return time.time() - float(earlier["first_seen"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    with contextlib.suppress(OSError):
+        seen_file.write_text(json.dumps({**seen, "first_seen": time.time()}), encoding="utf-8")
+    return 0.0
+
+
 class RunFolderBusyError(DataError):
     """Another process holds the run folder's lock."""
 
@@ -178,6 +200,7 @@ def acquire(root: str | os.PathLike, purpose: str) -> None:
         if _create(path, mine):
             _held[root] = [mine["token"], 1]
             _start_heartbeat()
+            path.with_name(f"{LOCK_NAME}.seen-{socket.gethostname()}").unlink(missing_ok=True)
             return
         holder = _read_holder(path)
         if holder is None:
@@ -188,10 +211,15 @@ def acquire(root: str | os.PathLike, purpose: str) -> None:
                 f"notebook is running on this folder, delete {path} and run again.")
         same_host = holder.get("host") == socket.gethostname()
         silent = _seconds_since_refresh(path)
+        ahead = not same_host and silent < 0  # its clock runs ahead of this machine's
+        if ahead:
+            silent = _seconds_seen_unchanged(path, holder)
         if same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
             gone = "is no longer running"
         elif not same_host and silent > STALE_AFTER_SECONDS:
-            gone = f"has not refreshed it for {silent / 60:.0f} minutes (its machine is gone)"
+            gone = (f"has not refreshed it for {silent / 60:.0f} minutes"
+                    + (" as this machine has watched it (their clock runs ahead)"
+                       if ahead else "") + " (its machine is gone)")
         else:
             gone = ""
         if gone:
@@ -205,6 +233,13 @@ def acquire(root: str | os.PathLike, purpose: str) -> None:
                 "(a notebook kernel that stopped with an error holds it until you restart "
                 "or shut down that kernel). If no study or notebook runs on it (the process "
                 f"number was reused), delete {path}.")
+        if ahead:
+            raise RunFolderBusyError(
+                f"{root} is in use by {describe(holder)}, whose clock runs ahead of this "
+                f"machine's, so the age of its lock cannot be read from its time: this machine "
+                f"has seen it unchanged for {silent:.0f} s. If that machine is gone, the lock "
+                f"counts as stale once this machine has seen it unchanged for "
+                f"{STALE_AFTER_SECONDS // 60} minutes (run again then); or delete {path}.")
         raise RunFolderBusyError(
             f"{root} is in use by {describe(holder)}, which refreshed its lock {silent:.0f} s "
             f"ago: wait for it to end. If that machine is gone, the lock counts as stale "

@@ -50,6 +50,32 @@ def test_a_lock_of_another_host_is_refused_until_it_goes_silent(tmp_path, capsys
     assert "has not refreshed it for 11 minutes" in capsys.readouterr().err
 
 
+def test_a_lock_of_a_host_whose_clock_runs_ahead_goes_stale_by_this_machines_clock(
+        tmp_path, capsys):
+    """Its refresh times lie in our future: its silence is timed as this machine sees the
+    lock unchanged, never as a negative age that never grows stale."""
+    path = _write_lock(tmp_path, pid=7, host="clock-ahead", age_seconds=-7200)
+    for _ in range(2):
+        with pytest.raises(runlock.RunFolderBusyError, match="whose clock runs ahead") as busy:
+            runlock.acquire(tmp_path, "a study")
+        assert "refreshed its lock" not in str(busy.value)  # no negative age said
+    seen = next(tmp_path.glob(".lock.seen-*"))
+    record = json.loads(seen.read_text())
+    # The holder refreshes (its time moves): the watch starts again.
+    later = time.time() + 7300
+    os.utime(path, (later, later))
+    with pytest.raises(runlock.RunFolderBusyError, match="unchanged for 0 s"):
+        runlock.acquire(tmp_path, "a study")
+    # Unchanged for longer than the stale time, as this machine has watched it: taken over.
+    record = json.loads(seen.read_text())
+    record["first_seen"] -= runlock.STALE_AFTER_SECONDS + 60
+    seen.write_text(json.dumps(record))
+    with runlock.held(tmp_path, "a study"):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        assert not seen.exists()
+    assert "as this machine has watched it (their clock runs ahead)" in capsys.readouterr().err
+
+
 def test_the_holder_refreshes_its_lock(tmp_path, monkeypatch):
     monkeypatch.setattr(runlock, "HEARTBEAT_SECONDS", 0.05)
     monkeypatch.setattr(runlock, "_heartbeat", None)
