@@ -277,9 +277,15 @@ def test_a_finished_ensemble_is_kept_and_any_change_saves_it_again(smoke_run, tm
     def retrain_a_member() -> None:
         """The same recipe and seed trained again: other weights, the same configuration."""
         fingerprint = training.recipe_fingerprint(build(ensemble.load_members(copy, seeds)))
-        member = inference.load_model(copy.model(seeds[1])).model
+        loaded = inference.load_model(copy.model(seeds[1]))
+        member = loaded.model
         member.set_weights([weight + 0.01 for weight in member.get_weights()])
         member.save(copy.model(seeds[1]))
+        # As a finished run writes it: the sidecar after the model (it records its sha256).
+        inference.write_sidecar(copy.model(seeds[1]), label=loaded.label,
+                                image_size=loaded.image_size,
+                                resize_method=loaded.resize_method,
+                                crop_fraction=loaded.crop_fraction)
         assert training.recipe_fingerprint(
             build(ensemble.load_members(copy, seeds))) == fingerprint
 
