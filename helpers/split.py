@@ -20,7 +20,7 @@ from helpers.audit import AuditResult, usable_mask
 from helpers.errors import DataError, StaleSplitError
 from helpers.labels import CLASS_NAMES
 
-SPLIT_NAMES = ("train", "validation", "test")
+SPLIT_NAMES = parameters.SPLIT_NAMES
 # The default; notebook 1's SPLIT_FRACTIONS passes the study's own.
 SPLIT_FRACTIONS = parameters.DEFAULT_FRACTIONS
 SPLIT_COLUMNS = ["path", "label", "sha256", "split"]

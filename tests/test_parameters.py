@@ -8,7 +8,7 @@ import sys
 import nbformat
 import pytest
 
-from helpers import data, models, parameters, split, training
+from helpers import data, models, parameters, training
 from helpers.tools import notebooks, study
 
 
@@ -76,7 +76,6 @@ def test_the_choices_are_those_the_code_takes():
     assert parameters.DATA_SOURCES == data.SOURCES
     assert parameters.PRECISIONS == training.PRECISIONS
     assert len(models.RESNET50_BLOCKS) == parameters.RESNET50_BLOCKS
-    assert parameters.SPLIT_NAMES == split.SPLIT_NAMES
     notebook = nbformat.read(notebooks.SOURCE_DIR / "04_train_resnet50.ipynb", as_version=4)
     names = next(ast.literal_eval(node.value) for cell in notebook.cells
                  if cell.cell_type == "code" and "MISTAKE_NAMES = (" in cell.source
