@@ -26,7 +26,10 @@ from helpers.runfolder import RunFolder
 
 
 def labelled_images(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[dict], Path]:
-    """The usable images under ``data_dir``'s class folders and every file left out.
+    """The images under ``data_dir``'s class folders that the audit keeps, and every file
+    left out, judged as the split judges a folder (``split.select_images``): unusable files,
+    a byte-identical copy of a kept image ("duplicate of ...", scored once), and content
+    under two classes (its label is unknown: every copy left out).
 
     Returns (DataFrame with path (absolute), label, sha256; skipped files as {path, reason};
     the folder holding the class folders). Raises DataError when no folder names a class.
@@ -45,7 +48,10 @@ def labelled_images(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[dic
         else:
             reason = "outside the class folders"
         skipped.append({"path": row.path, "reason": reason})
-    images = index.loc[usable, ["path", "label", "sha256"]].reset_index(drop=True)
+    kept, excluded = split.select_images(index)
+    judged = excluded[excluded["path"].isin(index.loc[usable, "path"])]  # copies, conflicts
+    skipped += [{"path": row.path, "reason": row.reason} for row in judged.itertuples()]
+    images = kept[["path", "label", "sha256"]].reset_index(drop=True)
     images["path"] = [str(root / path) for path in images["path"]]
     return images, skipped, root
 
@@ -138,8 +144,14 @@ def format_report(report: dict) -> str:
         return f"{source[name]:.4f} (95% CI {low:.4f}-{high:.4f})"
 
     names = report["class_names"]
+    reasons = [item["reason"] for item in report["skipped"]]
+    copies = sum(reason.startswith("duplicate of ") for reason in reasons)
+    conflicts = sum(reason.startswith("same content under two classes") for reason in reasons)
+    judged = (f" (as the audit judges a folder: {copies} duplicate(s) scored once, "
+              f"{conflicts} file(s) of content under two classes left out)"
+              if copies or conflicts else "")
     lines = [f"{report['label']}: {report['model']}",
-             f"Images: {report['n_images']:,} scored, {len(report['skipped'])} skipped",
+             f"Images: {report['n_images']:,} scored, {len(report['skipped'])} skipped{judged}",
              f"Accuracy           {with_ci('accuracy', report)}",
              f"Macro-F1           {with_ci('macro_f1', report)}"
              + (f"  (over the {len(names) - len(report['absent_classes'])} classes present; "

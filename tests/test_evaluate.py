@@ -41,13 +41,22 @@ def test_evaluate_reports_quirks_and_scores_the_rest(saved_model, quirky_folder,
     assert evaluate.main([str(saved_model), str(root), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     skipped = {item["path"]: item["reason"] for item in report["skipped"]}
+    # The audit's judgement of the folder, as the split makes it: the duplicate scored once,
+    # both copies of the content filed under two classes left out.
     assert set(skipped) == {planted["not_image"], planted["corrupt"],
-                            "unknown_folder/stray.jpg"}
+                            "unknown_folder/stray.jpg", planted["duplicate"],
+                            planted["cross_class"], planted["cross_class_of"]}
     assert skipped[planted["not_image"]].startswith("not an image")
     assert skipped[planted["corrupt"]].startswith("corrupt image")
     assert "names no class" in skipped["unknown_folder/stray.jpg"]
-    # 12 per class, plus the duplicate, the cross-class copy, the grayscale and the RGBA image.
-    assert report["n_images"] == 12 * len(CLASS_NAMES) + 4
+    assert skipped[planted["duplicate"]] == f"duplicate of {planted['duplicate_of']}"
+    assert skipped[planted["cross_class"]] == skipped[planted["cross_class_of"]] == (
+        "same content under two classes: label unknown")
+    # 12 per class, plus the duplicate, the cross-class copy, the grayscale and the RGBA
+    # image, less the duplicate and both copies of the cross-class content.
+    assert report["n_images"] == 12 * len(CLASS_NAMES) + 4 - 3
+    assert ("1 duplicate(s) scored once, 2 file(s) of content under two classes left out"
+            in evaluate.format_report(report))
     assert sum(row["support"] for row in report["per_class"].values()) == report["n_images"]
     assert np.sum(report["confusion_matrix"]) == report["n_images"]
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "per_class", "accuracy_ci95",
@@ -64,9 +73,12 @@ def test_evaluate_agrees_with_predict_on_the_same_files(saved_model, quirky_fold
     predictions = pd.read_csv(out, keep_default_na=False)
     predictions["truth"] = predictions["path"].map(
         lambda path: path[len(str(root)) + 1:].split("/")[0])
-    # predict classifies every image, the stray one in the unknown folder too.
+    # predict classifies every image, the stray one in the unknown folder, the duplicate and
+    # the cross-class copies too; evaluate scores the audit's choice of them.
+    left_out = {str(root / item["path"]) for item in report["skipped"]}
     scored = predictions[(predictions["problem"] == "")
-                         & predictions["truth"].isin(CLASS_NAMES)]
+                         & predictions["truth"].isin(CLASS_NAMES)
+                         & ~predictions["path"].isin(left_out)]
     truth = scored["truth"]
     assert len(scored) == report["n_images"]
     assert (scored["class_1"] == truth).mean() == pytest.approx(report["accuracy"])
