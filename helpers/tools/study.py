@@ -46,6 +46,7 @@ import datetime
 import difflib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -787,6 +788,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM or SIGHUP: the same way out
+        # The kernel's cell, interrupted with it, ends a task nbclient no longer awaits:
+        # asyncio would print its traceback at exit, after the one line said here.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         number = getattr(interrupt, "signal_number", None)
         how = f"stopped by {signal.Signals(number).name}" if number else "interrupted"
         where = f" in {interrupt.notebook}" if isinstance(interrupt, StudyInterrupted) else ""
