@@ -499,11 +499,15 @@ SHORT_TERMS = {"initial weights": "weights", "input (pixels)": "input size",
                "crop fraction": "crop", "seeds trained": "seeds"}
 
 
+def _differing(budgets: pd.DataFrame) -> list[str]:
+    """The rows of TERMS on which the models of ``budgets`` differ."""
+    return [row for row in _terms(budgets) if budgets.loc[row].astype(str).nunique() > 1]
+
+
 def _unequal(budgets: pd.DataFrame) -> str:
     """The terms on which the models of ``budgets`` differ, in a few words (empty: none)."""
-    differing = [row for row in _terms(budgets) if budgets.loc[row].astype(str).nunique() > 1]
     return ", ".join(SHORT_TERMS.get(row, "epochs" if row.startswith("epochs") else row)
-                     for row in differing)
+                     for row in _differing(budgets))
 
 
 def caveats(budgets: pd.DataFrame) -> dict[str, list[str]]:
@@ -561,16 +565,14 @@ def conclusion(difference: dict, labels: tuple[str, str], mcnemar: dict,
     interval_says = low > 0 or high < 0
     mcnemar_says = mcnemar["p_value"] < 0.05
     better, worse = (first, second) if accuracy["difference"] > 0 else (second, first)
-    differing = [row for row in _terms(budgets) if budgets.loc[row].astype(str).nunique() > 1]
+    differing = _differing(budgets)
     unconverged = [label for label in labels if "converged" in budgets.index
                    and str(budgets.loc["converged", label]) != "yes"]
     limits = []
     if differing:
         limits.append(f"they trained on unequal terms ({_unequal(budgets)})")
-    if unconverged:
-        limits.append(" and ".join(unconverged)
-                      + (" was" if len(unconverged) == 1 else " were")
-                      + " still improving when training stopped")
+    if unconverged:  # still improving, or too short to tell: the first sentence says which
+        limits.append(" and ".join(unconverged) + " had not converged by the rule above")
     qualifier = (" as the two were trained here, which is not a verdict on the architectures: "
                  + " and ".join(limits)) if limits else ""
     if interval_says and mcnemar_says:

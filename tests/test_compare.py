@@ -329,7 +329,7 @@ def test_the_conclusion_follows_the_numbers():
     equal = BUDGETS.assign(CNN=BUDGETS["ResNet50, random init"])
     text = compare.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, equal)
     assert "**CNN is more accurate than ResNet50, random init** on images like these" in text
-    assert "equal terms" not in text and "still improving" not in text
+    assert "equal terms" not in text and "had not converged" not in text
     # One model not converged: said in the verdict, and first, with the rule.
     unconverged = equal.copy()
     unconverged.loc["converged", "ResNet50, random init"] = (
@@ -338,7 +338,7 @@ def test_the_conclusion_follows_the_numbers():
     first, verdict = _sentences(text)
     assert "**not converged** (validation accuracy rose +0.024 in its last 2 epochs)" in first
     assert "less than 0.0025 above the best before them" in text.split("\n\n")[0]
-    assert "ResNet50, random init was still improving when training stopped**" in verdict
+    assert "ResNet50, random init had not converged by the rule above**" in verdict
     assert "unequal terms" not in verdict
     unsure = {**DIFFERENCE, "accuracy": {**DIFFERENCE["accuracy"], "ci95": [-0.01, 0.08]}}
     text = compare.conclusion(unsure, labels, {**MCNEMAR, "p_value": 0.3}, PAIRS, BUDGETS)
