@@ -145,8 +145,8 @@ def format_report(report: dict) -> str:
 
     names = report["class_names"]
     reasons = [item["reason"] for item in report["skipped"]]
-    copies = sum(reason.startswith("duplicate of ") for reason in reasons)
-    conflicts = sum(reason.startswith("same content under two classes") for reason in reasons)
+    copies = sum(reason.startswith(split.DUPLICATE_OF) for reason in reasons)
+    conflicts = reasons.count(split.UNDER_TWO_CLASSES)
     judged = (f" (as the audit judges a folder: {copies} duplicate(s) scored once, "
               f"{conflicts} file(s) of content under two classes left out)"
               if copies or conflicts else "")

@@ -92,7 +92,7 @@ def split_of_images(images: pd.DataFrame, split: pd.DataFrame,
                in zip(split["label"], split["path"], split["split"], strict=True)}
     by_path = dict(zip(split["path"], split["split"], strict=True))
     for entry in excluded:
-        twin = entry["reason"].removeprefix("duplicate of ")
+        twin = entry["reason"].removeprefix(split.DUPLICATE_OF)
         if twin != entry["reason"] and twin in by_path:
             by_name[key(entry["label"], entry["path"])] = by_path[twin]
     by_content = dict(zip(split["sha256"], split["split"], strict=True))

@@ -41,6 +41,11 @@ class SplitResult:
     reused: bool = False
 
 
+# The reasons select_images gives, which the commands that count them read back.
+DUPLICATE_OF = "duplicate of "  # followed by the kept file's path
+UNDER_TWO_CLASSES = "same content under two classes: label unknown"
+
+
 def select_images(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split an audit index into images to use (one per content) and excluded files.
 
@@ -55,14 +60,14 @@ def select_images(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     labels_per_content = images.groupby("sha256")["label"].transform("nunique")
     conflicts = images[labels_per_content > 1]
     excluded.append(conflicts[["path", "label"]].assign(
-        reason="same content under two classes: label unknown"))
+        reason=UNDER_TWO_CLASSES))
     images = images[labels_per_content == 1]
 
     repeated = images.duplicated("sha256", keep="first")  # keeps the first path in order
     first_path = images.drop_duplicates("sha256").set_index("sha256")["path"]
     copies = images[repeated]
     excluded.append(copies[["path", "label"]].assign(
-        reason="duplicate of " + copies["sha256"].map(first_path)))
+        reason=DUPLICATE_OF + copies["sha256"].map(first_path)))
     kept = images[~repeated].reset_index(drop=True)
     return kept, pd.concat(excluded, ignore_index=True).sort_values("path", ignore_index=True)
 
