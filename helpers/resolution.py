@@ -30,6 +30,7 @@ from helpers import files, inference, split
 from helpers.errors import DataError
 from helpers.evaluate import labelled_images, true_indices
 from helpers.runfolder import RunFolder, owning_run_folder
+from helpers.split import DUPLICATE_OF
 
 # How pbc_dev was made (../shared/data/README.md): half of each side, LANCZOS, JPEG q90.
 HALF_RESOLUTION_FACTOR = 2
@@ -92,7 +93,7 @@ def split_of_images(images: pd.DataFrame, split: pd.DataFrame,
                in zip(split["label"], split["path"], split["split"], strict=True)}
     by_path = dict(zip(split["path"], split["split"], strict=True))
     for entry in excluded:
-        twin = entry["reason"].removeprefix(split.DUPLICATE_OF)
+        twin = entry["reason"].removeprefix(DUPLICATE_OF)
         if twin != entry["reason"] and twin in by_path:
             by_name[key(entry["label"], entry["path"])] = by_path[twin]
     by_content = dict(zip(split["sha256"], split["split"], strict=True))
