@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from helpers import acquire, audit, files, locate, runlock, split, synthetic
+from helpers import acquire, audit, files, integrity, locate, runlock, split, synthetic
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder, check_placement, check_root, mark, owning_run_folder
 
@@ -51,13 +51,15 @@ def run_audit(args: argparse.Namespace) -> None:
 
 
 def check_split_output(split_csv: Path) -> None:
-    """A split is written as ``NAME.csv`` with ``NAME.json`` beside it: refuse (before any
-    work) another suffix, a folder, or existing files there that are not a split."""
+    """A split is written as ``NAME.csv`` with ``NAME.json`` and ``NAME_files.csv`` beside it:
+    refuse (before any work) another suffix, a folder, or existing files there that are not
+    a split's."""
     if split_csv.suffix != ".csv" or split_csv.is_dir():
         raise DataError(f"--out {split_csv}: the split is a .csv file (its metadata goes to the "
                         ".json beside it).")
     metadata = split.metadata_path(split_csv)
-    for path in (split_csv, metadata):
+    status = integrity.status_path(split_csv)
+    for path in (split_csv, metadata, status):
         run = owning_run_folder(files.output_target(path).resolve())
         if run is not None:
             raise DataError(f"--out {split_csv} lies in the run folder {run}: its split is made "
@@ -73,6 +75,9 @@ def check_split_output(split_csv: Path) -> None:
         if not is_split:
             raise DataError(f"{metadata} exists and is not a split's metadata: it would be "
                             "overwritten. Give --out another name.")
+    if status.exists() and not integrity.is_status_file(status):
+        raise DataError(f"{status} exists and is not a split's record of its files: it would "
+                        "be overwritten. Give --out another name.")
 
 
 def run_split(args: argparse.Namespace) -> None:
@@ -133,6 +138,9 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
                                             fractions=fractions)
             if staging is not None:
                 _replace_folder(staging, data_root)
+                # Sizes and times of the images where they are now (a move keeps both).
+                integrity.write_status(data_root, split_result.split["path"].tolist(),
+                                       run.split_csv)
         finally:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)

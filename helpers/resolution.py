@@ -114,13 +114,15 @@ def median_size(paths: list[str | os.PathLike]) -> str:
     return f"{width:.0f}x{height:.0f}"
 
 
-def resolution_check(models: list[inference.LoadedModel], images: pd.DataFrame) -> pd.DataFrame:
+def resolution_check(models: list[inference.LoadedModel], images: pd.DataFrame,
+                     root: str | os.PathLike | None = None) -> pd.DataFrame:
     """Score each model on ``images`` (columns path, label; optionally split, a run's subset
     of each image) and on half-resolution copies of them.
 
     One row per model and group of images: "all images", and where the split column marks
     some as "train", also "not trained on" (validation, test and images outside the split).
-    Columns: model (its label), file, images, n_images, original and half (median sizes in
+    Columns: model (its label), file (relative to ``root`` when inside it: a run folder's
+    table stays true when the folder moves), images, n_images, original and half (median sizes in
     pixels), accuracy_original, accuracy_half, agreement, changed (images whose predicted
     class differs between the two versions).
     """
@@ -140,10 +142,18 @@ def resolution_check(models: list[inference.LoadedModel], images: pd.DataFrame) 
             half = inference.predict_probabilities(loaded, halves, progress=False)
             for group, mask in groups.items():
                 if mask.any():
-                    rows.append({"model": loaded.label, "file": str(loaded.path), "images": group,
+                    rows.append({"model": loaded.label, "file": _shown_path(loaded.path, root),
+                                 "images": group,
                                  **sizes,
                                  **agreement_figures(y_true[mask], original[mask], half[mask])})
     return pd.DataFrame(rows)
+
+
+def _shown_path(path: Path, root: str | os.PathLike | None) -> str:
+    path = Path(path)
+    if root is not None and path.resolve().is_relative_to(Path(root).resolve()):
+        return path.resolve().relative_to(Path(root).resolve()).as_posix()
+    return str(path)
 
 
 def labelled_folder(data_dir: str | os.PathLike, run: RunFolder | None = None) -> pd.DataFrame:

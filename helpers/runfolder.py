@@ -4,6 +4,7 @@ The notebooks pass results to each other only through this folder, so its layout
 contract. Every path is asked of a ``RunFolder``; nothing else builds one by hand.
 
     data/split.csv, split.json              the split (notebook 1) and what it was made from
+    data/split_files.csv                    size and time of each of its images (``integrity``)
     data/audit.json, audit_index.csv        the audit of every file
     synthetic/                              drawn images (``DATA_SOURCE = "synthetic"``)
     models/NAME.keras, NAME.json            the kept model and its sidecar (label, classes,
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers import split
+from helpers import integrity, split
 from helpers.errors import DataError
 
 # What a run folder holds, under its root: the study writes and reads these, so no command's
@@ -143,20 +144,27 @@ class RunFolder:
     def audit_index(self) -> Path:
         return self.root / "data" / "audit_index.csv"
 
-    def load_split(self) -> tuple[pd.DataFrame, Path]:
+    @property
+    def split_files(self) -> Path:
+        """``split_files.csv``: size and modification time of each image at the split."""
+        return integrity.status_path(self.split_csv)
+
+    def load_split(self, check_images: bool = True) -> tuple[pd.DataFrame, Path]:
         """The split (one row per image) and the data root its paths are relative to.
 
-        Raises DataError when notebook 1 has not made the split yet.
+        ``check_images``: the images there are the ones the split recorded (``integrity``),
+        or StaleSplitError names those missing, changed or added. Raises DataError when
+        notebook 1 has not made the split yet, or its images cannot be found.
         """
         if not self.split_csv.exists():
             raise DataError(f"No split in {self.root}: run notebook 01 or `python -m helpers.data "
                             f"prepare --run-dir {self.root}` first.")
-        try:
-            data_root = Path(json.loads(self.split_metadata.read_text())["data_root"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise DataError(f"{self.split_metadata} is missing or damaged ({error!r}): make the "
-                            "split again with notebook 01.") from None
-        return split.read_split(self.split_csv), data_root
+        metadata = integrity.read_metadata(self.split_csv)
+        split_frame = split.read_split(self.split_csv)
+        data_root = integrity.locate_data_root(metadata, self.split_csv)
+        if check_images:
+            integrity.check_images(split_frame, metadata, data_root, self.split_csv)
+        return split_frame, data_root
 
     def read_audit(self) -> dict:
         return json.loads(self.audit_json.read_text())

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helpers import files, parameters
+from helpers import files, integrity, parameters
 from helpers.audit import AuditResult, usable_mask
-from helpers.errors import DataError, StaleSplitError
+from helpers.errors import REMAKE_SPLIT, DataError, StaleSplitError
 from helpers.labels import CLASS_NAMES
 
 SPLIT_NAMES = parameters.SPLIT_NAMES
@@ -25,11 +25,6 @@ SPLIT_NAMES = parameters.SPLIT_NAMES
 SPLIT_FRACTIONS = parameters.DEFAULT_FRACTIONS
 SPLIT_COLUMNS = ["path", "label", "sha256", "split"]
 DEFAULT_SEED = 42
-# How to get out of a refused split, in every message that refuses one.
-REMAKE = ("Make a new split: NEW_SPLIT = True in notebook 01 (`--set NEW_SPLIT=true` with "
-          "python -m helpers.study), or `--force` with python -m helpers.data prepare or "
-          "split (results made with the old split do not compare with new ones), or use "
-          "another run folder.")
 
 
 @dataclass
@@ -112,18 +107,24 @@ def metadata_path(split_csv: Path) -> Path:
 
 def write_split(result: SplitResult, split_csv: str | os.PathLike, seed: int,
                 data_root: str | os.PathLike,
-                fractions: dict[str, float] = SPLIT_FRACTIONS) -> None:
-    """Write the split CSV and its metadata JSON atomically (a crash leaves the old files)."""
+                fractions: dict[str, float] = SPLIT_FRACTIONS, metadata_only: bool = False,
+                ) -> None:
+    """Write the split CSV, its metadata JSON and the record of its files' sizes and times
+    (``integrity``), each atomically (a crash leaves the old files). ``metadata_only``: the
+    CSV is kept as it is (a reused split whose images may have moved)."""
     split_csv = Path(split_csv)
     split_csv.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
         "seed": seed,
         "fractions": fractions,
-        "data_root": str(Path(data_root).resolve()),
+        **integrity.data_root_record(data_root, split_csv),
         "counts": split_counts(result.split).to_dict(orient="index"),
         "excluded": result.excluded.to_dict(orient="records"),
     }
-    files.write_text_atomically(result.split.to_csv(index=False, lineterminator="\n"), split_csv)
+    integrity.write_status(data_root, result.split["path"].tolist(), split_csv)
+    if not metadata_only:
+        files.write_text_atomically(result.split.to_csv(index=False, lineterminator="\n"),
+                                    split_csv)
     files.write_json(metadata, metadata_path(split_csv))
 
 
@@ -132,21 +133,23 @@ def read_split(split_csv: str | os.PathLike) -> pd.DataFrame:
     try:
         split = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise StaleSplitError(f"{split_csv} is empty or not a CSV ({error}). {REMAKE}") from None
+        raise StaleSplitError(
+            f"{split_csv} is empty or not a CSV ({error}). {REMAKE_SPLIT}") from None
     if list(split.columns) != SPLIT_COLUMNS:
         raise StaleSplitError(
-            f"{split_csv} has columns {list(split.columns)}, expected {SPLIT_COLUMNS}. {REMAKE}")
+            f"{split_csv} has columns {list(split.columns)}, expected {SPLIT_COLUMNS}. "
+            f"{REMAKE_SPLIT}")
     unknown = set(split["split"]) - set(SPLIT_NAMES)
     if unknown:
         raise StaleSplitError(f"{split_csv} has unknown split names {sorted(unknown)}. "
-                              f"{REMAKE}")
+                              f"{REMAKE_SPLIT}")
     for column, what in [("path", "file"), ("sha256", "content")]:
         repeated = split.loc[split[column].duplicated(), column]
         if len(repeated):
             raise StaleSplitError(
                 f"{split_csv} lists the same {what} in {len(repeated)} more row(s) than once "
                 f"(e.g. {repeated.iloc[0]}): an image would count twice, or sit in two "
-                f"subsets. {REMAKE}")
+                f"subsets. {REMAKE_SPLIT}")
     return split
 
 
@@ -238,8 +241,12 @@ def make_split(audit_result: AuditResult, split_csv: str | os.PathLike,
         if problems:
             raise StaleSplitError(
                 f"The saved split {split_csv} does not match the data in "
-                f"{audit_result.data_root}:\n  - " + "\n  - ".join(problems) + f"\n{REMAKE}")
-        return SplitResult(split=saved, excluded=excluded, reused=True)
+                f"{audit_result.data_root}:\n  - " + "\n  - ".join(problems) + f"\n{REMAKE_SPLIT}")
+        reused = SplitResult(split=saved, excluded=excluded, reused=True)
+        # The same images, perhaps in a folder that moved: record where they are now.
+        write_split(reused, split_csv, seed, audit_result.data_root, fractions,
+                    metadata_only=True)
+        return reused
     result = SplitResult(split=assign_splits(images, seed, fractions), excluded=excluded)
     write_split(result, split_csv, seed, audit_result.data_root, fractions)
     return result

@@ -197,7 +197,7 @@ def test_prepare_command_writes_audit_and_split_into_the_run_folder(synthetic_so
                  str(run_dir)]
     assert data.main(arguments) == 0
     files = sorted(path.name for path in (run_dir / "data").iterdir())
-    assert files == ["audit.json", "audit_index.csv", "split.csv", "split.json"]
+    assert files == ["audit.json", "audit_index.csv", "split.csv", "split.json", "split_files.csv"]
     assert "Wrote a new split" in capsys.readouterr().out
     assert data.main(arguments) == 0
     assert "Reused the saved split" in capsys.readouterr().out

@@ -72,7 +72,8 @@ def test_the_data_commands_report_each_odd_file_and_keep_it_out_of_the_split(hos
     excluded = {row["path"]: row["reason"]
                 for row in json.loads(split_csv.with_suffix(".json").read_text())["excluded"]}
     assert all(reason in excluded[path] for path, reason in expected.items())
-    assert sorted(os.listdir(tmp_path)) == ["index.csv", "pbc", "split.csv", "split.json"]
+    assert sorted(os.listdir(tmp_path)) == ["index.csv", "pbc", "split.csv", "split.json",
+                                            "split_files.csv"]
 
 
 @pytest.fixture(scope="module")

@@ -376,3 +376,22 @@ def test_a_read_is_seen_and_a_file_left_alone_is_not(tmp_path):
     read.read_bytes()
     unread.stat()  # looking at a file is not reading it
     assert reads.read_since(stamped) == [read]
+
+
+def test_the_run_folders_records_name_it_by_relative_paths_only(smoke_run):
+    """A moved run folder keeps working: no record names the folder's own place, except the
+    data root that split.json and audit.json keep beside its relative form."""
+    root = str(smoke_run.root.resolve())
+    checked = 0
+    for part in ("data", "config", "metrics", "models", "history", "predictions"):
+        for path in sorted((smoke_run.root / part).rglob("*")):
+            if path.suffix not in (".json", ".csv"):
+                continue
+            text = path.read_text(encoding="utf-8")
+            loaded = json.loads(text) if path.suffix == ".json" else None
+            if isinstance(loaded, dict):
+                text = json.dumps({key: value for key, value in loaded.items()
+                                   if key != "data_root"})
+            assert root not in text, path
+            checked += 1
+    assert checked > 20

@@ -170,6 +170,11 @@ def test_split_output_never_replaces_other_files(synthetic_source, tmp_path, cap
     assert data.main(["split", str(root), "--out", str(tmp_path / "notes.txt")]) == 1
     assert "the split is a .csv file" in capsys.readouterr().err
     assert unrelated.read_text() == '{"mine": true}' and not (tmp_path / "notes.txt").exists()
+    mine = tmp_path / "table_files.csv"  # where the split table.csv would record its files
+    mine.write_text("name,value\nx,1\n")
+    assert data.main(["split", str(root), "--out", str(tmp_path / "table.csv")]) == 1
+    assert "is not a split's record of its files" in capsys.readouterr().err
+    assert mine.read_text() == "name,value\nx,1\n" and not (tmp_path / "table.csv").exists()
 
 
 def test_split_command(synthetic_source, tmp_path, capsys):

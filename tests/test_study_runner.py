@@ -209,6 +209,23 @@ def test_a_notebook_whose_output_file_is_missing_runs_again(tmp_path, sources):
     assert run() == []
 
 
+def test_a_moved_run_folder_is_done_as_it_was_but_other_parameters_run_again(tmp_path,
+                                                                              sources):
+    _tiny_notebook(sources / "a.ipynb", "from pathlib import Path\n"
+                   "Path(RUN_DIR, 'a.txt').write_text('made by a')",
+                   parameters='RUN_DIR: str = "x"  # run folder\nSEED: int = 1  # a seed')
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert study.run_study({}, str(first), notebooks=("a",), notebook_dir=sources,
+                           log=lambda message: None) == ["a"]
+    os.replace(first, second)
+    messages = []
+    assert study.run_study({}, str(second), notebooks=("a",), notebook_dir=sources,
+                           log=messages.append) == []
+    assert "done before" in messages[0]
+    assert study.run_study({"SEED": 2}, str(second), notebooks=("a",), notebook_dir=sources,
+                           log=lambda message: None) == ["a"]
+
+
 # -- interrupts --------------------------------------------------------------------------------
 
 def test_an_interrupted_cell_reads_as_an_interrupt(tmp_path, sources):

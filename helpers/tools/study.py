@@ -276,9 +276,19 @@ def read_record(path: Path) -> dict | None:
 
 
 def same_run(stored: dict | None, record: dict) -> bool:
-    """Whether a stored record is of the same source and parameters (its files aside)."""
-    return stored is not None and all(stored.get(key) == record[key]
-                                      for key in ("source_sha256", "parameters"))
+    """Whether a stored record is of the same source and parameters (its files aside).
+
+    RUN_DIR aside too: the record lies in the run folder, so a folder that was moved (and is
+    given with its new name) holds the same results."""
+    if stored is None or stored.get("source_sha256") != record["source_sha256"]:
+        return False
+    parameters = stored.get("parameters")
+    return isinstance(parameters, dict) and _without_run_dir(parameters) == _without_run_dir(
+        record["parameters"])
+
+
+def _without_run_dir(parameters: dict) -> dict:
+    return {key: value for key, value in parameters.items() if key != "RUN_DIR"}
 
 
 def recorded_files(stored: dict | None) -> list[str]:

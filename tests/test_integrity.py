@@ -1,0 +1,127 @@
+"""A run reads the images its split recorded: changed, missing and added images are named and
+refused; moved run and data folders keep working (helpers.integrity, RunFolder.load_split)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from helpers import data
+from helpers.errors import DataError, StaleSplitError
+from helpers.runfolder import RunFolder
+
+
+@pytest.fixture()
+def prepared(synthetic_data, tmp_path) -> tuple[RunFolder, Path]:
+    """A run folder whose split was made from a private copy of the synthetic data."""
+    root, _ = synthetic_data
+    run = RunFolder(tmp_path / "run")
+    data.prepare("local", run.root, data_dir=root)
+    return run, root
+
+
+def _refusal(run: RunFolder) -> str:
+    with pytest.raises(StaleSplitError) as caught:
+        run.load_split()
+    return str(caught.value)
+
+
+def test_unchanged_images_load_and_their_place_is_recorded_both_ways(prepared):
+    run, root = prepared
+    frame, data_root = run.load_split()
+    assert data_root == root.resolve() and len(frame) > 0
+    metadata = json.loads(run.split_metadata.read_text())
+    assert metadata["data_root"] == str(root.resolve())
+    assert (run.root / metadata["data_root_relative"]).resolve() == root.resolve()
+    status = pd.read_csv(run.split_files)
+    assert sorted(status["path"]) == sorted(frame["path"])
+    assert (status["bytes"] > 0).all()
+
+
+def test_an_image_replaced_by_another_class_is_named_with_the_way_out(prepared):
+    run, root = prepared
+    frame, _ = run.load_split()
+    test_image = frame[frame["split"] == "test"].iloc[0]
+    other = frame[frame["label"] != test_image["label"]].iloc[0]
+    shutil.copyfile(root / other["path"], root / test_image["path"])
+    message = _refusal(run)
+    assert "1 image file(s) changed" in message and test_image["path"] in message
+    assert "NEW_SPLIT" in message and "Restore the files" in message
+
+
+def test_the_same_bytes_with_a_new_time_are_accepted_and_the_record_refreshed(prepared):
+    run, root = prepared
+    frame, _ = run.load_split()
+    path = root / frame.iloc[3]["path"]
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    run.load_split()
+    recorded = pd.read_csv(run.split_files).set_index("path")
+    assert recorded.loc[frame.iloc[3]["path"], "mtime_ns"] == path.stat().st_mtime_ns
+
+
+def test_a_missing_image_and_an_added_one_are_named_but_added_non_images_are_not(prepared):
+    run, root = prepared
+    frame, _ = run.load_split()
+    removed = frame.iloc[0]["path"]
+    kept_image = root / frame.iloc[1]["path"]
+    (root / removed).unlink()
+    shutil.copyfile(kept_image, root / "monocyte" / "scanned later.png")
+    (root / "monocyte" / "notes.txt").write_text("not an image")
+    (root / "monocyte" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "readme.jpg").write_bytes(kept_image.read_bytes())  # outside the class folders
+    message = _refusal(run)
+    assert "1 image file(s) missing" in message and removed in message
+    assert "1 image file(s) added" in message and "monocyte/scanned later.png" in message
+    for ignored in ("notes.txt", ".DS_Store", "readme.jpg"):
+        assert ignored not in message
+
+
+def test_a_moved_data_folder_is_named_then_found_again_by_preparing_with_its_new_place(
+        prepared, tmp_path):
+    run, root = prepared
+    split_before = run.split_csv.read_bytes()
+    moved = tmp_path / "elsewhere" / "pbc"
+    moved.parent.mkdir()
+    shutil.move(root, moved)
+    with pytest.raises(DataError, match="DATA_DIR") as caught:
+        run.load_split()
+    assert not isinstance(caught.value, StaleSplitError)
+    _, split_result = data.prepare("local", run.root, data_dir=moved)
+    assert split_result.reused
+    assert run.split_csv.read_bytes() == split_before  # the split itself is untouched
+    frame, data_root = run.load_split()
+    assert data_root == moved.resolve()
+
+
+def test_a_moved_run_folder_holding_synthetic_images_keeps_working(tmp_path):
+    run = RunFolder(tmp_path / "first")
+    data.prepare("synthetic", run.root, synthetic_images_per_class=3)
+    frame, _ = run.load_split()
+    moved = RunFolder(tmp_path / "second")
+    os.replace(run.root, moved.root)
+    moved_frame, data_root = moved.load_split()
+    assert data_root == moved.synthetic_data and moved_frame.equals(frame)
+
+
+def test_a_split_without_a_record_of_its_files_hashes_them_once(prepared):
+    run, root = prepared
+    frame, _ = run.load_split()
+    run.split_files.unlink()  # a split written before the record was kept
+    run.load_split()
+    assert run.split_files.exists()
+    (root / frame.iloc[2]["path"]).write_bytes(b"other bytes")
+    run.split_files.unlink()
+    assert frame.iloc[2]["path"] in _refusal(run)
+
+
+def test_names_in_a_refusal_cannot_drive_the_terminal(prepared):
+    run, root = prepared
+    kept_image = root / run.load_split()[0].iloc[0]["path"]
+    shutil.copyfile(kept_image, root / "ig" / "x\x1b[2Ky.jpg")
+    message = _refusal(run)
+    assert "\x1b" not in message and "x\\x1b[2Ky.jpg" in message
