@@ -23,7 +23,7 @@ from helpers import files, progressbar
 from helpers.labels import CLASS_NAMES
 from helpers.locate import class_folders
 
-# The formats the study uses (pipeline.decode_rgb decodes them); anything else is reported.
+# The formats the study uses (images.decode_rgb decodes them); anything else is reported.
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP")
 
 # A size held by fewer than this share of the images is listed as unusual.
@@ -48,7 +48,7 @@ class AuditResult:
 
 
 def inspect_file(path: Path) -> dict:
-    """Hash one file and decode it as training will (``pipeline.decode_rgb``); never raises
+    """Hash one file and decode it as training will (``images.decode_rgb``); never raises
     for bad content or for a file that cannot be read (a dangling link, no permission, gone
     while reading). A FIFO, device or folder is reported without being opened."""
     row = {
@@ -97,10 +97,10 @@ def inspect_file(path: Path) -> dict:
     # must not wait for TensorFlow to refuse a busy run folder.
     import tensorflow as tf
 
-    from helpers import pipeline
+    from helpers import images
 
-    try:  # the decoder the pipeline uses decides: a truncated JPEG opens and fails only here
-        pipeline.decode_rgb(data)
+    try:  # the decoder training uses decides: a truncated JPEG opens and fails only here
+        images.decode_rgb(data)
     except tf.errors.OpError as error:
         reason = error.message.split("}}")[-1].replace("[Op:DecodeImage]", "").strip()
         try:  # Pillow often says more precisely what is wrong ("image file is truncated")

@@ -24,7 +24,7 @@ from helpers import project
 
 STUDY_REQUIREMENTS = project.ROOT / "requirements" / "study.txt"
 # Colab's own builds: never reinstalled or upgraded by the setup cell.
-PREINSTALLED = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn")
+PREINSTALLED = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "ipython")
 
 NO_TENSORFLOW = ("This Colab runtime has no TensorFlow (Colab's TPU runtimes ship without it, "
                  "and the study does not run on TPUs): choose Runtime > Change runtime type > "

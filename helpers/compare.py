@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from helpers import evaluate, files, inference, metrics, models
+from helpers import files, inference, metrics, models, scoring
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder
 
@@ -131,17 +131,17 @@ def evaluate_on_test(run: RunFolder, name: str, loaded: inference.LoadedModel,
     Saves ``metrics/NAME_test.json``.
     """
     class_names = loaded.class_names
-    validation = evaluate.predict_split(run, name, "validation", loaded)
-    test = evaluate.predict_split(run, name, "test", loaded)
+    validation = scoring.predict_split(run, name, "validation", loaded)
+    test = scoring.predict_split(run, name, "test", loaded)
     report = {"model": name, "label": loaded.label}
-    report.update(evaluate.report_from_predictions(test, class_names, n_resamples))
+    report.update(scoring.report_from_predictions(test, class_names, n_resamples))
     report["validation_accuracy"] = float((validation["label"]
                                            == validation["predicted"]).mean())
-    y_validation = evaluate.true_indices(validation, class_names)
-    y_test = evaluate.true_indices(test, class_names)
+    y_validation = scoring.true_indices(validation, class_names)
+    y_test = scoring.true_indices(test, class_names)
     temperature = metrics.fit_temperature(
-        y_validation, evaluate.probabilities_of(validation, class_names))
-    test_probabilities = evaluate.probabilities_of(test, class_names)
+        y_validation, scoring.probabilities_of(validation, class_names))
+    test_probabilities = scoring.probabilities_of(test, class_names)
     scaled = metrics.apply_temperature(test_probabilities, temperature)
     report["calibration"] = {
         "temperature": temperature,
@@ -152,8 +152,8 @@ def evaluate_on_test(run: RunFolder, name: str, loaded: inference.LoadedModel,
         "temperature_at_bound": metrics.temperature_at_bound(temperature),
     }
     if tta:
-        augmented = evaluate.predict_split(run, name, "test", loaded, tta=True)
-        report["tta"] = evaluate.report_from_predictions(augmented, class_names, n_resamples)
+        augmented = scoring.predict_split(run, name, "test", loaded, tta=True)
+        report["tta"] = scoring.report_from_predictions(augmented, class_names, n_resamples)
     else:  # an earlier run's TTA predictions are not this report's
         run.set_aside([run.predictions(name, "test", tta=True)], "TTA is off in this run")
     files.write_json(report, run.test_metrics(name))
@@ -185,9 +185,9 @@ def seed_spread(run: RunFolder, names: list[str]) -> pd.DataFrame:
     rows = []
     for name in names:
         loaded = inference.load_model(run.model(name))
-        test = evaluate.predict_split(run, name, "test", loaded)
-        true = evaluate.true_indices(test, loaded.class_names)
-        predicted = evaluate.probabilities_of(test, loaded.class_names).argmax(axis=1)
+        test = scoring.predict_split(run, name, "test", loaded)
+        true = scoring.true_indices(test, loaded.class_names)
+        predicted = scoring.probabilities_of(test, loaded.class_names).argmax(axis=1)
         rows.append({"run": name, "seed": run.read_run_record(name)["seed"],
                      "validation accuracy": json.loads(
                          run.validation_metrics(name).read_text())["accuracy"],
@@ -409,10 +409,10 @@ def seed_differences(run: RunFolder, names: list[str], y_true: np.ndarray,
     rows = {}
     for name in names:
         frame = pd.read_csv(run.predictions(name, "test"))
-        if evaluate.true_indices(frame, class_names).tolist() != list(y_true):
+        if scoring.true_indices(frame, class_names).tolist() != list(y_true):
             raise DataError(f"The test predictions of {name} are not of the same images, in "
                             "the same order, as the other model's: run notebook 5 again.")
-        predicted = evaluate.probabilities_of(frame, class_names).argmax(axis=1)
+        predicted = scoring.probabilities_of(frame, class_names).argmax(axis=1)
         rows[name] = {
             "accuracy difference": metrics.accuracy(y_true, predicted)
             - metrics.accuracy(y_true, other_predicted),

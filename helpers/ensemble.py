@@ -16,7 +16,7 @@ import json
 
 import keras
 
-from helpers import evaluate, files, inference, metrics, training
+from helpers import files, inference, metrics, scoring, training
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder
 
@@ -85,9 +85,9 @@ def save(run: RunFolder, name: str, members: list[str], model: keras.Model,
     record["model_sha256"] = files.file_sha256(run.model(name))
     files.write_json(record, run.run_record(name))
     loaded = inference.load_model(run.model(name))
-    frame = evaluate.predict_split(run, name, "validation", loaded)
-    y_true = evaluate.true_indices(frame, loaded.class_names)
-    predicted = evaluate.probabilities_of(frame, loaded.class_names).argmax(axis=1)
+    frame = scoring.predict_split(run, name, "validation", loaded)
+    y_true = scoring.true_indices(frame, loaded.class_names)
+    predicted = scoring.probabilities_of(frame, loaded.class_names).argmax(axis=1)
     result = {"n_images": int(len(y_true)), "accuracy": metrics.accuracy(y_true, predicted),
               "macro_f1": metrics.macro_f1(y_true, predicted), "members": members}
     files.write_json(result, run.validation_metrics(name))

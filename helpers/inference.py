@@ -23,8 +23,8 @@ import tensorflow as tf
 # Registers ResNetPreprocess, so ResNet50 models load in safe mode.
 from helpers import files, models, progressbar  # noqa: F401 (models registers the custom layers)
 from helpers.errors import DataError
+from helpers.images import RESIZE_METHODS, check_crop_fraction, decode_and_resize
 from helpers.labels import CLASS_NAMES
-from helpers.pipeline import RESIZE_METHODS, check_crop_fraction, decode_and_resize
 
 PREDICT_BATCH_SIZE = 64
 # Show a progress bar from this many images on.
@@ -107,7 +107,7 @@ def write_sidecar(model_path: str | os.PathLike, *, label: str, image_size: int,
         "resize_method": resize_method, "crop_fraction": crop_fraction,
         "model_sha256": files.file_sha256(model_path),
         "input": "RGB 0-255: central crop_fraction of each side, resized to image_size x "
-                 "image_size (helpers.pipeline.decode_and_resize)"}, path)
+                 "image_size (helpers.images.decode_and_resize)"}, path)
     return path
 
 

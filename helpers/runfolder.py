@@ -45,7 +45,7 @@ from helpers import integrity, split
 from helpers.errors import DataError
 
 # What a run folder holds, under its root: the study writes and reads these, so no command's
-# output may land among them (``files.check_output_path``).
+# output may land among them (``tools.outputs.check_output_path``).
 RESULT_PARTS = ("data", "synthetic", "models", "history", "work", "config", "metrics",
                 "predictions", "figures", "notebooks", "logs", "superseded", "report.html",
                 ".lock",

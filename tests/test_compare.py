@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import compare, data, evaluate, files, inference, metrics, training
+from helpers import compare, data, files, inference, metrics, scoring, training
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder
 from helpers.tools import notebooks
@@ -82,9 +82,9 @@ def test_temperature_is_fitted_on_validation_and_applied_to_test(scored_run):
     run, loaded, report = scored_run
     frames = {subset: pd.read_csv(run.predictions("cnn", subset))
               for subset in ("validation", "test")}
-    y = {subset: evaluate.true_indices(frame, loaded.class_names)
+    y = {subset: scoring.true_indices(frame, loaded.class_names)
          for subset, frame in frames.items()}
-    probabilities = {subset: evaluate.probabilities_of(frame, loaded.class_names)
+    probabilities = {subset: scoring.probabilities_of(frame, loaded.class_names)
                      for subset, frame in frames.items()}
     calibration = report["calibration"]
     assert calibration["temperature"] == pytest.approx(

@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from helpers import evaluate, inference, metrics, pipeline, predict
+from helpers import evaluate, inference, metrics, pipeline, predict, scoring
 from helpers.labels import CLASS_NAMES
+from helpers.tools import evaluate as evaluate_command
 from helpers.tools import notebooks
 
 
@@ -56,7 +57,7 @@ def test_evaluate_reports_quirks_and_scores_the_rest(saved_model, quirky_folder,
     # image, less the duplicate and both copies of the cross-class content.
     assert report["n_images"] == 12 * len(CLASS_NAMES) + 4 - 3
     assert ("1 duplicate(s) scored once, 2 file(s) of content under two classes left out"
-            in evaluate.format_report(report))
+            in evaluate_command.format_report(report))
     assert sum(row["support"] for row in report["per_class"].values()) == report["n_images"]
     assert np.sum(report["confusion_matrix"]) == report["n_images"]
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "per_class", "accuracy_ci95",
@@ -67,7 +68,7 @@ def test_evaluate_reports_quirks_and_scores_the_rest(saved_model, quirky_folder,
 
 def test_evaluate_agrees_with_predict_on_the_same_files(saved_model, quirky_folder, tmp_path):
     root, _ = quirky_folder
-    report = evaluate.evaluate_folder(saved_model, root, n_resamples=50)
+    report = scoring.evaluate_folder(saved_model, root, n_resamples=50)
     out = tmp_path / "predictions.csv"
     assert predict.main([str(saved_model), str(root), "--out", str(out)]) == 0
     predictions = pd.read_csv(out, keep_default_na=False)
@@ -158,10 +159,10 @@ def test_evaluate_with_tta_reports_both(synthetic_source, tmp_path):
     inference.write_sidecar(model_path, label="Oriented", image_size=16,
                             resize_method="bilinear", crop_fraction=1.0)
     root, _ = synthetic_source
-    report = evaluate.evaluate_folder(model_path, root, tta=True, n_resamples=20)
+    report = scoring.evaluate_folder(model_path, root, tta=True, n_resamples=20)
     assert report["tta"]["n_images"] == report["n_images"]
     # The TTA figures come from the mean over the 8 views, not from the plain predictions.
-    images, _, _ = evaluate.labelled_images(root)
+    images, _, _ = scoring.labelled_images(root)
     loaded = inference.load_model(model_path)
     paths = list(images["path"])
     y_true = [loaded.class_names.index(label) for label in images["label"]]

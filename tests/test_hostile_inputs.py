@@ -13,11 +13,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import data, evaluate, files, inference, predict, split
+from helpers import data, evaluate, files, inference, predict, preparation, split
 from helpers.errors import DataError, StaleSplitError
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
 from helpers.tools import notebooks
+from helpers.tools import predict as predict_command
 from tests.conftest import REPOSITORY
 
 # A file name that is not UTF-8 (Latin-1 from an old system), as Python holds it.
@@ -205,19 +206,19 @@ def test_a_refused_split_changes_nothing_in_the_run_folder_and_names_the_paramet
     run = RunFolder(tmp_path / "run")
     leftover = run.root / ".synthetic.new-999999"  # of a prepare that was killed
     leftover.mkdir(parents=True)
-    data.prepare("synthetic", run.root, seed=1, synthetic_images_per_class=3)
+    preparation.prepare("synthetic", run.root, seed=1, synthetic_images_per_class=3)
     assert not leftover.exists()
     before = {path: (path.read_bytes(), path.stat().st_mtime_ns)
               for path in run.root.rglob("*") if path.is_file()}
     with pytest.raises(StaleSplitError) as refused:
-        data.prepare("synthetic", run.root, seed=2, synthetic_images_per_class=3)
+        preparation.prepare("synthetic", run.root, seed=2, synthetic_images_per_class=3)
     assert "NEW_SPLIT = True" in str(refused.value)
     after = {path: (path.read_bytes(), path.stat().st_mtime_ns)
              for path in run.root.rglob("*") if path.is_file()}
     assert after == before
     assert sorted(path.name for path in run.root.iterdir()) == [".blood-cell-study-run", "data",
                                                                 "synthetic"]
-    data.prepare("synthetic", run.root, seed=2, synthetic_images_per_class=3, force=True)
+    preparation.prepare("synthetic", run.root, seed=2, synthetic_images_per_class=3, force=True)
     assert json.loads(run.split_metadata.read_text())["seed"] == 2
 
 
@@ -226,7 +227,7 @@ def test_a_non_utf8_name_given_on_the_command_line_is_one_line(saved_model, tmp_
     assert predict.main([str(saved_model), str(missing)]) == 1
     assert "caf\\xe9" in capsys.readouterr().err
     with pytest.raises(DataError):
-        predict.input_files([missing])
+        predict_command.input_files([missing])
 
 
 def test_outputs_inside_the_inputs_and_a_synthetic_folder_under_a_file_are_refused(
@@ -268,7 +269,7 @@ def test_names_that_are_formulas_or_terminal_escapes_are_neutralised(saved_model
     # In the CSV no cell starts as a formula: each such name is prefixed with an apostrophe.
     cells = pd.read_csv(out, keep_default_na=False)["path"].tolist()
     assert f"'{names[0]}" in cells and "'+1.jpg" in cells and "'@cell.jpg" in cells
-    assert not any(str(cell).startswith(predict.FORMULA_STARTS) for cell in cells)
+    assert not any(str(cell).startswith(predict_command.FORMULA_STARTS) for cell in cells)
     assert "line\rreturn.jpg" in cells and len(cells) == len(names)  # one row per image
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import data
+from helpers import preparation
 from helpers.errors import DataError, StaleSplitError
 from helpers.runfolder import RunFolder
 
@@ -21,7 +21,7 @@ def prepared(synthetic_data, tmp_path) -> tuple[RunFolder, Path]:
     """A run folder whose split was made from a private copy of the synthetic data."""
     root, _ = synthetic_data
     run = RunFolder(tmp_path / "run")
-    data.prepare("local", run.root, data_dir=root)
+    preparation.prepare("local", run.root, data_dir=root)
     return run, root
 
 
@@ -91,7 +91,7 @@ def test_a_moved_data_folder_is_named_then_found_again_by_preparing_with_its_new
     with pytest.raises(DataError, match="DATA_DIR") as caught:
         run.load_split()
     assert not isinstance(caught.value, StaleSplitError)
-    _, split_result = data.prepare("local", run.root, data_dir=moved)
+    _, split_result = preparation.prepare("local", run.root, data_dir=moved)
     assert split_result.reused
     assert run.split_csv.read_bytes() == split_before  # the split itself is untouched
     frame, data_root = run.load_split()
@@ -100,7 +100,7 @@ def test_a_moved_data_folder_is_named_then_found_again_by_preparing_with_its_new
 
 def test_a_moved_run_folder_holding_synthetic_images_keeps_working(tmp_path):
     run = RunFolder(tmp_path / "first")
-    data.prepare("synthetic", run.root, synthetic_images_per_class=3)
+    preparation.prepare("synthetic", run.root, synthetic_images_per_class=3)
     frame, _ = run.load_split()
     moved = RunFolder(tmp_path / "second")
     os.replace(run.root, moved.root)

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from helpers import pipeline, split
+from helpers import images, pipeline, split
 from helpers.errors import DataError
 from helpers.labels import CLASS_NAMES
 
@@ -39,7 +39,7 @@ def test_any_format_and_mode_becomes_three_channels(tmp_path, name, mode, fmt):
     color = np.zeros((40, 40, 3), np.uint8)
     color[:, :20] = (200, 40, 40)
     Image.fromarray(color).convert(mode).save(tmp_path / name, fmt)
-    image = pipeline.decode_and_resize(tf.io.read_file(str(tmp_path / name)), 16)
+    image = images.decode_and_resize(tf.io.read_file(str(tmp_path / name)), 16)
     assert image.shape == (16, 16, 3) and image.dtype == tf.uint8
     # Palette images are dithered, so compare with the mean colour of the red half.
     expected = np.asarray(Image.open(tmp_path / name).convert("RGB"))[:, :18].mean(axis=(0, 1))
@@ -50,7 +50,7 @@ def test_resize_is_antialiased():
     # A one-pixel checkerboard shrunk 8x must average to grey, not alias to black or white.
     board = (np.indices((64, 64)).sum(axis=0) % 2 * 255).astype(np.uint8)
     png = tf.io.encode_png(np.repeat(board[..., None], 3, axis=2))
-    small = pipeline.decode_and_resize(png, 8).numpy().astype(float)
+    small = images.decode_and_resize(png, 8).numpy().astype(float)
     assert np.all(np.abs(small - 127.5) < 20)
 
 
@@ -110,12 +110,12 @@ def test_central_crop_keeps_the_middle_of_the_image():
     image = np.zeros((40, 40, 3), np.uint8)
     image[10:30, 10:30] = (30, 200, 90)  # the "cell" in the middle half
     png = tf.io.encode_png(image)
-    cropped = pipeline.decode_and_resize(png, 8, crop_fraction=0.5).numpy()
+    cropped = images.decode_and_resize(png, 8, crop_fraction=0.5).numpy()
     assert (np.abs(cropped.astype(int) - (30, 200, 90)) <= 1).all()
-    whole = pipeline.decode_and_resize(png, 8).numpy()
+    whole = images.decode_and_resize(png, 8).numpy()
     assert (whole[0, 0] == 0).all()
     with pytest.raises(ValueError, match="crop_fraction"):
-        pipeline.decode_and_resize(png, 8, crop_fraction=0)
+        images.decode_and_resize(png, 8, crop_fraction=0)
 
 
 def test_training_order_works_after_a_global_seed_of_zero(synthetic_source, synthetic_split):

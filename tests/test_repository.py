@@ -9,20 +9,11 @@ from helpers import colab
 from helpers.tools import study
 from tests.conftest import REPOSITORY
 
-REQUIRED = ["tensorflow", "keras", "numpy", "pandas", "matplotlib", "seaborn", "scikit-learn",
-            "kagglehub", "kaggle", "papermill", "nbval", "pytest", "ipykernel", "pillow"]
-
 
 def _requirement_names(path: str) -> set[str]:
     lines = (REPOSITORY / path).read_text().splitlines()
     return {re.split(r"[<>=!~\[ ;#]", line.strip(), maxsplit=1)[0].lower()
             for line in lines if line.strip() and not line.startswith(("#", "-r"))}
-
-
-def test_requirements_name_every_package_the_study_uses():
-    names = _requirement_names("requirements/study.txt") | _requirement_names(
-        "requirements/dev.txt")
-    assert set(REQUIRED) <= names
 
 
 def test_requirements_txt_is_the_study_and_the_tools():

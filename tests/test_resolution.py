@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import resolution
+from helpers import half_resolution, resolution
+from helpers.tools import resolution as resolution_command
 from tests.conftest import real_data
 
 
@@ -26,7 +27,7 @@ def _jpeg(width: int, height: int) -> bytes:
 def test_a_half_resolution_copy_is_a_jpeg_of_half_each_side_rounded(tmp_path, size, half):
     source = tmp_path / "cell.jpg"
     source.write_bytes(_jpeg(*size))
-    with Image.open(io.BytesIO(resolution.half_resolution_bytes(source))) as copy:
+    with Image.open(io.BytesIO(half_resolution.half_resolution_bytes(source))) as copy:
         assert (copy.format, copy.size) == ("JPEG", half)
 
 
@@ -34,7 +35,7 @@ def test_half_resolution_copies_are_made_exactly_as_the_development_data_was():
     originals = sorted(real_data("pbc_fullres_sample").glob("*/*"))[::16]
     development = real_data("pbc_dev")
     for original in originals:
-        copy = Image.open(io.BytesIO(resolution.half_resolution_bytes(original)))
+        copy = Image.open(io.BytesIO(half_resolution.half_resolution_bytes(original)))
         made = Image.open(development / original.parent.name / original.name)
         np.testing.assert_array_equal(np.asarray(copy.convert("RGB")),
                                       np.asarray(made.convert("RGB")), err_msg=str(original))
@@ -44,7 +45,7 @@ def test_copies_keep_the_order_and_apart_the_equal_names(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "same.jpg").write_bytes(_jpeg(40 if folder == "a" else 60, 20))
-    copies = resolution.half_resolution_copies(
+    copies = half_resolution.half_resolution_copies(
         [tmp_path / "b" / "same.jpg", tmp_path / "a" / "same.jpg"], tmp_path / "copies")
     assert [Image.open(copy).size for copy in copies] == [(30, 10), (20, 10)]
 
@@ -53,7 +54,7 @@ def test_agreement_counts_the_images_whose_class_changed():
     y_true = np.array([0, 1, 2, 2])
     original = np.eye(3)[[0, 1, 2, 1]]  # three right
     half = np.eye(3)[[0, 2, 2, 1]]  # two right; image 1 changed
-    assert resolution.agreement_figures(y_true, original, half) == {
+    assert half_resolution.agreement_figures(y_true, original, half) == {
         "n_images": 4, "accuracy_original": 0.75, "accuracy_half": 0.5, "agreement": 0.75,
         "changed": 1}
 
@@ -71,7 +72,7 @@ def test_images_are_matched_to_the_split_by_name_by_content_and_through_duplicat
                 {"path": "ig/new.jpg", "label": "ig",
                  "reason": "same content under two classes: label unknown"}]
     # IG/x.jpg: the class folder in another case is the same class.
-    assert resolution.split_of_images(images, split, excluded).tolist() == [
+    assert half_resolution.split_of_images(images, split, excluded).tolist() == [
         "train", "test", "not in the split", "validation", "train"]
 
 
@@ -83,10 +84,10 @@ def test_models_of_another_run_folder_are_refused(tmp_path):
         mark(tmp_path / name)
         (tmp_path / name / "models").mkdir()
         (tmp_path / name / "models" / "cnn.keras").write_bytes(b"")
-    resolution.check_models_of_run([tmp_path / "one" / "models" / "cnn.keras",
+    resolution_command.check_models_of_run([tmp_path / "one" / "models" / "cnn.keras",
                                     tmp_path / "elsewhere.keras"], RunFolder(tmp_path / "one"))
     with pytest.raises(DataError, match="belongs to the run folder"):
-        resolution.check_models_of_run([tmp_path / "two" / "models" / "cnn.keras"],
+        resolution_command.check_models_of_run([tmp_path / "two" / "models" / "cnn.keras"],
                                        RunFolder(tmp_path / "one"))
 
 

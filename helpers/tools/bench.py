@@ -39,6 +39,7 @@ import pandas as pd
 
 from helpers import files
 from helpers.errors import DataError
+from helpers.tools import outputs
 
 BATCH_SIZE = 64
 IMAGE_SIZE = 64
@@ -106,13 +107,13 @@ def count_images(dataset) -> int:
 
 
 def usable_images(data_dir: str | os.PathLike, limit: int = 0) -> tuple[pd.DataFrame, Path]:
-    """The usable images of a folder (``evaluate.labelled_images``) as a split-like frame
+    """The usable images of a folder (``scoring.labelled_images``) as a split-like frame
     (subset "bench", absolute paths), at most ``limit // 8`` per class when ``limit`` is set,
     and the folder holding the class folders."""
-    from helpers import evaluate
+    from helpers import scoring
 
     # Absolute, so the frame's paths and the root cannot both carry a relative prefix.
-    images, _, root = evaluate.labelled_images(Path(data_dir).resolve())
+    images, _, root = scoring.labelled_images(Path(data_dir).resolve())
     frame = images.assign(split="bench").sort_values("path").reset_index(drop=True)
     if limit:
         frame = frame.groupby("label").head(max(1, limit // 8)).reset_index(drop=True)
@@ -551,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                         "layer, in float32 and bfloat16 (nothing else is measured)")
     args = parser.parse_args(argv)
     try:  # before the minutes of work, not after
-        files.check_output_path(args.out, input_folders=[
+        outputs.check_output_path(args.out, input_folders=[
             folder for folder in (args.data_dir, getattr(args, "sample_dir", None)) if folder])
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,0 +1,81 @@
+"""Prepare a run folder's data (notebook 01, ``python -m helpers.data prepare``): acquire the
+images, audit every file and write (or reuse) the split in ``RUN_DIR/data``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from helpers import acquire, audit, files, integrity, runlock, split, synthetic
+from helpers.runfolder import RunFolder, check_placement, check_root, mark
+
+SOURCES = (*acquire.SOURCES, "synthetic")
+
+
+def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None,
+            cache_dir: str | Path = "data", medmnist_size: int = 224,
+            seed: int = split.DEFAULT_SEED, force: bool = False,
+            synthetic_images_per_class: int = 12,
+            fractions: dict[str, float] = split.SPLIT_FRACTIONS,
+            ) -> tuple[audit.AuditResult, split.SplitResult]:
+    """Acquire the data, audit it and write (or reuse) the split in ``RUN_DIR/data``.
+
+    Writes audit.json, audit_index.csv, split.csv and split.json there, holding the run
+    folder's lock. ``source`` "synthetic" draws ``synthetic_images_per_class`` cells per
+    class (with the download's quirks; drawn from ``seed``) into ``data_dir``, by default
+    ``RUN_DIR/synthetic``. A saved split that no longer fits is refused (StaleSplitError)
+    before anything in the run folder changes: the synthetic cells are drawn beside their
+    folder and moved into it only once the split is accepted. ``fractions``: the share of
+    each class in train, validation and test (checked before anything is acquired).
+    """
+    fractions = split.check_fractions(fractions)
+    run = RunFolder(run_dir)
+    check_root(run.root)
+    check_placement(run.root, data_dir if source == "local" else None)
+    with runlock.held(run.root, "preparing the data (notebook 01)"):
+        mark(run.root)
+        staging = None
+        if source == "synthetic":
+            data_root = Path(data_dir) if data_dir else run.synthetic_data
+            synthetic.check_folder(data_root)
+            # Left by a prepare that was killed (under the lock, no other one runs here).
+            for leftover in [*data_root.parent.glob(f".{data_root.name}.new-*"),
+                             *data_root.parent.glob(f".{data_root.name}.old-*")]:
+                shutil.rmtree(leftover, ignore_errors=True)
+            staging = data_root.with_name(f".{data_root.name}.new-{os.getpid()}")
+        else:
+            data_root = acquire.acquire(source, data_dir=data_dir, cache_dir=cache_dir,
+                                        medmnist_size=medmnist_size)
+            check_placement(run.root, data_root)
+        try:
+            if staging is not None:
+                synthetic.make_synthetic_dataset(
+                    staging, images_per_class=synthetic_images_per_class, seed=seed)
+                drawn = audit.audit(staging, progress=True)
+                result = audit.AuditResult(data_root, drawn.index,
+                                           {**drawn.summary, "data_root": str(data_root)})
+            else:
+                result = audit.audit(data_root, progress=True)
+            split_result = split.make_split(result, run.split_csv, seed=seed, force=force,
+                                            fractions=fractions)
+            if staging is not None:
+                _replace_folder(staging, data_root)
+                # Sizes and times of the images where they are now (a move keeps both).
+                integrity.write_status(data_root, split_result.split["path"].tolist(),
+                                       run.split_csv)
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+        files.write_json(result.summary, run.audit_json)
+        files.write_text_atomically(result.index.to_csv(index=False), run.audit_index)
+    return result, split_result
+
+
+def _replace_folder(new: Path, folder: Path) -> None:
+    """Put the folder ``new`` in the place of ``folder`` (moved aside, then removed)."""
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(new, folder)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,134 @@
+"""Score a saved model on a folder of labelled images (``evaluate_folder``, the library of
+``python -m helpers.evaluate``), or on a subset of a run's split (``predict_split``).
+
+A folder is laid out like the download: one folder per class (any case, plural or not).
+Every file is checked first; files that are not usable images, and folders that name no
+class, are reported with the reason and left out; the rest are scored. The JSON report holds
+accuracy, balanced accuracy, macro/weighted F1 with 95% bootstrap intervals, per-class
+scores, the confusion matrix, ROC-AUC, log loss, calibration error, and what was skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from helpers import audit, files, inference, metrics, split
+from helpers.errors import DataError
+from helpers.locate import class_folders, find_data_root
+from helpers.runfolder import RunFolder
+
+
+def labelled_images(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[dict], Path]:
+    """The images under ``data_dir``'s class folders that the audit keeps, and every file
+    left out, judged as the split judges a folder (``split.select_images``): unusable files,
+    a byte-identical copy of a kept image ("duplicate of ...", scored once), and content
+    under two classes (its label is unknown: every copy left out).
+
+    Returns (DataFrame with path (absolute), label, sha256; skipped files as {path, reason};
+    the folder holding the class folders). Raises DataError when no folder names a class.
+    """
+    data_dir = Path(data_dir)
+    root = data_dir if data_dir.is_dir() and class_folders(data_dir) else find_data_root(data_dir)
+    result = audit.audit(root)
+    index = result.index
+    usable = audit.usable_mask(index)
+    skipped = []
+    for row in index[~usable].itertuples():
+        if row.label:
+            reason = row.problem
+        elif row.folder:
+            reason = f"folder {row.folder!r} names no class"
+        else:
+            reason = "outside the class folders"
+        skipped.append({"path": row.path, "reason": reason})
+    kept, excluded = split.select_images(index)
+    judged = excluded[excluded["path"].isin(index.loc[usable, "path"])]  # copies, conflicts
+    skipped += [{"path": row.path, "reason": row.reason} for row in judged.itertuples()]
+    images = kept[["path", "label", "sha256"]].reset_index(drop=True)
+    images["path"] = [str(root / path) for path in images["path"]]
+    return images, skipped, root
+
+
+def predictions_frame(paths: list[str], labels: list[str], probabilities: np.ndarray,
+                      class_names: tuple[str, ...]) -> pd.DataFrame:
+    """One row per image: path, true label, predicted label, confidence, p_<class>..."""
+    frame = pd.DataFrame({"path": paths, "label": labels})
+    frame["predicted"] = [class_names[i] for i in probabilities.argmax(axis=1)]
+    frame["confidence"] = probabilities.max(axis=1)
+    for i, name in enumerate(class_names):
+        frame[f"p_{name}"] = probabilities[:, i]
+    return frame
+
+
+def probabilities_of(frame: pd.DataFrame, class_names: tuple[str, ...]) -> np.ndarray:
+    """The ``[n_images, n_classes]`` probabilities stored in a predictions frame."""
+    return frame[[f"p_{name}" for name in class_names]].to_numpy(dtype=np.float64)
+
+
+def true_indices(frame: pd.DataFrame, class_names: tuple[str, ...]) -> np.ndarray:
+    """Class index of each row's true label; DataError for a label the model does not know."""
+    unknown = sorted(set(frame["label"]) - set(class_names))
+    if unknown:
+        raise DataError(f"Labels the model does not know: {unknown}")
+    return frame["label"].map(class_names.index).to_numpy()
+
+
+def report_from_predictions(frame: pd.DataFrame, class_names: tuple[str, ...],
+                            n_resamples: int = metrics.BOOTSTRAP_RESAMPLES) -> dict:
+    """Full metrics with bootstrap intervals and calibration error of a predictions frame."""
+    y_true = true_indices(frame, class_names)
+    probabilities = probabilities_of(frame, class_names)
+    report = metrics.classification_metrics(y_true, probabilities, class_names)
+    metrics.with_intervals(report, y_true, probabilities.argmax(axis=1), n_resamples)
+    report["ece"] = metrics.expected_calibration_error(y_true, probabilities)
+    return report
+
+
+def predict_split(run: RunFolder, model_name: str, subset: str,
+                  loaded: inference.LoadedModel, tta: bool = False) -> pd.DataFrame:
+    """Predict one subset of a run folder's split with ``loaded``, the model MODEL_NAME.
+
+    Saves and returns the predictions (``run.predictions``; rows in split order).
+    """
+    split_frame, data_root = run.load_split()
+    rows = split.subset_rows(split_frame, subset)
+    paths = [str(data_root / path) for path in rows["path"]]
+    probabilities = inference.predict_probabilities(loaded, paths, tta=tta)
+    frame = predictions_frame(list(rows["path"]), list(rows["label"]), probabilities,
+                              loaded.class_names)
+    out = run.predictions(model_name, subset, tta)
+    files.write_text_atomically(frame.to_csv(index=False), out)
+    return frame
+
+
+def evaluate_folder(model_path: str | os.PathLike, data_dir: str | os.PathLike,
+                    tta: bool = False, n_resamples: int = metrics.BOOTSTRAP_RESAMPLES) -> dict:
+    """Score a saved model on every usable image of a labelled folder; see the module doc.
+
+    With ``tta`` the report holds the plain figures and, under "tta", those with
+    test-time augmentation. Raises DataError (or its ModelFileError) for a bad model or
+    a folder without a single usable image.
+    """
+    loaded = inference.load_model(model_path)
+    images, skipped, root = labelled_images(data_dir)
+    if images.empty:
+        raise DataError(f"No usable image in the class folders under {root} "
+                        f"({len(skipped)} file(s) skipped).")
+    paths = list(images["path"])
+    report = {"model": str(loaded.path), "label": loaded.label, "data_root": str(root),
+              "image_size": loaded.image_size, "crop_fraction": loaded.crop_fraction}
+    plain = predictions_frame(paths, list(images["label"]),
+                              inference.predict_probabilities(loaded, paths),
+                              loaded.class_names)
+    report.update(report_from_predictions(plain, loaded.class_names, n_resamples))
+    if tta:
+        augmented = predictions_frame(paths, list(images["label"]),
+                                      inference.predict_probabilities(loaded, paths, tta=True),
+                                      loaded.class_names)
+        report["tta"] = report_from_predictions(augmented, loaded.class_names, n_resamples)
+    report["skipped"] = skipped
+    return report

@@ -1,0 +1,100 @@
+"""The command line ``python -m helpers.evaluate MODEL DATA_DIR [--out metrics.json] [--tta]``.
+
+DATA_DIR is laid out like the download: one folder per class (any case, plural or not).
+Every file is checked first; files that are not usable images, and folders that name no
+class, are reported with the reason and left out; the rest are scored. The JSON report holds
+accuracy, balanced accuracy, macro/weighted F1 with 95% bootstrap intervals, per-class
+scores, the confusion matrix, ROC-AUC, log loss, calibration error, and what was skipped.
+TensorFlow is imported only once the arguments are accepted, so --help answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from helpers import files, split
+from helpers.errors import DataError
+from helpers.tools import outputs
+
+
+def format_report(report: dict) -> str:
+    """A readable summary: headline metrics with intervals, per-class table, confusion."""
+    def with_ci(name: str, source: dict) -> str:
+        low, high = source[f"{name}_ci95"]
+        return f"{source[name]:.4f} (95% CI {low:.4f}-{high:.4f})"
+
+    names = report["class_names"]
+    reasons = [item["reason"] for item in report["skipped"]]
+    copies = sum(reason.startswith(split.DUPLICATE_OF) for reason in reasons)
+    conflicts = reasons.count(split.UNDER_TWO_CLASSES)
+    judged = (f" (as the audit judges a folder: {copies} duplicate(s) scored once, "
+              f"{conflicts} file(s) of content under two classes left out)"
+              if copies or conflicts else "")
+    lines = [f"{report['label']}: {report['model']}",
+             f"Images: {report['n_images']:,} scored, {len(report['skipped'])} skipped{judged}",
+             f"Accuracy           {with_ci('accuracy', report)}",
+             f"Macro-F1           {with_ci('macro_f1', report)}"
+             + (f"  (over the {len(names) - len(report['absent_classes'])} classes present; "
+                f"no image of {', '.join(report['absent_classes'])})"
+                if report["absent_classes"] else ""),
+             f"Balanced accuracy  {report['balanced_accuracy']:.4f}",
+             f"Weighted F1        {report['weighted_f1']:.4f}",
+             f"Log loss           {report['log_loss']:.4f}   ECE {report['ece']:.4f}"]
+    if report["roc_auc_macro_ovr"] is not None:
+        lines.append(f"ROC-AUC (OvR)      {report['roc_auc_macro_ovr']:.4f}")
+    if "tta" in report:
+        lines.append(f"With TTA (x8)      accuracy {with_ci('accuracy', report['tta'])}, "
+                     f"macro-F1 {with_ci('macro_f1', report['tta'])}")
+    lines += ["", f"  {'class':<13}{'precision':>10}{'recall':>8}{'f1':>8}{'support':>9}"]
+    for name, row in report["per_class"].items():
+        lines.append(f"  {name:<13}{row['precision']:>10.3f}{row['recall']:>8.3f}"
+                     f"{row['f1']:>8.3f}{row['support']:>9,}")
+    short = [name[:5] for name in names]
+    lines += ["", "Confusion matrix (rows: true, columns: predicted)",
+              "  " + " " * 13 + "".join(f"{name:>7}" for name in short)]
+    for name, row in zip(names, report["confusion_matrix"], strict=True):
+        lines.append(f"  {name:<13}" + "".join(f"{count:>7,}" for count in row))
+    if report["skipped"]:
+        lines += ["", f"Skipped ({len(report['skipped'])}):"]
+        lines += [f"  {files.terminal_text(item['path'])}: "
+                  f"{files.terminal_text(item['reason'])}" for item in report["skipped"][:20]]
+        if len(report["skipped"]) > 20:
+            lines.append(f"  ... and {len(report['skipped']) - 20} more (see the JSON)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a .keras file saved by a training notebook"
+                        " (NAME.json beside)")
+    parser.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    parser.add_argument("--out", help="write the JSON report here")
+    parser.add_argument("--tta", action="store_true",
+                        help="also report test-time augmentation (8 flips/rotations)")
+    args = parser.parse_args(argv)
+    from helpers import inference, scoring  # TensorFlow: only once the arguments are accepted
+
+    try:
+        if args.out:
+            outputs.check_output_path(args.out, [args.model, inference.sidecar_path(args.model)],
+                                    input_folders=[args.data_dir])
+        report = scoring.evaluate_folder(args.model, args.data_dir, tta=args.tta)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    print(format_report(report))
+    if args.out:
+        try:
+            files.write_json(report, args.out)
+        except DataError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"\nWrote {files.display_name(args.out)}")
+    else:
+        print("\n(--out FILE writes the full report as JSON)")
+    return 0
