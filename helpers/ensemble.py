@@ -16,7 +16,7 @@ import json
 
 import keras
 
-from helpers import files, inference, metrics, scoring, training
+from helpers import files, fingerprints, inference, metrics, publish, scoring
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder
 
@@ -71,27 +71,27 @@ def save(run: RunFolder, name: str, members: list[str], model: keras.Model,
     """
     settings = member_settings(run, members)
     record = {"name": name, "label": label, "members": member_fingerprints(run, members),
-              "configuration_sha256": training.recipe_fingerprint(model),
+              "configuration_sha256": fingerprints.recipe_fingerprint(model),
               "inference_cost": f"{len(members)} models per image"}
     finished = _finished_metrics(run, name, record, settings)
     if finished is not None:
         print(f"{run.model(name).name} is already this ensemble of the same member models, "
               "finished: kept, not scored again.")
         return finished
-    run.validation_metrics(name).unlink(missing_ok=True)
-    with files.atomic_output(run.model(name), suffix=".keras") as temporary:
-        model.save(temporary)
-    inference.write_sidecar(run.model(name), label=label, **settings)
-    record["model_sha256"] = files.file_sha256(run.model(name))
-    files.write_json(record, run.run_record(name))
-    loaded = inference.load_model(run.model(name))
-    frame = scoring.predict_split(run, name, "validation", loaded)
-    y_true = scoring.true_indices(frame, loaded.class_names)
-    predicted = scoring.probabilities_of(frame, loaded.class_names).argmax(axis=1)
-    result = {"n_images": int(len(y_true)), "accuracy": metrics.accuracy(y_true, predicted),
-              "macro_f1": metrics.macro_f1(y_true, predicted), "members": members}
-    files.write_json(result, run.validation_metrics(name))
-    return result
+    def write() -> dict:
+        with files.atomic_output(run.model(name), suffix=".keras") as temporary:
+            model.save(temporary)
+        inference.write_sidecar(run.model(name), label=label, **settings)
+        record["model_sha256"] = files.file_sha256(run.model(name))
+        files.write_json(record, run.run_record(name))
+        loaded = inference.load_model(run.model(name))
+        frame = scoring.predict_split(run, name, "validation", loaded)
+        y_true = scoring.true_indices(frame, loaded.class_names)
+        predicted = scoring.probabilities_of(frame, loaded.class_names).argmax(axis=1)
+        return {"n_images": int(len(y_true)), "accuracy": metrics.accuracy(y_true, predicted),
+                "macro_f1": metrics.macro_f1(y_true, predicted), "members": members}
+
+    return publish.publish(run, name, write)
 
 
 def _finished_metrics(run: RunFolder, name: str, record: dict, settings: dict) -> dict | None:

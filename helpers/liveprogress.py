@@ -1,7 +1,7 @@
 """Live progress of a training run, from the kernel that trains to the headless study's line.
 
 ``python -m helpers.study`` names a file in PROGRESS_VARIABLE for the kernels it starts. Only
-then does ``training.TrainingRun.callbacks`` add ``training.LiveProgress``, which keeps that
+then does ``training.TrainingRun.callbacks`` add ``callbacks.LiveProgress``, which keeps that
 file up to date while ``fit`` runs: JSON written atomically at each epoch's start and end, at
 the start of validation and the end of ``fit``, and at most every INTERVAL seconds in between.
 The runner reads it (``read``), drops what is not current (``is_current``) and shows it
@@ -136,7 +136,7 @@ def _whole(value: object) -> bool:
 
 
 def read(path: str | os.PathLike) -> dict | None:
-    """The progress in ``path``, or None: no file, or not progress as ``training.LiveProgress``
+    """The progress in ``path``, or None: no file, or not progress as ``callbacks.LiveProgress``
     writes it (garbled, cut short, another kind of JSON). Never raises."""
     try:
         progress = json.loads(Path(path).read_text(encoding="utf-8"))

@@ -49,6 +49,16 @@ def _cache_file(cache_dir: Path, frame: pd.DataFrame, subset: str, processing: s
     return str(cache_dir / f"{subset}-{processing}-{fingerprint}")
 
 
+def sample_training(split: pd.DataFrame, max_images: int, seed: int) -> pd.DataFrame:
+    """``split`` with ``max_images`` of its training images (a fixed sample by ``seed``;
+    0 keeps them all), the other subsets whole."""
+    if not max_images:
+        return split
+    train_rows = split[split["split"] == "train"]
+    keep = train_rows.sample(n=min(max_images, len(train_rows)), random_state=seed).index
+    return split[(split["split"] != "train") | split.index.isin(keep)]
+
+
 def make_dataset(split: pd.DataFrame, data_root: str | os.PathLike, subset: str, *,
                  image_size: int, batch_size: int, cache: str | os.PathLike | None = "memory",
                  shuffle: bool | None = None, seed: int = 0, deterministic: bool = False,
@@ -64,7 +74,7 @@ def make_dataset(split: pd.DataFrame, data_root: str | os.PathLike, subset: str,
 
     The order of pass ``k`` over the training data depends only on ``seed`` and ``k``, read
     from ``epoch_counter`` when each pass starts (it then counts up by one). Training sets the
-    counter to the epoch number (``training.EpochSeeds``), so a run resumed at epoch k sees
+    counter to the epoch number (``callbacks.EpochSeeds``), so a run resumed at epoch k sees
     the same order as one that never stopped.
     """
     if resize_method not in images.RESIZE_METHODS:

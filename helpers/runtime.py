@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 from helpers import project
+from helpers.devices import device_names
 from helpers.runfolder import RunFolder, check_root
-from helpers.training import device_names
 
 # Where a Colab user's run folders go when they keep them on Google Drive.
 DRIVE_FOLDER = "/content/drive/MyDrive/blood-cell-study"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import compare, data, files, inference, metrics, scoring, training
+from helpers import compare, data, files, inference, metrics, publish, scoring, verdict
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder
 from helpers.tools import notebooks
@@ -169,7 +169,7 @@ def test_the_best_seed_on_validation_is_kept_and_the_spread_covers_every_seed(sc
         run.validation_metrics(name).write_text(json.dumps(
             {"n_images": 10, "accuracy": accuracy, "macro_f1": accuracy}))
     kept_as = "cnn_kept"
-    assert training.keep_best_run(run, names, kept_as) == "cnn_seed2"
+    assert publish.keep_best_run(run, names, kept_as) == "cnn_seed2"
     assert run.model(kept_as).read_bytes() == run.model("cnn_seed2").read_bytes()
     assert run.history(kept_as).read_text() == run.history("cnn_seed2").read_text()
     record = run.read_run_record(kept_as)
@@ -296,70 +296,71 @@ PAIRS = {"CNN": PAIR, "ResNet50, random init": NONE}
 def _sentences(text: str) -> tuple[str, str]:
     """The conclusion's first sentence (what was compared) and the one with the verdict."""
     first = text.split(". ")[0]
-    verdict = next(sentence for sentence in text.split("\n\n")[1].split(". ")
+    verdict_sentence = next(sentence for sentence in text.split("\n\n")[1].split(". ")
                    if sentence.startswith("So "))
-    return first, verdict
+    return first, verdict_sentence
 
 
 def test_the_conclusion_follows_the_numbers():
     labels = ("CNN", "ResNet50, random init")
-    text = compare.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, BUDGETS)
-    first, verdict = _sentences(text)
+    text = verdict.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, BUDGETS)
+    first, verdict_sentence = _sentences(text)
     assert first.startswith("Compared: CNN (weights: random, input 64x64 px, ? epochs, 1 seed, "
                             "converged) and ResNet50, random init (weights: random")
     assert "cannot say what ImageNet weights give" in text.split("\n\n")[0]
     # Weights from a file are named by the file, ImageNet's as ImageNet.
     from_file = BUDGETS.copy()
     from_file.loc["initial weights"] = ["random", "file resnet50.weights.h5"]
-    first, _ = _sentences(compare.conclusion(DIFFERENCE, ("CNN", "ResNet50, weights from "
+    first, _ = _sentences(verdict.conclusion(DIFFERENCE, ("CNN", "ResNet50, weights from "
                                                           "resnet50.weights.h5"), MCNEMAR, {},
                                              from_file.set_axis(
                                                  ["CNN", "ResNet50, weights from "
                                                   "resnet50.weights.h5"], axis=1)))
     assert "(weights: file resnet50.weights.h5, input 64x64 px" in first
     # Unequal terms (the crop): said in the verdict's own sentence, and no bare winner.
-    assert "**CNN scored higher than ResNet50, random init as the two were trained here" in verdict
-    assert "unequal terms (crop)" in verdict and "more accurate" not in text
+    assert ("**CNN scored higher than ResNet50, random init as the two were trained here"
+            in verdict_sentence)
+    assert "unequal terms (crop)" in verdict_sentence and "more accurate" not in text
     assert "+0.0500" in text and "+0.0200 to +0.0800" in text and "p = 0.01" in text
     assert "ig / neutrophil" in text
     assert "crop fraction: 0.7 for CNN; 1 for ResNet50, random init" in text
     assert "input (pixels):" not in text  # equal for both: not a difference
     assert "borderline" not in text
-    # Equal terms, both converged: the plain verdict, with its scope.
+    # Equal terms, both converged: the plain verdict_sentence, with its scope.
     equal = BUDGETS.assign(CNN=BUDGETS["ResNet50, random init"])
-    text = compare.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, equal)
+    text = verdict.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, equal)
     assert "**CNN is more accurate than ResNet50, random init** on images like these" in text
     assert "equal terms" not in text and "had not converged" not in text
     # One model not converged: said in the verdict, and first, with the rule.
     unconverged = equal.copy()
     unconverged.loc["converged", "ResNet50, random init"] = (
         "no: validation accuracy rose +0.024 in its last 2 epochs")
-    text = compare.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, unconverged, gain=0.0025)
-    first, verdict = _sentences(text)
+    text = verdict.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, unconverged, gain=0.0025)
+    first, verdict_sentence = _sentences(text)
     assert "**not converged** (validation accuracy rose +0.024 in its last 2 epochs)" in first
     assert "less than 0.0025 above the best before them" in text.split("\n\n")[0]
-    assert "ResNet50, random init had not converged by the rule above**" in verdict
-    assert "unequal terms" not in verdict
+    assert "ResNet50, random init had not converged by the rule above**" in verdict_sentence
+    assert "unequal terms" not in verdict_sentence
     unsure = {**DIFFERENCE, "accuracy": {**DIFFERENCE["accuracy"], "ci95": [-0.01, 0.08]}}
-    text = compare.conclusion(unsure, labels, {**MCNEMAR, "p_value": 0.3}, PAIRS, BUDGETS)
+    text = verdict.conclusion(unsure, labels, {**MCNEMAR, "p_value": 0.3}, PAIRS, BUDGETS)
     assert "do not separate CNN from ResNet50, random init as the two were trained" in text
     assert "more accurate" not in text and "scored higher" not in text
     # Macro-F1's interval excludes zero where accuracy's does not: said.
     assert "Macro-F1, which weighs every class alike, separates" in text
     # The interval and McNemar disagree: borderline, never a bold winner.
-    text = compare.conclusion(unsure, ("CNN", "Other"), MCNEMAR, {},
+    text = verdict.conclusion(unsure, ("CNN", "Other"), MCNEMAR, {},
                               BUDGETS.set_axis(["CNN", "Other"], axis=1),
                               flagged_temperatures=("Other",))
     assert "**the difference is borderline as the two were trained here" in text
     assert "more accurate" not in text
     assert "transfer" not in text and "confuses" not in text
     assert "temperature fitted for Other sits at the bound" in text
-    text = compare.conclusion(DIFFERENCE, labels, {**MCNEMAR, "p_value": 0.2}, PAIRS, equal)
+    text = verdict.conclusion(DIFFERENCE, labels, {**MCNEMAR, "p_value": 0.2}, PAIRS, equal)
     assert "**the difference is borderline**" in text and "is not below 0.05" in text
     worse = {**DIFFERENCE, "accuracy": {**DIFFERENCE["accuracy"], "difference": -0.05,
                                         "ci95": [-0.08, -0.01]}}
     seeds = pd.DataFrame({"accuracy difference": [-0.02, -0.04, -0.03]})
-    text = compare.conclusion(worse, labels, MCNEMAR, PAIRS, equal, seeds)
+    text = verdict.conclusion(worse, labels, MCNEMAR, PAIRS, equal, seeds)
     assert "**ResNet50, random init is more accurate than CNN**" in text
     assert "3 seeds" in text and "-0.0300 ± 0.0100" in text
 
@@ -367,12 +368,12 @@ def test_the_conclusion_follows_the_numbers():
 def test_caveats_mark_the_rows_of_the_comparison_table():
     unequal = BUDGETS.copy()
     unequal.loc["converged", "CNN"] = "no: 1 epoch, too few to tell"
-    limits = compare.caveats(unequal)
+    limits = verdict.caveats(unequal)
     assert limits == {"CNN": ["not converged", "unequal terms (crop)"],
                       "ResNet50, random init": ["random init: not transfer learning",
                                                 "unequal terms (crop)"]}
     equal = BUDGETS.assign(CNN=BUDGETS["ResNet50, random init"])
-    assert compare.caveats(equal)["CNN"] == []
+    assert verdict.caveats(equal)["CNN"] == []
     report = {"accuracy": 0.9, "accuracy_ci95": [0.8, 0.95], "macro_f1": 0.9,
               "macro_f1_ci95": [0.8, 0.95], "balanced_accuracy": 0.9,
               "roc_auc_macro_ovr": 0.99, "validation_accuracy": 0.9,
@@ -380,7 +381,7 @@ def test_caveats_mark_the_rows_of_the_comparison_table():
     cost = {"training_minutes": 1.0, "images_per_second": 10.0, "parameters": 10}
     table = compare.comparison_table({"CNN": report, "ResNet50, random init": report},
                                      {"CNN": cost, "ResNet50, random init": cost},
-                                     limits=compare.caveats(equal))
+                                     limits=verdict.caveats(equal))
     assert table.columns[0] == "caveats"
     assert table["caveats"].tolist() == ["none", "random init: not transfer learning"]
 

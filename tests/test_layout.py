@@ -17,6 +17,8 @@ import pytest
 from tests.conftest import REPOSITORY
 
 HELPERS = REPOSITORY / "helpers"
+MAX_MODULE_LINES = 600
+MAX_CLASS_LINES = 250
 # The entry points ``python -m helpers.X``: each only calls helpers/tools/X.py.
 SHIMS = ("data", "evaluate", "predict", "resolution", "study")
 
@@ -148,3 +150,38 @@ def test_every_package_imported_is_declared_in_requirements():
         if not owners & declared:
             undeclared[name] = sorted(owners)
     assert not undeclared, f"imported but not in requirements/: {undeclared}"
+def _long_parts(path: Path) -> list[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    found = [f"{path.name}: {len(lines)} lines"] if len(lines) > MAX_MODULE_LINES else []
+    for node in ast.walk(ast.parse("\n".join(lines))):
+        if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES:
+            found.append(f"{path.name}: class {node.name}, "
+                         f"{node.end_lineno - node.lineno + 1} lines")
+    return found
+
+
+def test_no_module_of_the_notebook_facing_package_is_too_long_to_read():
+    too_long = [part for path in sorted(HELPERS.glob("*.py")) for part in _long_parts(path)]
+    assert not too_long, too_long
+
+
+def _layers_of_the_docs() -> dict[str, int]:
+    """Each module's layer, by the order of the rows of docs/layout.md's table of layers."""
+    text = (REPOSITORY / "docs" / "layout.md").read_text(encoding="utf-8")
+    rows = [line for line in text.split("## The layers", 1)[1].splitlines()
+            if line.startswith("| ") and not line.startswith(("| layer", "|---"))]
+    return {module: number for number, row in enumerate(rows)
+            for module in re.findall(r"`(\w+)`", row.split(" | ")[1])}
+
+
+def test_every_module_is_in_a_layer_of_the_docs_and_imports_only_from_layers_above():
+    layers = _layers_of_the_docs()
+    graph = _graph()
+    for module, targets in graph.items():
+        short = module.removeprefix("helpers.")
+        if module.startswith("helpers.tools") or short in SHIMS or module == "helpers":
+            continue
+        assert short in layers, f"{short} is in no layer of docs/layout.md"
+        upward = [target for target in targets
+                  if layers.get(target.removeprefix("helpers."), -1) > layers[short]]
+        assert not upward, f"{short} imports {upward} from a layer below it"

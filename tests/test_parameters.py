@@ -8,7 +8,7 @@ import sys
 import nbformat
 import pytest
 
-from helpers import models, parameters, preparation, training
+from helpers import devices, models, parameters, preparation
 from helpers.tools import notebooks, study
 
 
@@ -74,7 +74,7 @@ def test_the_runner_refuses_them_all_at_once_before_any_notebook_and_without_ten
 
 def test_the_choices_are_those_the_code_takes():
     assert parameters.DATA_SOURCES == preparation.SOURCES
-    assert parameters.PRECISIONS == training.PRECISIONS
+    assert parameters.PRECISIONS == devices.PRECISIONS
     assert len(models.RESNET50_BLOCKS) == parameters.RESNET50_BLOCKS
     notebook = nbformat.read(notebooks.SOURCE_DIR / "04_train_resnet50.ipynb", as_version=4)
     names = next(ast.literal_eval(node.value) for cell in notebook.cells

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import ensemble, inference, models
+from helpers import ensemble, fingerprints, inference, models
 from helpers.labels import CLASS_NAMES
 from helpers.tools import study
 from tests import reads
@@ -250,7 +250,6 @@ def test_an_ensemble_whose_seed_was_trained_again_is_refused(smoke_run, tmp_path
 def test_a_finished_ensemble_is_kept_and_any_change_saves_it_again(smoke_run, tmp_path):
     import shutil
 
-    from helpers import training
     from helpers.errors import DataError
     from helpers.runfolder import RunFolder
     from helpers.tools import notebooks
@@ -276,7 +275,7 @@ def test_a_finished_ensemble_is_kept_and_any_change_saves_it_again(smoke_run, tm
 
     def retrain_a_member() -> None:
         """The same recipe and seed trained again: other weights, the same configuration."""
-        fingerprint = training.recipe_fingerprint(build(ensemble.load_members(copy, seeds)))
+        fingerprint = fingerprints.recipe_fingerprint(build(ensemble.load_members(copy, seeds)))
         loaded = inference.load_model(copy.model(seeds[1]))
         member = loaded.model
         member.set_weights([weight + 0.01 for weight in member.get_weights()])
@@ -286,7 +285,7 @@ def test_a_finished_ensemble_is_kept_and_any_change_saves_it_again(smoke_run, tm
                                 image_size=loaded.image_size,
                                 resize_method=loaded.resize_method,
                                 crop_fraction=loaded.crop_fraction)
-        assert training.recipe_fingerprint(
+        assert fingerprints.recipe_fingerprint(
             build(ensemble.load_members(copy, seeds))) == fingerprint
 
     def as_an_earlier_version_recorded_it() -> None:

@@ -334,7 +334,7 @@ def test_a_leftover_temporary_notebook_is_removed(tmp_path, no_execution):
 # -- the notebook's line -------------------------------------------------------------------------
 
 def _progress(**changes) -> dict:
-    """Progress as training.LiveProgress writes it: run cnn_seed43, epoch 5 of 15."""
+    """Progress as callbacks.LiveProgress writes it: run cnn_seed43, epoch 5 of 15."""
     return {"run": "cnn_seed43", "phase": None, "epoch": 5, "epochs": 15, "step": 120,
             "steps": 187, "stage": "training", "completed": 4, "initial": 0, "elapsed": 130.0,
             "eta": 260.0, "updated": 1000.0, **changes}

@@ -16,7 +16,18 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from helpers import data, inference, liveprogress, models, runlock, training
+from helpers import (
+    callbacks,
+    data,
+    devices,
+    fingerprints,
+    inference,
+    liveprogress,
+    models,
+    publish,
+    runlock,
+    training,
+)
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
 from helpers.tools import notebooks
@@ -29,7 +40,7 @@ KILLS = 2
 @pytest.mark.parametrize("gpus, kind", [(0, "default"), (1, "default"), (2, "mirrored"),
                                         (8, "mirrored")])
 def test_strategy_kind(gpus, kind):
-    assert training.choose_strategy_kind(gpus) == kind
+    assert devices.choose_strategy_kind(gpus) == kind
 
 
 @pytest.mark.parametrize("capabilities, cpu_bfloat16, requested, policy", [
@@ -45,35 +56,35 @@ def test_strategy_kind(gpus, kind):
     ([(7, 5)], False, "mixed_bfloat16", "mixed_bfloat16"),
 ])
 def test_precision_choice(capabilities, cpu_bfloat16, requested, policy):
-    assert training.choose_precision(capabilities, cpu_bfloat16, requested) == policy
+    assert devices.choose_precision(capabilities, cpu_bfloat16, requested) == policy
 
 
 def test_precision_refuses_an_unknown_name():
     with pytest.raises(ValueError, match="PRECISION must be one of"):
-        training.choose_precision([], True, "bfloat16")
+        devices.choose_precision([], True, "bfloat16")
 
 
 CPUINFO = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu sse avx2 {}\n\n"
 
 
 def test_bfloat16_units_are_read_from_the_cpu_flags():
-    assert training.cpu_supports_bfloat16(CPUINFO.format("avx512f amx_bf16 amx_tile"))
-    assert training.cpu_supports_bfloat16(CPUINFO.format("avx512f avx512_bf16"))
-    assert not training.cpu_supports_bfloat16(CPUINFO.format("avx512f avx512_vnni"))
-    assert not training.cpu_supports_bfloat16("")  # no /proc/cpuinfo (macOS, Windows)
+    assert devices.cpu_supports_bfloat16(CPUINFO.format("avx512f amx_bf16 amx_tile"))
+    assert devices.cpu_supports_bfloat16(CPUINFO.format("avx512f avx512_bf16"))
+    assert not devices.cpu_supports_bfloat16(CPUINFO.format("avx512f avx512_vnni"))
+    assert not devices.cpu_supports_bfloat16("")  # no /proc/cpuinfo (macOS, Windows)
 
 
 def test_this_cpu_machine_gets_the_default_strategy_and_its_precision():
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU")
-    strategy = training.select_strategy()
+    strategy = devices.select_strategy()
     assert strategy.num_replicas_in_sync == 1
     assert not isinstance(strategy, tf.distribute.MirroredStrategy)
-    expected = "mixed_bfloat16" if training.cpu_supports_bfloat16() else "float32"
+    expected = "mixed_bfloat16" if devices.cpu_supports_bfloat16() else "float32"
     try:
-        assert training.configure_precision() == expected
+        assert devices.configure_precision() == expected
         assert keras.mixed_precision.global_policy().name == expected
-        assert training.configure_precision("float32") == "float32"
+        assert devices.configure_precision("float32") == "float32"
         assert keras.mixed_precision.global_policy().name == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -132,12 +143,12 @@ def test_runs_trained_with_keras_cosine_decay_keep_their_recipe():
     """The same rates as before helpers.schedules: a finished run is not trained again."""
     schedule = training.warmup_cosine(1e-3, 10, 3)
     keras_schedule = keras.optimizers.schedules.CosineDecay(**schedule.get_config())
-    fingerprint = training.recipe_fingerprint(_compiled_with(schedule))
-    assert training.recipe_fingerprint(_compiled_with(keras_schedule)) == fingerprint
+    fingerprint = fingerprints.recipe_fingerprint(_compiled_with(schedule))
+    assert fingerprints.recipe_fingerprint(_compiled_with(keras_schedule)) == fingerprint
     other = keras.optimizers.schedules.CosineDecay(**{**schedule.get_config(),
                                                       "warmup_steps": 20})
-    assert training.recipe_fingerprint(_compiled_with(other)) != fingerprint
-    assert training.recipe_fingerprint(_compiled_with(1e-3)) != fingerprint
+    assert fingerprints.recipe_fingerprint(_compiled_with(other)) != fingerprint
+    assert fingerprints.recipe_fingerprint(_compiled_with(1e-3)) != fingerprint
 
 
 @pytest.fixture()
@@ -203,7 +214,7 @@ def test_the_checkpoint_without_selection_saves_an_epoch_worse_than_the_best(tmp
 
     for every_epoch, saves in ((False, 1), (True, 2)):
         saved.clear()
-        checkpoint = training.BestCheckpoint(tmp_path / "kept.keras", None, every_epoch)
+        checkpoint = callbacks.BestCheckpoint(tmp_path / "kept.keras", None, every_epoch)
         checkpoint.set_model(Recorder())
         checkpoint.on_epoch_end(0, {"val_loss": 1.0})
         checkpoint.on_epoch_end(1, {"val_loss": 2.0})  # worse: kept only without selection
@@ -229,7 +240,7 @@ def test_live_progress_counts_epochs_as_fit_does_and_estimates_the_time_left(tmp
     """Phase 2 of a run, or a run resumed: fit starts at epoch 7 of 9 (initial_epoch 6)."""
     now = [100.0]
     path = tmp_path / "progress.json"
-    callback = training.LiveProgress(path, "resnet50", "phase 2", steps_per_epoch=99,
+    callback = callbacks.LiveProgress(path, "resnet50", "phase 2", steps_per_epoch=99,
                                      clock=lambda: now[0], wall_clock=lambda: 5000 + now[0])
     callback.set_params({"epochs": 9, "steps": 4, "verbose": 0})  # as fit sets them
 
@@ -278,7 +289,7 @@ def test_live_progress_that_cannot_be_written_warns_once_and_training_goes_on(
     monkeypatch.setattr(liveprogress, "_warned", False)
     a_file = tmp_path / "a_file"
     a_file.write_text("")
-    callback = training.LiveProgress(a_file / "progress.json", "tiny")  # under a file
+    callback = callbacks.LiveProgress(a_file / "progress.json", "tiny")  # under a file
     callback.set_params({"epochs": 2, "steps": 3})
     with pytest.warns(RuntimeWarning, match="Could not write the training progress") as said:
         callback.on_train_begin()
@@ -336,7 +347,7 @@ def _assert_same_run(run, other, name="tiny"):
 def test_a_killed_run_resumes_to_the_same_result(run, tmp_path_factory):
     straight = _copy_split(run, tmp_path_factory.mktemp("straight"))
     _train_tiny(straight)[0].finish()
-    with pytest.raises(training.TrainingStoppedError):
+    with pytest.raises(callbacks.TrainingStoppedError):
         _train_tiny(run, stop_after_epoch=2)
     assert not run.validation_metrics("tiny").exists() and not run.model("tiny").exists()
     training_run, _ = _train_tiny(run)  # the same recipe again: resumes at epoch 3
@@ -350,7 +361,7 @@ def test_a_kill_between_the_history_row_and_the_backup_redoes_that_epoch(run,
                                                                         tmp_path_factory):
     straight = _copy_split(run, tmp_path_factory.mktemp("straight"))
     _train_tiny(straight)[0].finish()
-    with pytest.raises(training.TrainingStoppedError):
+    with pytest.raises(callbacks.TrainingStoppedError):
         training_run, _ = _train_tiny(run, stop_after_epoch=2)
     # As if killed after epoch 3's row was written but before its backup.
     history = pd.read_csv(run.work("tiny") / "history.csv")
@@ -365,7 +376,7 @@ def test_a_damaged_backup_falls_back_or_starts_the_phase_again(run, tmp_path_fac
                                                                damaged):
     straight = _copy_split(run, tmp_path_factory.mktemp("straight"))
     _train_tiny(straight)[0].finish()
-    with pytest.raises(training.TrainingStoppedError):
+    with pytest.raises(callbacks.TrainingStoppedError):
         _train_tiny(run, stop_after_epoch=2)
     backup = run.work("tiny") / "backup"
     has_previous = (backup / "latest.weights.h5.bkp").exists()  # Keras 3.7 and newer
@@ -398,7 +409,7 @@ def test_each_epochs_random_layers_are_seeded_from_the_seed_and_the_epoch():
     assert len(states) == 2
 
     def states_at(seed: int, epoch: int) -> list[list[int]]:
-        seeds = training.EpochSeeds(counter=None, seed=seed)
+        seeds = callbacks.EpochSeeds(counter=None, seed=seed)
         seeds.set_model(model)
         seeds.on_epoch_begin(epoch)
         return [keras.ops.convert_to_numpy(state).tolist() for state in states]
@@ -419,7 +430,7 @@ def test_two_epochs_of_augmentation_draw_independent_values():
     draw of another."""
     noise = models.RandomPixelNoise(3.0, seed=7)
     model = keras.Sequential([keras.Input((4, 4, 3)), noise])
-    seeds = training.EpochSeeds(counter=None, seed=42)
+    seeds = callbacks.EpochSeeds(counter=None, seed=42)
     seeds.set_model(model)
     images = np.full((2, 4, 4, 3), 128.0, dtype="float32")
     draws = {}
@@ -449,9 +460,9 @@ def test_early_stopping_counts_the_epochs_before_a_resume(tmp_path, monkeypatch,
     pd.DataFrame({"epoch": [0, 1, 2, 3], "val_loss": [0.9, 0.5, 0.6, 0.7]}).to_csv(
         history_csv, index=False)
 
-    def resumed(from_epoch: int) -> training.ResumableEarlyStopping:
+    def resumed(from_epoch: int) -> callbacks.ResumableEarlyStopping:
         """The callback as fit starts it: on a model that is not stopping, then at begin."""
-        stopping = training.ResumableEarlyStopping(history_csv, from_epoch, patience=3)
+        stopping = callbacks.ResumableEarlyStopping(history_csv, from_epoch, patience=3)
         model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
         model.stop_training = False
         stopping.set_model(model)
@@ -484,7 +495,7 @@ def test_finish_records_the_run_the_sidecar_and_validation_metrics(run):
     assert record["devices"] and record["git_commit"]
     # What configure_precision chose for this machine (bfloat16 where the CPU has AMX).
     assert record["precision"] == training_run.precision == (
-        "mixed_bfloat16" if training.cpu_supports_bfloat16() else "float32")
+        "mixed_bfloat16" if devices.cpu_supports_bfloat16() else "float32")
     assert json.loads(run.validation_metrics("tiny").read_text()) == result
     assert 0 <= result["accuracy"] <= 1 and result["n_images"] > 0
 
@@ -495,7 +506,7 @@ def test_finished_results_stay_until_a_new_run_of_the_same_name_finishes(run, ca
     kept = {path: path.read_bytes() for path in [
         run.model("tiny"), run.history("tiny"), run.validation_metrics("tiny"),
         run.run_record("tiny")]}
-    with pytest.raises(training.TrainingStoppedError):  # a new run, killed midway
+    with pytest.raises(callbacks.TrainingStoppedError):  # a new run, killed midway
         _train_tiny(run, epochs=3, stop_after_epoch=1)
     assert "stay in place until the new run finishes" in capsys.readouterr().out
     assert all(path.read_bytes() == content for path, content in kept.items())
@@ -536,7 +547,7 @@ def test_the_batchnorm_probe_leaves_training_unchanged(run, tmp_path_factory):
 
 
 def test_a_run_resumes_only_on_the_split_it_started_with(run, synthetic_source, capsys):
-    with pytest.raises(training.TrainingStoppedError):
+    with pytest.raises(callbacks.TrainingStoppedError):
         _train_tiny(run, stop_after_epoch=1)
     root, _ = synthetic_source
     assert data.main(["prepare", "--source", "local", "--data-dir", str(root), "--run-dir",
@@ -566,7 +577,7 @@ def test_a_second_phase_after_a_resumed_first_starts_at_its_own_epoch(run):
     train_data, validation_data = training_run.datasets(image_size=16, batch_size=8,
                                                         max_images=48, cache=None)
     model = _tiny_model(3, training_run.steps_per_epoch)
-    with pytest.raises(training.TrainingStoppedError):
+    with pytest.raises(callbacks.TrainingStoppedError):
         model.fit(train_data, validation_data=validation_data, epochs=3, verbose=0,
                   callbacks=training_run.callbacks("first", stop_after_epoch=1))
     model.fit(train_data, validation_data=validation_data, epochs=3, verbose=0,
@@ -582,7 +593,8 @@ def test_a_second_phase_after_a_resumed_first_starts_at_its_own_epoch(run):
 def test_phases_keep_their_own_best_and_a_skipped_last_phase_keeps_the_first(run):
     training_run, _ = _train_tiny(run, epochs=2, phase="first")
     assert training_run.end_phase("first") == 2
-    assert training_run.phase_boundary("first") == 2 and "first" in training_run.finished_phases()
+    assert training_run.phase_boundary("first") == 2
+    assert "first" in training_run.work.finished_phases()
     phase_model = training_run.checkpoint("first").read_bytes()
     training_run.finish()  # no epoch in the last phase: phase 1's best is the model kept
     assert run.model("tiny", "first").read_bytes() == phase_model
@@ -606,7 +618,7 @@ def test_recalibration_sets_exact_batch_statistics_and_leaves_weights_alone():
     kernel_before = model.get_layer("dense").kernel.numpy()
     frozen_before = frozen.moving_mean.numpy()
 
-    training.recalibrate_batchnorm(model, dataset, batches=3)
+    callbacks.recalibrate_batchnorm(model, dataset, batches=3)
 
     dense_out = model.get_layer("dense")(x).numpy()
     batch_means = dense_out.reshape(3, 8, 4).mean(axis=1)
@@ -617,7 +629,7 @@ def test_recalibration_sets_exact_batch_statistics_and_leaves_weights_alone():
     np.testing.assert_array_equal(model.get_layer("dense").kernel.numpy(), kernel_before)
     np.testing.assert_array_equal(frozen.moving_mean.numpy(), frozen_before)
     assert learned.momentum == 0.99  # restored
-    assert training.batchnorm_layers(model) == [learned]
+    assert callbacks.batchnorm_layers(model) == [learned]
 
 
 def test_killed_at_random_moments_a_run_ends_as_one_never_killed(run, tmp_path_factory):
@@ -719,7 +731,7 @@ def test_a_failed_run_with_other_parameters_never_blocks_the_one_that_finished(r
     before runs again: that one is kept as it is, nothing is deleted by hand."""
     assert _run_once(run)[0] is False
     model_bytes = run.model("tiny").read_bytes()
-    with pytest.raises(training.TrainingStoppedError):  # another recipe, stopped midway
+    with pytest.raises(callbacks.TrainingStoppedError):  # another recipe, stopped midway
         _train_tiny(run, epochs=5, stop_after_epoch=1)
     kept, _ = _run_once(run)  # the original recipe again
     assert kept and "set aside" in capsys.readouterr().out
@@ -850,7 +862,7 @@ def test_an_edited_phase_retrains_from_that_phase_and_no_earlier(run):
 
 
 def test_an_unfinished_phase_whose_recipe_changed_starts_again(run, capsys):
-    with pytest.raises(training.TrainingStoppedError):
+    with pytest.raises(callbacks.TrainingStoppedError):
         _two_phases(run, stop_phase_2_after=3)  # phase 2 stopped after its first epoch
     assert _two_phases(run, freeze_in_phase_2=("block1_conv1",)) == ["last"]
     assert "changed since it started" in capsys.readouterr().out
@@ -867,14 +879,14 @@ def test_a_run_of_edited_code_is_not_recorded_as_the_commit(tmp_path):
     (tmp_path / "code.py").write_text("x = 1\n")
     git("add", "code.py")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
-    commit = training.git_commit(tmp_path)
+    commit = fingerprints.git_commit(tmp_path)
     assert len(commit) == 40 and " " not in commit
     (tmp_path / "code.py").write_text("x = 2\n")
-    assert training.git_commit(tmp_path) == f"{commit} with uncommitted changes"
+    assert fingerprints.git_commit(tmp_path) == f"{commit} with uncommitted changes"
     (tmp_path / "code.py").write_text("x = 1\n")
     (tmp_path / "new_module.py").write_text("")  # a new file is a change too
-    assert training.git_commit(tmp_path) == f"{commit} with uncommitted changes"
-    assert training.git_commit(tmp_path.parent / "not-a-checkout-here") == "unknown"
+    assert fingerprints.git_commit(tmp_path) == f"{commit} with uncommitted changes"
+    assert fingerprints.git_commit(tmp_path.parent / "not-a-checkout-here") == "unknown"
 
 
 def test_the_kept_run_is_chosen_by_the_metrics_the_notebook_names(tmp_path):
@@ -890,5 +902,5 @@ def test_the_kept_run_is_chosen_by_the_metrics_the_notebook_names(tmp_path):
                      run.history(name), run.run_record(name)):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"name": name}) if path.suffix == ".json" else name)
-    assert training.keep_best_run(run, list(scores), "kept", by=("accuracy", "macro_f1")) == "b"
-    assert training.keep_best_run(run, list(scores), "kept", by=("macro_f1",)) == "c"
+    assert publish.keep_best_run(run, list(scores), "kept", by=("accuracy", "macro_f1")) == "b"
+    assert publish.keep_best_run(run, list(scores), "kept", by=("macro_f1",)) == "c"

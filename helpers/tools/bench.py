@@ -51,7 +51,7 @@ def machine() -> dict:
     """What the figures were measured on."""
     import tensorflow as tf
 
-    from helpers.training import device_names
+    from helpers.devices import device_names
 
     cpu_model = platform.processor()
     cpuinfo = Path("/proc/cpuinfo")

@@ -18,17 +18,17 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from helpers import training  # noqa: E402
+from helpers import callbacks, devices, training  # noqa: E402
 from helpers.runfolder import RunFolder  # noqa: E402
 from helpers.tools import notebooks  # noqa: E402
 
 EPOCHS = 3
-mirrored = training.select_strategy
+mirrored = devices.select_strategy
 run = RunFolder(sys.argv[1])
 
 
 def train(name: str, *, replicas: int, precision: str, stop_after_epoch: int = 0) -> dict:
-    training.select_strategy = mirrored if replicas > 1 else tf.distribute.get_strategy
+    devices.select_strategy = mirrored if replicas > 1 else tf.distribute.get_strategy
     training_run = training.TrainingRun(run, name, label=name, seed=7, deterministic=True,
                                         precision=precision)
     # The same global batch (16) on one device and on two replicas.
@@ -48,7 +48,7 @@ def train(name: str, *, replicas: int, precision: str, stop_after_epoch: int = 0
                       callbacks=training_run.callbacks(precise_batchnorm_images=32,
                                                        probe_batchnorm_images=32,
                                                        stop_after_epoch=stop_after_epoch))
-        except training.TrainingStoppedError:
+        except callbacks.TrainingStoppedError:
             return {}
     validation = training_run.finish(model)
     evaluated = model.evaluate(validation_data, verbose=0, return_dict=True)

@@ -5,7 +5,7 @@ for tests of the paths this CPU machine lacks (shared/design: "Running the GPU p
 
 It must run before TensorFlow initialises its devices, so in a fresh process: a script, or an
 IPython startup file of a kernel that papermill starts (``startup_file``). The project then
-picks MirroredStrategy over the CPU devices, as ``training.select_strategy`` does for GPUs.
+picks MirroredStrategy over the CPU devices, as ``devices.select_strategy`` does for GPUs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def install(replicas: int = 2) -> None:
-    """Split the CPU into ``replicas`` devices and make ``training.select_strategy`` mirror
+    """Split the CPU into ``replicas`` devices and make ``devices.select_strategy`` mirror
     over them."""
     import tensorflow as tf
 
@@ -26,10 +26,11 @@ def install(replicas: int = 2) -> None:
         [tf.config.LogicalDeviceConfiguration()] * replicas)
     if str(REPOSITORY) not in sys.path:
         sys.path.insert(0, str(REPOSITORY))
-    from helpers import training
 
-    devices = [f"/cpu:{index}" for index in range(replicas)]
-    training.select_strategy = lambda: tf.distribute.MirroredStrategy(devices)
+    from helpers import devices
+
+    names = [f"/cpu:{index}" for index in range(replicas)]
+    devices.select_strategy = lambda: tf.distribute.MirroredStrategy(names)
 
 
 def startup_file(replicas: int = 2) -> str:

@@ -1,0 +1,93 @@
+"""Devices, precision and seeds: the distribution strategy for this machine, the Keras dtype
+policy that speeds training up here without costing accuracy, and seeding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+
+def choose_strategy_kind(n_gpus: int) -> str:
+    """"mirrored" with several GPUs, else "default" (one GPU or the CPU). TPUs are not
+    supported: Colab's TPU runtimes ship without TensorFlow (``helpers.colab`` says so)."""
+    return "mirrored" if n_gpus > 1 else "default"
+
+
+def select_strategy() -> tf.distribute.Strategy:
+    """The distribution strategy for this machine (see ``choose_strategy_kind``).
+
+    The global batch size is the per-replica one times ``strategy.num_replicas_in_sync``.
+    """
+    if choose_strategy_kind(len(tf.config.list_logical_devices("GPU"))) == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+# CPU flags (Linux /proc/cpuinfo) of units that run bfloat16 matrix products fast: Intel AMX
+# (Sapphire Rapids and later) and AVX512-BF16 (Cooper Lake and later, AMD Zen 4 and later).
+BFLOAT16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+def cpu_supports_bfloat16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has AMX-BF16 or AVX512-BF16 (read from ``/proc/cpuinfo``, or the text
+    given; False where there is none, as on macOS and Windows)."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.exists() else ""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return bool(BFLOAT16_CPU_FLAGS & set(line.partition(":")[2].split()))
+    return False
+
+
+def choose_precision(gpu_compute_capabilities: list[tuple[int, int]],
+                     cpu_bfloat16: bool = False, requested: str = "auto") -> str:
+    """The Keras dtype policy: ``requested`` unless it is "auto", which picks what speeds
+    training up on this hardware without costing accuracy.
+
+    GPUs: float16 with tensor cores (compute capability 7.0 or newer, the slowest GPU
+    decides), else float32. CPUs: bfloat16 where the CPU has bfloat16 units (AMX or
+    AVX512-BF16: several times float32's convolution rate), else float32. Either way the
+    softmax output, the loss, the metrics and BatchNorm's statistics stay float32.
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"PRECISION must be one of {PRECISIONS}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    if gpu_compute_capabilities:
+        return "mixed_float16" if min(gpu_compute_capabilities) >= (7, 0) else "float32"
+    return "mixed_bfloat16" if cpu_bfloat16 else "float32"
+
+
+def configure_precision(requested: str = "auto") -> str:
+    """Set and return the global dtype policy chosen by ``choose_precision``."""
+    capabilities = [
+        tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+        for gpu in tf.config.list_physical_devices("GPU")
+    ]
+    policy = choose_precision(capabilities, cpu_supports_bfloat16(), requested)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def device_names() -> list[str]:
+    """Human-readable names of the devices TensorFlow sees."""
+    names = []
+    for device in tf.config.list_physical_devices():
+        details = tf.config.experimental.get_device_details(device)
+        names.append(f"{device.device_type}: {details.get('device_name', device.name)}")
+    return names
+
+
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and TensorFlow; with ``deterministic``, make TF ops deterministic.
+
+    Determinism costs speed on GPUs and makes some ops raise; use it for checks, not for the
+    full study.
+    """
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()

@@ -1,0 +1,64 @@
+"""What identifies a run: the fingerprint of its recipe (model, optimizer, loss and
+settings), compared to decide whether a finished run is kept or trained again, and the
+code's git commit recorded beside it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import keras
+
+from helpers import schedules
+
+
+def git_commit(folder: str | os.PathLike = Path(__file__).parent) -> str:
+    """The commit of the checkout holding ``folder`` (this project's by default), followed
+    by " with uncommitted changes" when its files differ from that commit (a run of edited
+    code must not pass for a run of the commit); "unknown" outside a git checkout."""
+    def git(*arguments: str) -> str:
+        return subprocess.run(["git", *arguments], capture_output=True, text=True, check=True,
+                              cwd=folder).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + (" with uncommitted changes" if git("status", "--porcelain") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def recipe_fingerprint(model: keras.Model, *settings) -> str:
+    """A hash of what defines a run: the model's and the optimizer's configurations (layers,
+    sizes, schedule...) and ``settings``; the same in every session where the layers Keras
+    would number (below) are named or created in the same order."""
+    # A model never compiled (an ensemble) has no optimizer attribute.
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = _as_keras_schedule(optimizer.get_config()) if optimizer is not None else {}
+    loss = getattr(model, "loss", None)
+    text = json.dumps([model.get_config(), optimizer, loss, *settings], sort_keys=True,
+                      default=str)
+    # Keras numbers what it names itself within a session (input_layer_1, adam_w_1...).
+    text = re.sub(r'("name": "[^"]*?)_\d+"', r'\1"', text)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _as_keras_schedule(config):
+    """``config`` with each WarmupCosineDecay written as the Keras CosineDecay it equals.
+
+    Runs trained before ``helpers.schedules`` existed used Keras's class, with the same
+    rates to float32 rounding: the same recipe, so they are kept, not trained again.
+    """
+    if isinstance(config, dict):
+        if (config.get("registered_name")
+                == keras.saving.get_registered_name(schedules.WarmupCosineDecay)
+                and isinstance(config.get("config"), dict)):
+            return keras.saving.serialize_keras_object(
+                keras.optimizers.schedules.CosineDecay(**config["config"]))
+        return {key: _as_keras_schedule(value) for key, value in config.items()}
+    if isinstance(config, list | tuple):
+        return [_as_keras_schedule(value) for value in config]
+    return config

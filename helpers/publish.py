@@ -1,0 +1,121 @@
+"""Publishing a finished run into the run folder, and telling whether one finished.
+
+A run NAME counts as finished when ``metrics/NAME_validation.json`` is there with every other
+file of it (``missing_files``). Each way of finishing one (a training run, the best of
+several seeds, an ensemble) goes through ``publish``: the old metrics go first, the new ones
+come last, so a kill midway never leaves a half-copied run that counts as finished.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from helpers import files, inference
+from helpers.runfolder import RunFolder
+from helpers.workfolder import LAST_PHASE, WorkFolder
+
+
+def publish(run: RunFolder, name: str, write: Callable[[], dict]) -> dict:
+    """Replace the finished run NAME: its validation metrics are removed, ``write`` writes
+    every other file and returns the new metrics, which are written last. Returns them."""
+    run.validation_metrics(name).unlink(missing_ok=True)
+    result = write()
+    files.write_json(result, run.validation_metrics(name))
+    return result
+
+
+def missing_files(run: RunFolder, name: str) -> list[str]:
+    """The files of the finished run NAME that are gone (relative to the run folder): such a
+    run is not finished, and trains again."""
+    needed = [run.model(name), inference.sidecar_path(run.model(name)), run.history(name),
+              run.run_record(name), run.validation_metrics(name)]
+    try:
+        needed += [run.model(name, phase) for phase in run.finished_phases(name)]
+    except ValueError:  # a damaged phases file
+        needed.append(run.phases(name))
+    return [str(path.relative_to(run.root)) for path in needed if not path.is_file()]
+
+
+def say_finished_before(run: RunFolder, name: str) -> None:
+    """Say, as a training run starts, what becomes of the run NAME that finished before."""
+    missing = missing_files(run, name)
+    print(f"{name} finished before in {run.root}, but {', '.join(missing)} is missing: it "
+          "trains again." if missing else
+          f"{name} finished before in {run.root}: kept if this is the same recipe, else "
+          "trained again (its results stay in place until the new run finishes).")
+
+
+def finished_fingerprints(run: RunFolder, name: str) -> dict[str, str]:
+    """Each phase's recipe of the run NAME that finished before ({} if none did, or if any of
+    its files is missing)."""
+    if missing_files(run, name):
+        return {}
+    record = run.read_run_record(name)
+    if "fingerprints" in record:
+        return record["fingerprints"]
+    # Records before per-phase fingerprints hold one, taken the same way at the first
+    # compile: the whole recipe of a one-phase run, which so stays kept.
+    if record.get("fingerprint") and not run.finished_phases(name):
+        return {LAST_PHASE: record["fingerprint"]}
+    return {}
+
+
+def publish_work(work: WorkFolder, result: dict, label: str, image_settings: dict,
+                 fingerprints: dict[str, str]) -> None:
+    """Publish the training run in ``work`` (its best model with a sidecar, phase models,
+    history, record, validation metrics ``result``), then remove the work folder. A kill
+    midway leaves the work folder whole: the notebook run again finishes the copy."""
+    run, name = work.run, work.name
+
+    def write() -> dict:
+        # An earlier run's phases, which this one may not have (not a glob: models/cnn_*
+        # would also match the runs cnn_constant, cnn_schedule...).
+        for phase in run.finished_phases(name):
+            if phase not in work.finished_phases():
+                run.model(name, phase).unlink(missing_ok=True)
+        run.phases(name).unlink(missing_ok=True)
+        for phase in work.finished_phases():
+            files.copy_atomically(work.checkpoint(phase), run.model(name, phase))
+        files.copy_atomically(work.checkpoint(None), run.model(name))
+        inference.write_sidecar(run.model(name), label=label, **image_settings)
+        files.copy_atomically(work.history_csv, run.history(name))
+        files.write_json({**work.read_record(), "fingerprints": fingerprints},
+                         run.run_record(name))
+        if work.phases.exists():
+            files.copy_atomically(work.phases, run.phases(name))
+        return result
+
+    publish(run, name, write)
+    work.remove()
+
+
+def keep_best_run(run: RunFolder, candidates: list[str], name: str,
+                  by: tuple[str, ...] = ("accuracy", "macro_f1")) -> str:
+    """Keep the finished run among ``candidates`` (e.g. one per seed) with the best validation
+    metrics ``by``, compared in order (the notebook's choice: accuracy, macro-F1 breaking
+    ties) as run NAME: its model and sidecar, history, phases, record (with every
+    candidate's validation metrics and the one kept) and validation metrics, published
+    (``publish``). Returns the name of the run kept."""
+    if not candidates:
+        raise ValueError("keep_best_run needs at least one finished run")
+    scores = {candidate: json.loads(run.validation_metrics(candidate).read_text())
+              for candidate in candidates}
+    best = max(candidates, key=lambda candidate: tuple(scores[candidate][metric]
+                                                       for metric in by))
+
+    def write() -> dict:
+        for source, destination in [(run.model(best), run.model(name)),
+                                    (inference.sidecar_path(run.model(best)),
+                                     inference.sidecar_path(run.model(name))),
+                                    (run.history(best), run.history(name))]:
+            files.copy_atomically(source, destination)
+        run.phases(name).unlink(missing_ok=True)
+        if run.phases(best).exists():
+            files.copy_atomically(run.phases(best), run.phases(name))
+        files.write_json({**run.read_run_record(best), "kept_from": best,
+                          "candidates": scores}, run.run_record(name))
+        return scores[best]
+
+    publish(run, name, write)
+    return best
