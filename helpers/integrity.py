@@ -112,7 +112,10 @@ def _examples(paths: list[str]) -> str:
 
 
 def _is_image(path: Path) -> bool:
-    """Whether a file's header is that of an image (what the audit would consider)."""
+    """Whether a file's header is that of an image (what the audit would consider); a FIFO,
+    device or link to nothing is never opened."""
+    if files.file_kind(path) != "regular file":
+        return False
     try:
         with Image.open(path):
             return True
@@ -147,8 +150,9 @@ def changes(split_frame: pd.DataFrame, known_paths: set[str], data_root: Path,
     expected = split_frame.set_index("path")["sha256"]
     changed = []
     for path in differs["path"]:
-        try:
-            same = files.file_sha256(data_root / path) == expected[path]
+        try:  # a FIFO or device in an image's place is changed, and never opened
+            same = (files.file_kind(data_root / path) == "regular file"
+                    and files.file_sha256(data_root / path) == expected[path])
         except OSError:
             same = False
         if not same:

@@ -125,3 +125,15 @@ def test_names_in_a_refusal_cannot_drive_the_terminal(prepared):
     shutil.copyfile(kept_image, root / "ig" / "x\x1b[2Ky.jpg")
     message = _refusal(run)
     assert "\x1b" not in message and "x\\x1b[2Ky.jpg" in message
+
+
+def test_a_fifo_in_an_images_place_or_among_them_is_named_without_being_opened(prepared):
+    run, root = prepared
+    frame, _ = run.load_split()
+    replaced = frame.iloc[4]["path"]
+    (root / replaced).unlink()
+    os.mkfifo(root / replaced)
+    os.mkfifo(root / "platelet" / "pipe.jpg")  # opening either would block for ever
+    message = _refusal(run)
+    assert "1 image file(s) changed" in message and replaced in message
+    assert "pipe.jpg" not in message
