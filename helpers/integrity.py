@@ -13,6 +13,7 @@ found again by giving it to notebook 01 (which reuses the split when its images 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -158,7 +159,10 @@ def changes(split_frame: pd.DataFrame, known_paths: set[str], data_root: Path,
         if not same:
             changed.append(path)
     if len(differs) and not changed and not missing:
-        write_status(data_root, paths, split_csv)  # same content: next time a stat suffices
+        # Same content: next time a stat suffices. A run folder one may read but not write
+        # keeps the old record, which only saves time.
+        with contextlib.suppress(OSError):
+            write_status(data_root, paths, split_csv)
 
     labels = class_folders(data_root)
     added = []

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import preparation
+from helpers import integrity, preparation
 from helpers.errors import DataError, StaleSplitError
 from helpers.runfolder import RunFolder
 
@@ -137,3 +137,16 @@ def test_a_fifo_in_an_images_place_or_among_them_is_named_without_being_opened(p
     message = _refusal(run)
     assert "1 image file(s) changed" in message and replaced in message
     assert "pipe.jpg" not in message
+
+
+def test_a_run_folder_that_cannot_be_written_is_still_read(prepared, monkeypatch):
+    run, root = prepared
+    frame, _ = run.load_split()
+    path = root / frame.iloc[3]["path"]
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+
+    def read_only(*_):  # as in a run folder of another user, or on a read-only mount
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(integrity, "write_status", read_only)
+    assert run.load_split()[0].equals(frame)
