@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from helpers import acquire, audit, files, integrity, locate, preparation, split, synthetic
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder, owning_run_folder
-from helpers.tools import outputs
+from helpers.tools import command, outputs
 
 
 def _print_split(result: split.SplitResult, split_csv: Path) -> None:
@@ -170,12 +169,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was half written (run it again)", file=sys.stderr)
-        return 130
-    return 0
+    return command.exit_status(lambda: args.run(args))

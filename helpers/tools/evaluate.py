@@ -11,11 +11,9 @@ TensorFlow is imported only once the arguments are accepted, so --help answers a
 from __future__ import annotations
 
 import argparse
-import sys
 
 from helpers import files, split
-from helpers.errors import DataError
-from helpers.tools import outputs
+from helpers.tools import command, outputs
 
 
 def format_report(report: dict) -> str:
@@ -74,27 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", action="store_true",
                         help="also report test-time augmentation (8 flips/rotations)")
     args = parser.parse_args(argv)
+    return command.exit_status(lambda: _evaluate(args))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
     from helpers import inference, scoring  # TensorFlow: only once the arguments are accepted
 
-    try:
-        if args.out:
-            outputs.check_output_path(args.out, [args.model, inference.sidecar_path(args.model)],
-                                    input_folders=[args.data_dir])
-        report = scoring.evaluate_folder(args.model, args.data_dir, tta=args.tta)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    if args.out:
+        outputs.check_output_path(args.out, [args.model, inference.sidecar_path(args.model)],
+                                  input_folders=[args.data_dir])
+    report = scoring.evaluate_folder(args.model, args.data_dir, tta=args.tta)
     print(format_report(report))
     if args.out:
-        try:
-            files.write_json(report, args.out)
-        except DataError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+        files.write_json(report, args.out)
         print(f"\nWrote {files.display_name(args.out)}")
     else:
         print("\n(--out FILE writes the full report as JSON)")
-    return 0

@@ -22,7 +22,7 @@ import pandas as pd
 
 from helpers import audit, files
 from helpers.errors import DataError
-from helpers.tools import outputs
+from helpers.tools import command, outputs
 
 TOP_K = 3
 
@@ -93,25 +93,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", action="store_true",
                         help="average over the 8 flips and 90-degree rotations")
     args = parser.parse_args(argv)
+    return command.exit_status(lambda: _predict(args))
+
+
+def _predict(args: argparse.Namespace) -> int:
     from helpers import inference  # TensorFlow: only once the arguments are accepted
 
-    try:
-        paths = input_files(args.inputs)
-        if args.out:
-            outputs.check_output_path(args.out, [args.model, inference.sidecar_path(args.model),
-                                               *paths],
-                                    input_folders=[item for item in args.inputs
-                                                   if Path(item).is_dir()])
-        loaded = inference.load_model(args.model)
-        if not paths:
-            raise DataError("No files found in the inputs given.")
-        predictions = predict_files(loaded, paths, tta=args.tta)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    paths = input_files(args.inputs)
+    if args.out:
+        outputs.check_output_path(args.out, [args.model, inference.sidecar_path(args.model),
+                                             *paths],
+                                  input_folders=[item for item in args.inputs
+                                                 if Path(item).is_dir()])
+    loaded = inference.load_model(args.model)
+    if not paths:
+        raise DataError("No files found in the inputs given.")
+    predictions = predict_files(loaded, paths, tta=args.tta)
     for row in predictions.itertuples():
         if row.problem:
             print(f"{files.terminal_text(row.path)}: skipped "
@@ -121,13 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"({row.class_2} {row.probability_2:.3f}, {row.class_3} "
                   f"{row.probability_3:.3f})")
     if args.out:
-        try:
-            # Every text cell quoted: a carriage return in a name stays inside its cell.
-            files.write_text_atomically(spreadsheet_safe(predictions).to_csv(
-                index=False, quoting=csv.QUOTE_NONNUMERIC), args.out)
-        except DataError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+        # Every text cell quoted: a carriage return in a name stays inside its cell.
+        files.write_text_atomically(spreadsheet_safe(predictions).to_csv(
+            index=False, quoting=csv.QUOTE_NONNUMERIC), args.out)
         print(f"Wrote {files.display_name(args.out)}")
     n_skipped = int((predictions["problem"] != "").sum())
     print(f"{len(predictions) - n_skipped} image(s) classified, {n_skipped} skipped")

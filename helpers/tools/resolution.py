@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from helpers import files
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder, owning_run_folder
-from helpers.tools import outputs
+from helpers.tools import command, outputs
 
 
 def check_models_of_run(model_paths: list[str | os.PathLike], run: RunFolder) -> None:
@@ -45,22 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.paths) < 2:
         parser.error("give at least one MODEL and a DATA_DIR")
     *model_paths, data_dir = args.paths
+    return command.exit_status(lambda: _check(model_paths, data_dir, args))
+
+
+def _check(model_paths: list[str], data_dir: str, args: argparse.Namespace) -> None:
     from helpers import half_resolution, inference  # TensorFlow: once the arguments are accepted
 
-    try:
-        if args.out:
-            outputs.check_output_path(args.out, [*model_paths], input_folders=[data_dir])
-        run = RunFolder(Path(args.run)) if args.run else None
-        if run is not None:
-            run.load_split()  # a folder without a split fails here, before any work
-            check_models_of_run(model_paths, run)
-        models = [inference.load_model(path) for path in model_paths]
-        table = half_resolution.resolution_check(models,
-                                                half_resolution.labelled_folder(data_dir, run))
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    if args.out:
+        outputs.check_output_path(args.out, [*model_paths], input_folders=[data_dir])
+    run = RunFolder(Path(args.run)) if args.run else None
+    if run is not None:
+        run.load_split()  # a folder without a split fails here, before any work
+        check_models_of_run(model_paths, run)
+    models = [inference.load_model(path) for path in model_paths]
+    table = half_resolution.resolution_check(models, half_resolution.labelled_folder(data_dir, run))
     print(table.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
     if args.out:
         files.write_text_atomically(table.to_json(orient="records", indent=1) + "\n", args.out)
-    return 0
