@@ -61,7 +61,10 @@ def file_status(data_root: Path, paths: list[str]) -> pd.DataFrame:
 def write_status(data_root: str | os.PathLike, paths: list[str],
                  split_csv: str | os.PathLike) -> None:
     """Record the size and time of the split's images now (atomically)."""
-    status = file_status(Path(data_root), list(paths))
+    _write_status(file_status(Path(data_root), list(paths)), split_csv)
+
+
+def _write_status(status: pd.DataFrame, split_csv: str | os.PathLike) -> None:
     files.write_text_atomically(status.to_csv(index=False, lineterminator="\n"),
                                 status_path(split_csv))
 
@@ -161,8 +164,8 @@ def changes(split_frame: pd.DataFrame, known_paths: set[str], data_root: Path,
     if len(differs) and not changed and not missing:
         # Same content: next time a stat suffices. A run folder one may read but not write
         # keeps the old record, which only saves time.
-        with contextlib.suppress(OSError):
-            write_status(data_root, paths, split_csv)
+        with contextlib.suppress(files.OutputError):
+            _write_status(now, split_csv)  # the sizes and times just read
 
     labels = class_folders(data_root)
     added = []

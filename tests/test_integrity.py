@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from helpers import integrity, preparation
+from helpers import preparation
 from helpers.errors import DataError, StaleSplitError
 from helpers.runfolder import RunFolder
 
@@ -145,8 +146,8 @@ def test_a_run_folder_that_cannot_be_written_is_still_read(prepared, monkeypatch
     path = root / frame.iloc[3]["path"]
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
 
-    def read_only(*_):  # as in a run folder of another user, or on a read-only mount
+    def read_only(*_, **__):  # what a folder of another user, or a read-only mount, gives
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(integrity, "write_status", read_only)
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
     assert run.load_split()[0].equals(frame)
