@@ -7,6 +7,7 @@ Everything takes class indices (``y_true``, ``y_pred``) and probability arrays
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -91,18 +92,28 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray,
     }
 
 
+def _bootstrap(data: tuple[np.ndarray, ...], statistic: Callable, n_resamples: int,
+               confidence: float, seed: int) -> stats._resampling.BootstrapResult:
+    """scipy's paired percentile bootstrap over images, drawn from ``default_rng(seed)``
+    (the same draws for every statistic of the same images and seed)."""
+    # scipy 1.15 renamed random_state to rng; both take a Generator and draw alike.
+    keyword = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
+    return stats.bootstrap(data, statistic, n_resamples=n_resamples, paired=True,
+                           vectorized=True, method="percentile", confidence_level=confidence,
+                           **{keyword: np.random.default_rng(seed)})
+
+
 def bootstrap_interval(y_true: np.ndarray, y_pred: np.ndarray,
                        metric: Callable[[np.ndarray, np.ndarray], float],
                        n_resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = 0.95,
                        seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of ``metric(y_true, y_pred)``, resampling images."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    generator = np.random.default_rng(seed)
-    draws = generator.integers(0, len(y_true), size=(n_resamples, len(y_true)))
-    values = np.array([metric(y_true[rows], y_pred[rows]) for rows in draws])
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+    def statistic(true: np.ndarray, pred: np.ndarray, axis: int = -1) -> np.ndarray:
+        rows = np.reshape(true, (-1, true.shape[-1])), np.reshape(pred, (-1, pred.shape[-1]))
+        return np.array([metric(t, p) for t, p in zip(*rows)]).reshape(true.shape[:-1])
+    result = _bootstrap((np.asarray(y_true), np.asarray(y_pred)), statistic, n_resamples,
+                        confidence, seed)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def with_intervals(report: dict, y_true: np.ndarray, y_pred: np.ndarray,
@@ -192,7 +203,7 @@ def mcnemar_exact(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) ->
 
     ``a_only_correct`` and ``b_only_correct`` count the discordant images; under the null
     hypothesis (equal error rates) each discordant image goes either way with probability
-    1/2, so the two-sided p-value is a binomial tail, doubled and capped at 1.
+    1/2: the two-sided p-value is scipy's exact binomial test.
     """
     y_true = np.asarray(y_true)
     correct_a, correct_b = np.asarray(pred_a) == y_true, np.asarray(pred_b) == y_true
@@ -200,21 +211,28 @@ def mcnemar_exact(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) ->
     b_only = int(np.sum(~correct_a & correct_b))
     discordant = a_only + b_only
     p_value = 1.0 if discordant == 0 else float(
-        min(1.0, 2 * stats.binom.cdf(min(a_only, b_only), discordant, 0.5)))
+        stats.binomtest(a_only, discordant, 0.5, alternative="two-sided").pvalue)
     return {"a_only_correct": a_only, "b_only_correct": b_only,
             "both_correct": int(np.sum(correct_a & correct_b)),
             "both_wrong": int(np.sum(~correct_a & ~correct_b)), "p_value": p_value}
 
 
-def _macro_f1_of_confusions(confusions: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Macro-F1 over ``classes`` of a stack of confusion matrices ``[draws, n, n]``
-    (rows true, columns predicted); F1 of a class with no true and no predicted image is 0,
-    as scikit-learn's ``zero_division=0`` gives."""
+def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,
+              classes: np.ndarray) -> np.ndarray:
+    """Macro-F1 over ``classes`` along the last axis of ``y_true`` and ``y_pred`` (any
+    leading axes are resamples), as ``macro_f1`` gives it: the F1 of a class with no true and
+    no predicted image is 0 (scikit-learn's ``zero_division=0``)."""
+    y_true, y_pred = np.broadcast_arrays(y_true, y_pred)
+    rows = y_true.reshape(-1, y_true.shape[-1]), y_pred.reshape(-1, y_pred.shape[-1])
+    offsets = np.arange(len(rows[0]))[:, None] * n_classes * n_classes
+    confusions = np.bincount((offsets + rows[0] * n_classes + rows[1]).ravel(),
+                             minlength=len(rows[0]) * n_classes * n_classes
+                             ).reshape(-1, n_classes, n_classes)
     true_positive = np.diagonal(confusions, axis1=1, axis2=2)[:, classes]
-    denominator = (confusions.sum(axis=2)[:, classes] + confusions.sum(axis=1)[:, classes])
+    denominator = confusions.sum(axis=2)[:, classes] + confusions.sum(axis=1)[:, classes]
     f1 = np.divide(2 * true_positive, denominator, out=np.zeros(true_positive.shape),
                    where=denominator > 0)
-    return f1.mean(axis=1)
+    return f1.mean(axis=1).reshape(y_true.shape[:-1])
 
 
 def paired_bootstrap_difference(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
@@ -222,9 +240,10 @@ def paired_bootstrap_difference(y_true: np.ndarray, pred_a: np.ndarray, pred_b: 
                                 n_resamples: int = BOOTSTRAP_RESAMPLES,
                                 confidence: float = 0.95, seed: int = 0) -> dict:
     """Accuracy and macro-F1 of model A minus model B on the same images, each with a paired
-    percentile bootstrap interval: every resample draws images once and scores both models
-    on them, so the interval is of the difference itself (narrower than two separate
-    intervals suggest, since both models find the same images easy or hard).
+    percentile bootstrap interval (``scipy.stats.bootstrap(paired=True)``): every resample
+    draws images once and scores both models on them, so the interval is of the difference
+    itself (narrower than two separate intervals suggest, since both models find the same
+    images easy or hard). Both metrics use the same resamples.
 
     Macro-F1 averages over the classes present in ``y_true``, as ``with_intervals`` does.
     Returns ``{"n_images", "accuracy": {...}, "macro_f1": {...}}``, each metric's dict with
@@ -236,37 +255,18 @@ def paired_bootstrap_difference(y_true: np.ndarray, pred_a: np.ndarray, pred_b: 
     if len(y_true) == 0:
         raise ValueError("no images to compare the models on")
     present = np.unique(y_true)
-    generator = np.random.default_rng(seed)
-    draws = generator.integers(0, len(y_true), size=(n_resamples, len(y_true)))
-    offsets = np.arange(n_resamples)[:, None] * n_classes * n_classes
-
-    def confusions(pred: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        cells = offsets[:len(rows)] + y_true[rows] * n_classes + pred[rows]
-        return np.bincount(cells.ravel(), minlength=len(rows) * n_classes * n_classes
-                           ).reshape(len(rows), n_classes, n_classes)
-
-    everything = np.arange(len(y_true))[None, :]
+    scores = {"accuracy": lambda true, pred: np.mean(true == pred, axis=-1),
+              "macro_f1": lambda true, pred: _macro_f1(true, pred, n_classes, present)}
     result = {"n_images": int(len(y_true))}
-    tail = (1 - confidence) / 2 * 100
-    for metric in ("accuracy", "macro_f1"):
-        values = {}
-        for model, pred in (("a", pred_a), ("b", pred_b)):
-            if metric == "accuracy":
-                values[model] = ((pred[everything] == y_true[everything]).mean(axis=1),
-                                 (pred[draws] == y_true[draws]).mean(axis=1))
-            else:
-                values[model] = (_macro_f1_of_confusions(confusions(pred, everything), present),
-                                 _macro_f1_of_confusions(confusions(pred, draws), present))
-        differences = values["a"][1] - values["b"][1]
-        low, high = np.percentile(differences, [tail, 100 - tail])
-        result[metric] = {"a": float(values["a"][0][0]), "b": float(values["b"][0][0]),
-                          "difference": float(values["a"][0][0] - values["b"][0][0]),
-                          "ci95": [float(low), float(high)],
-                          "share_of_resamples_a_better": float(np.mean(differences > 0))}
+    for metric, score in scores.items():
+        def difference(true, a, b, axis=-1, score=score):
+            return score(true, a) - score(true, b)
+        bootstrap = _bootstrap((y_true, pred_a, pred_b), difference, n_resamples, confidence,
+                               seed)
+        a, b = float(score(y_true, pred_a)), float(score(y_true, pred_b))
+        result[metric] = {
+            "a": a, "b": b, "difference": a - b,
+            "ci95": [float(bootstrap.confidence_interval.low),
+                     float(bootstrap.confidence_interval.high)],
+            "share_of_resamples_a_better": float(np.mean(bootstrap.bootstrap_distribution > 0))}
     return result
-
-
-def per_class_f1_difference(report_a: dict, report_b: dict) -> dict[str, float]:
-    """F1 of model A minus F1 of model B, per class (positive: A better)."""
-    return {name: report_a["per_class"][name]["f1"] - report_b["per_class"][name]["f1"]
-            for name in report_a["per_class"]}

@@ -1,5 +1,7 @@
 """Metrics against values computed by hand on small arrays."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -152,13 +154,6 @@ def test_mcnemar_exact_matches_a_worked_example():
     assert metrics.mcnemar_exact(y_true, pred_a, pred_a)["p_value"] == 1.0
 
 
-def test_per_class_f1_difference():
-    report_a = metrics.classification_metrics(Y_TRUE, confident(Y_PRED), CLASSES)
-    report_b = metrics.classification_metrics(Y_TRUE, confident(Y_TRUE), CLASSES)
-    difference = metrics.per_class_f1_difference(report_a, report_b)
-    assert difference == pytest.approx({"a": 0.8 - 1, "b": 0.5 - 1, "c": 2 / 3 - 1})
-
-
 def test_paired_bootstrap_difference_is_of_the_same_images():
     rng = np.random.default_rng(0)
     y_true = rng.integers(0, 4, 400)
@@ -205,3 +200,46 @@ def test_a_temperature_at_the_end_of_the_search_is_flagged():
     low, high = metrics.TEMPERATURE_BOUNDS
     assert metrics.temperature_at_bound(low) and metrics.temperature_at_bound(high)
     assert not metrics.temperature_at_bound(1.0)
+
+
+def test_the_scipy_bootstrap_draws_the_images_a_hand_written_one_draws():
+    """The intervals are scipy's paired percentile bootstrap: resamples of images drawn as
+    ``default_rng(seed).integers(0, n, (resamples, n))``, endpoints by numpy's percentile.
+    Recomputed here by hand, per resample with scikit-learn, so a scipy that drew or cut
+    otherwise would change every reported interval and fail this test."""
+    rng = np.random.default_rng(7)
+    y_true = rng.integers(0, 5, 300)
+    pred_a = np.where(rng.random(300) < 0.85, y_true, rng.integers(0, 5, 300))
+    pred_b = np.where(rng.random(300) < 0.8, y_true, rng.integers(0, 5, 300))
+    draws = np.random.default_rng(3).integers(0, 300, size=(200, 300))
+    present = np.unique(y_true)
+    by_hand = {
+        "accuracy": [metrics.accuracy(y_true[rows], pred_a[rows])
+                     - metrics.accuracy(y_true[rows], pred_b[rows]) for rows in draws],
+        "macro_f1": [metrics.macro_f1(y_true[rows], pred_a[rows], present)
+                     - metrics.macro_f1(y_true[rows], pred_b[rows], present) for rows in draws]}
+    result = metrics.paired_bootstrap_difference(y_true, pred_a, pred_b, n_classes=5,
+                                                 n_resamples=200, seed=3)
+    for metric, differences in by_hand.items():
+        assert result[metric]["ci95"] == pytest.approx(np.percentile(differences, [2.5, 97.5]))
+        assert result[metric]["share_of_resamples_a_better"] == pytest.approx(
+            np.mean(np.array(differences) > 0))
+    assert metrics.bootstrap_interval(y_true, pred_a, metrics.accuracy, 200, seed=3) == \
+        pytest.approx(np.percentile([metrics.accuracy(y_true[rows], pred_a[rows])
+                                     for rows in draws], [2.5, 97.5]))
+
+
+def test_mcnemar_p_is_the_doubled_binomial_tail():
+    y_true = np.zeros(60, dtype=int)
+    for a_only, b_only in ((0, 0), (3, 3), (1, 12), (20, 5), (0, 9)):
+        pred_a = np.ones(60, dtype=int)
+        pred_b = np.ones(60, dtype=int)
+        pred_a[:a_only] = 0  # right on these alone
+        pred_b[30:30 + b_only] = 0
+        pred_a[50:], pred_b[50:] = 0, 0  # both right on these
+        discordant = a_only + b_only
+        tail = sum(math.comb(discordant, k) for k in range(min(a_only, b_only) + 1))
+        expected = min(1.0, 2 * tail / 2 ** discordant) if discordant else 1.0
+        result = metrics.mcnemar_exact(y_true, pred_a, pred_b)
+        assert (result["a_only_correct"], result["b_only_correct"]) == (a_only, b_only)
+        assert result["p_value"] == pytest.approx(expected, rel=1e-9)
