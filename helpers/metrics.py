@@ -110,7 +110,7 @@ def bootstrap_interval(y_true: np.ndarray, y_pred: np.ndarray,
     """Percentile bootstrap interval of ``metric(y_true, y_pred)``, resampling images."""
     def statistic(true: np.ndarray, pred: np.ndarray, axis: int = -1) -> np.ndarray:
         rows = np.reshape(true, (-1, true.shape[-1])), np.reshape(pred, (-1, pred.shape[-1]))
-        return np.array([metric(t, p) for t, p in zip(*rows)]).reshape(true.shape[:-1])
+        return np.array([metric(t, p) for t, p in zip(*rows, strict=True)]).reshape(true.shape[:-1])
     result = _bootstrap((np.asarray(y_true), np.asarray(y_pred)), statistic, n_resamples,
                         confidence, seed)
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
