@@ -16,63 +16,13 @@ import pandas as pd
 
 from helpers import files, inference, metrics, models, scoring
 from helpers.errors import DataError
+from helpers.histories import (
+    CONVERGENCE_ACCURACY,
+    EPOCH_NUMBERS,
+    dynamics_frame,
+    learning_dynamics,
+)
 from helpers.runfolder import RunFolder
-
-# "Converged" for the convergence-speed figures: validation accuracy reached this.
-CONVERGENCE_ACCURACY = 0.95
-
-
-def learning_dynamics(epochs: pd.DataFrame,
-                      threshold: float = CONVERGENCE_ACCURACY) -> dict:
-    """How a run learned, from its history.
-
-    ``best_epoch``: lowest validation loss (1-based, the checkpoint kept).
-    ``overfitting_from``: the first epoch after the best one, when training loss still fell
-    afterwards (validation loss rose while training loss fell); None when the best epoch is
-    the last one. ``gap_at_best``: training minus validation accuracy at the best epoch.
-    ``epochs_to_threshold`` / ``minutes_to_threshold``: first time validation accuracy
-    reached ``threshold`` (None if never).
-    """
-    best = int(epochs["val_loss"].idxmin())
-    after = epochs.iloc[best + 1:]
-    overfitting = None
-    if len(after) and after["loss"].min() < epochs["loss"].iloc[best]:
-        overfitting = best + 2
-    reached = epochs.index[epochs["val_accuracy"] >= threshold]
-    minutes = epochs["epoch_seconds"].cumsum() / 60 if "epoch_seconds" in epochs else None
-    first = int(reached[0]) if len(reached) else None
-    return {
-        "epochs": int(len(epochs)),
-        "best_epoch": best + 1,
-        "best_val_accuracy": float(epochs["val_accuracy"].iloc[best]),
-        "overfitting_from": overfitting,
-        "gap_at_best": float(epochs["accuracy"].iloc[best] - epochs["val_accuracy"].iloc[best]),
-        "epochs_to_threshold": None if first is None else first + 1,
-        "minutes_to_threshold": (None if first is None or minutes is None
-                                 else float(minutes.iloc[first])),
-    }
-
-
-# The columns of ``learning_dynamics`` as nullable types, the same in every table: tables
-# whose empty columns were typed by their values (object where all are None) warn in
-# pandas 2.1-2.3 when concatenated, and mix None and <NA> in pandas 3.
-DYNAMICS_DTYPES = {"epochs": "Int64", "best_epoch": "Int64", "best_val_accuracy": "Float64",
-                   "overfitting_from": "Int64", "gap_at_best": "Float64",
-                   "epochs_to_threshold": "Int64", "minutes_to_threshold": "Float64"}
-
-
-# The columns of ``learning_dynamics`` that are epoch numbers (1-based).
-EPOCH_NUMBERS = ("best_epoch", "overfitting_from", "epochs_to_threshold")
-
-
-def dynamics_frame(rows: dict[str, dict]) -> pd.DataFrame:
-    """Rows of ``learning_dynamics`` as a table typed by ``DYNAMICS_DTYPES``."""
-    for name, row in rows.items():
-        if set(row) != set(DYNAMICS_DTYPES):  # a new key would otherwise be dropped unseen
-            raise ValueError(f"{name}: columns {sorted(row)}, but the dynamics table has "
-                             f"{sorted(DYNAMICS_DTYPES)}")
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=list(DYNAMICS_DTYPES))
-    return table.astype(DYNAMICS_DTYPES)
 
 
 def dynamics_text(table: pd.DataFrame) -> str:
@@ -81,33 +31,6 @@ def dynamics_text(table: pd.DataFrame) -> str:
     the object cast warns in pandas 2.2, so the empty cells are masked instead."""
     return table.astype(object).mask(table.isna(), "-").to_string(
         float_format=lambda value: f"{value:.3f}")
-
-
-def dynamics_table(histories: dict[str, pd.DataFrame],
-                   threshold: float = CONVERGENCE_ACCURACY) -> pd.DataFrame:
-    """``learning_dynamics`` of several runs, one row each (integers stay integers)."""
-    return dynamics_frame(
-        {run: learning_dynamics(epochs, threshold) for run, epochs in histories.items()})
-
-
-def batchnorm_probe_table(history: pd.DataFrame, steps_per_epoch: int,
-                          momentum: float) -> pd.DataFrame:
-    """Per epoch of a run trained with ``probe_batchnorm_images`` (``training.TrainingRun``):
-    BatchNorm update steps so far, the share of the statistics the moving averages have
-    absorbed by then (1 - momentum^steps), training accuracy, and validation accuracy of the
-    same weights with the moving averages and with recomputed statistics."""
-    steps = (history["epoch"].to_numpy() + 1) * steps_per_epoch
-    table = pd.DataFrame({
-        "update steps": steps,
-        "share absorbed": 1 - momentum ** steps,
-        "training accuracy": history["accuracy"].to_numpy(),
-        "val_accuracy (moving averages)": history["val_accuracy"].to_numpy(),
-        "val_accuracy (recomputed statistics)":
-            history["val_accuracy_recomputed_bn"].to_numpy(),
-    }, index=pd.Index(history["epoch"].to_numpy() + 1, name="epoch"))
-    table["gap"] = (table["val_accuracy (recomputed statistics)"]
-                    - table["val_accuracy (moving averages)"])
-    return table
 
 
 def training_cost(run: RunFolder, name: str, model: keras.Model) -> dict:

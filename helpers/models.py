@@ -1,7 +1,7 @@
 """Building blocks of the study's two models, which notebooks 3 and 4 assemble in their
 cells: the layers Keras lacks (a random transpose and 0-255 pixel noise for augmentation, a
 fused BatchNorm, the ResNet50 preprocessing as a layer), the weights' checks and labels,
-the block names.
+the block names, and ``CLASS_NAMES`` (the classes the classifier outputs, in this order).
 
 Both models take raw 0-255 RGB images. Augmentation and input scaling are layers inside the
 models, so they run on the accelerator, are off at inference, and no caller can get the
@@ -28,6 +28,7 @@ from helpers import (
     project,
     schedules,  # noqa: F401
 )
+from helpers.labels import CLASS_NAMES  # noqa: F401 (the classifier's width, in the notebooks)
 
 
 @keras.saving.register_keras_serializable(package="blood_cells")

@@ -60,7 +60,7 @@ def plot_training_curves(histories: dict[str, pd.DataFrame],
 def plot_batchnorm_probe(table: pd.DataFrame, path: str | os.PathLike | None = None
                          ) -> plt.Figure:
     """Training accuracy and the two validation accuracies of the same weights per epoch
-    (``compare.batchnorm_probe_table``), with the share of statistics absorbed."""
+    (``histories.batchnorm_probe_table``), with the share of statistics absorbed."""
     figure, axis = plt.subplots(figsize=(7, 4))
     for column, style in [("training accuracy", "--"),
                           ("val_accuracy (moving averages)", "-o"),

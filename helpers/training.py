@@ -1,6 +1,7 @@
 """``TrainingRun``: what makes one training run reproducible, resumable and recorded in its run
 folder, the facade the training notebooks call (with ``warmup_cosine``, the schedule both
-models train with).
+models train with, and the few functions below it that notebooks 3 and 4 call besides, so
+that they read with two helper modules open: ``models`` and this one).
 
 The recipe itself (model, freezing, optimizer, ``compile``, ``fit`` per phase) is in the
 notebooks. The pieces are in modules of their own: devices and precision (``devices``), the
@@ -36,7 +37,17 @@ from helpers import (
     schedules,
 )
 from helpers.callbacks import EPOCH_RANDOMNESS, TrainingDivergedError
+
+# The names marked F401 are what notebooks 3 and 4 call through this module; each is defined
+# in the module its layer gives it.
+from helpers.ensemble import load_members as load_ensemble_members  # noqa: F401
+from helpers.ensemble import remove as remove_ensemble  # noqa: F401
+from helpers.ensemble import save as save_ensemble  # noqa: F401
+from helpers.files import file_sha256  # noqa: F401
 from helpers.fingerprints import git_commit, recipe_fingerprint
+from helpers.histories import batchnorm_probe_table, dynamics_table  # noqa: F401
+from helpers.mistakes import mistakes_table, mistakes_text, near_the_reference  # noqa: F401
+from helpers.publish import keep_best_run  # noqa: F401
 from helpers.runfolder import RunFolder
 from helpers.workfolder import LAST_PHASE, WorkFolder
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import compare, data, files, inference, metrics, publish, scoring, verdict
+from helpers import compare, data, files, histories, inference, metrics, publish, scoring, verdict
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder
 from helpers.tools import notebooks
@@ -112,15 +112,15 @@ HISTORY = pd.DataFrame({
 
 
 def test_learning_dynamics_from_a_history():
-    dynamics = compare.learning_dynamics(HISTORY, threshold=0.95)
+    dynamics = histories.learning_dynamics(HISTORY, threshold=0.95)
     assert dynamics == pytest.approx({
         "epochs": 4, "best_epoch": 2, "best_val_accuracy": 0.96,
         "overfitting_from": 3,  # validation loss rose while training loss fell
         "gap_at_best": 0.8 - 0.96, "epochs_to_threshold": 2, "minutes_to_threshold": 2.0})
-    never = compare.learning_dynamics(HISTORY, threshold=0.99)
+    never = histories.learning_dynamics(HISTORY, threshold=0.99)
     assert never["epochs_to_threshold"] is None and never["minutes_to_threshold"] is None
     last_best = HISTORY.assign(val_loss=[0.9, 0.8, 0.7, 0.6])
-    assert compare.learning_dynamics(last_best)["overfitting_from"] is None
+    assert histories.learning_dynamics(last_best)["overfitting_from"] is None
 
 
 def test_training_cost_and_comparison_table(scored_run, tmp_path):
@@ -144,7 +144,7 @@ def test_training_cost_and_comparison_table(scored_run, tmp_path):
 
 def test_batchnorm_probe_table_counts_update_steps_and_the_share_absorbed():
     history = HISTORY.assign(val_accuracy_recomputed_bn=[0.8, 0.97, 0.95, 0.96])
-    table = compare.batchnorm_probe_table(history, steps_per_epoch=100, momentum=0.99)
+    table = histories.batchnorm_probe_table(history, steps_per_epoch=100, momentum=0.99)
     assert table.index.tolist() == [1, 2, 3, 4]
     assert table["update steps"].tolist() == [100, 200, 300, 400]
     assert table["share absorbed"].iloc[0] == pytest.approx(1 - 0.99 ** 100)
@@ -267,16 +267,16 @@ def test_dynamics_tables_of_any_runs_concatenate_with_one_type_per_column(tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         table = pd.concat([single, compare.phase_dynamics(run, "net", threshold=0.9),
-                           compare.dynamics_table({"alone": HISTORY})])
+                           histories.dynamics_table({"alone": HISTORY})])
         text = compare.dynamics_text(table)
-    assert table.dtypes.astype(str).to_dict() == compare.DYNAMICS_DTYPES
+    assert table.dtypes.astype(str).to_dict() == histories.DYNAMICS_DTYPES
     assert table["epochs_to_threshold"].tolist()[:3] == [pd.NA, pd.NA, 5]
     # Empty cells print as "-", numbers as before: the Never row has 3 empty cells.
     never_line = next(line for line in text.splitlines() if line.startswith("Never"))
     assert never_line.split()[1:] == ["6", "6", "0.500", "-", "0.450", "-", "-"]
     assert "<NA>" not in text and "None" not in text
     with pytest.raises(ValueError, match="but the dynamics table has"):
-        compare.dynamics_frame({"run": {**compare.learning_dynamics(HISTORY), "new": 1}})
+        histories.dynamics_frame({"run": {**histories.learning_dynamics(HISTORY), "new": 1}})
 
 
 DIFFERENCE = {"n_images": 100,
