@@ -104,7 +104,7 @@ def layer_epoch_key(seed: int, layer: int, epoch: int) -> int:
 
 class LiveProgress(keras.callbacks.Callback):
     """Keeps the file ``path`` up to date with what ``fit`` is doing, for the headless study's
-    line on the terminal (``helpers.liveprogress``): the run ``run_name`` and its ``phase``,
+    line on the terminal (``helpers.tools.progress``): the run ``run_name`` and its ``phase``,
     the epoch of epochs as ``fit`` counts them (a resumed run, and a phase that continues the
     count with ``initial_epoch``, show e.g. epoch 7/9), the step of the epoch, the seconds
     since ``fit`` began and an estimate of those left. Written at each epoch's start and end,
@@ -512,8 +512,8 @@ def standard_callbacks(*, checkpoint: Path, history_csv: Path, backup_dir: Path,
             math.ceil(probe_batchnorm_images / global_batch_size)))
     progress_file = liveprogress.path_from_environment()
     if progress_file is not None:  # run by the headless study, which shows it
-        callbacks.append(LiveProgress(progress_file, progress_name, progress_phase,
-                                      steps_per_epoch))
+        callbacks.append(LiveProgress(progress_file, progress_name,
+                                                   progress_phase, steps_per_epoch))
     callbacks.append(keras.callbacks.CSVLogger(str(history_csv), append=True))
     callbacks.append(BackupAndRestore(backup_dir))
     if stop_after_epoch:

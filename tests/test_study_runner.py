@@ -24,6 +24,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from helpers import liveprogress, runfolder, runlock
 from helpers.runfolder import RunFolder
+from helpers.tools import progress as progress_view
 from helpers.tools import study
 
 
@@ -368,24 +369,24 @@ def test_the_line_shows_the_cell_and_what_the_training_run_does():
 
 def test_progress_missing_garbled_or_stale_is_not_shown(tmp_path):
     path = tmp_path / "progress.json"
-    assert liveprogress.read(path) is None  # no file yet
+    assert progress_view.read(path) is None  # no file yet
     for garbled in ['{"run": "cnn_seed43", "epoch": 5, "ep', "[1, 2]", "null", "\xff\xfe",
                     json.dumps(_progress(epoch="5")), json.dumps(_progress(stage="resting")),
                     json.dumps(_progress(elapsed=float("nan"))), json.dumps(_progress(run="")),
                     json.dumps(_progress(epochs=True)), json.dumps({"run": "cnn_seed43"})]:
         path.write_text(garbled, encoding="latin-1")
-        assert liveprogress.read(path) is None, garbled
+        assert progress_view.read(path) is None, garbled
     path.write_text(json.dumps(_progress()))
-    progress = liveprogress.read(path)
+    progress = progress_view.read(path)
     assert progress == _progress()
-    assert liveprogress.is_current(progress, since=999.0, now=1001.0)
+    assert progress_view.is_current(progress, since=999.0, now=1001.0)
     # Written before the running cell started: of a cell that finished.
-    assert not liveprogress.is_current(progress, since=1000.5, now=1001.0)
-    assert not liveprogress.is_current(progress, since=None, now=1000.0 + 3600)  # silent
+    assert not progress_view.is_current(progress, since=1000.5, now=1001.0)
+    assert not progress_view.is_current(progress, since=None, now=1000.0 + 3600)  # silent
     ended = _progress(stage="ended")
-    assert not liveprogress.is_current(ended, since=999.0, now=1001.0)
-    assert liveprogress.is_current(ended, since=999.0, now=1001.0, include_ended=True)
-    assert not liveprogress.is_current(None, since=None, now=1001.0)
+    assert not progress_view.is_current(ended, since=999.0, now=1001.0)
+    assert progress_view.is_current(ended, since=999.0, now=1001.0, include_ended=True)
+    assert not progress_view.is_current(None, since=None, now=1001.0)
 
 
 class _Stream(io.StringIO):

@@ -68,6 +68,7 @@ from helpers import files, liveprogress, progressbar, project, runfolder, runloc
 from helpers import parameters as study_parameters
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder, check_root
+from helpers.tools import progress as progress_view
 
 NOTEBOOKS = ("01_data", "02_explore", "03_train_cnn", "04_train_resnet50", "05_compare")
 NOTEBOOK_DIR = project.ROOT / "notebooks"
@@ -375,7 +376,7 @@ def notebook_line(counter: str, done: int, total: int, elapsed: float,
                   width: int | None = None) -> str:
     """The line of a notebook that runs: the cell running (``done`` cells of ``total`` are
     done) and the time since it started, then what its training run does (``progress``, as
-    ``liveprogress.read`` gives it, as of ``now``), within ``width`` characters:
+    ``progress_view.read`` gives it, as of ``now``), within ``width`` characters:
 
         [3/5] 03_train_cnn: cell 26/31, 06:34 | cnn_seed43: epoch 5/15, step 120/187,
         02:10 elapsed, ~04:20 left
@@ -383,19 +384,19 @@ def notebook_line(counter: str, done: int, total: int, elapsed: float,
     (one line). Where it is too wide the step and elapsed time go first, then its end."""
     if done >= total:  # the kernel shuts down
         return fit_width(final_line(counter, done, total, elapsed), width)
-    line = f"{counter}: cell {done + 1}/{total}, {liveprogress.clock(elapsed)}"
+    line = f"{counter}: cell {done + 1}/{total}, {progress_view.clock(elapsed)}"
     if progress is None:
         return fit_width(line, width)
     now = time.time() if now is None else now
-    full = f"{line} | {liveprogress.describe(progress, now)}"
+    full = f"{line} | {progress_view.describe(progress, now)}"
     if width is None or len(full) <= width:
         return full
-    return fit_width(f"{line} | {liveprogress.describe(progress, now, short=True)}", width)
+    return fit_width(f"{line} | {progress_view.describe(progress, now, short=True)}", width)
 
 
 def final_line(counter: str, done: int, total: int, elapsed: float) -> str:
     """The line a notebook leaves: "[3/5] 03_train_cnn: 31/31 cells, 32:10"."""
-    return f"{counter}: {done}/{total} cells, {liveprogress.clock(elapsed)}"
+    return f"{counter}: {done}/{total} cells, {progress_view.clock(elapsed)}"
 
 
 def _terminal_width() -> int:
@@ -465,23 +466,23 @@ class NotebookLine:
     def _tick(self) -> None:
         now = self.clock()
         self._done, self._total, since = self._cells()
-        progress = liveprogress.read(self.progress_file)
+        progress = progress_view.read(self.progress_file)
         elapsed = now - self._started
         if self._is_terminal():
-            shown = progress if liveprogress.is_current(progress, since, now) else None
+            shown = progress if progress_view.is_current(progress, since, now) else None
             self._draw(notebook_line(self.counter, self._done, self._total, elapsed, shown,
                                      now, self.width()))
         # Not a terminal: every epoch a run finished in this notebook (the file is the
         # notebook's own), even where its cell ended before this tick looked.
-        elif (liveprogress.is_current(progress, self._started, now, include_ended=True)
-              and liveprogress.epochs_done_in_fit(progress) > 0):
+        elif (progress_view.is_current(progress, self._started, now, include_ended=True)
+              and progress_view.epochs_done_in_fit(progress) > 0):
             said = (progress["run"], progress.get("phase"), progress.get("initial"),
                     progress.get("completed"))
             if said != self._logged:
                 self._logged = said
                 line = notebook_line(self.counter, self._done, self._total, elapsed)
                 self._out().write(
-                    f"{line} | {liveprogress.describe_epochs_done(progress, now)}\n")
+                    f"{line} | {progress_view.describe_epochs_done(progress, now)}\n")
                 self._out().flush()
 
     def _draw(self, line: str, end: str = "") -> None:
