@@ -36,15 +36,6 @@ def status_path(split_csv: str | os.PathLike) -> Path:
     return split_csv.with_name(f"{split_csv.stem}_files.csv")
 
 
-def is_status_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a record that ``write_status`` wrote (its header says so)."""
-    try:
-        with open(path, encoding="utf-8") as opened:
-            return opened.readline().rstrip("\n") == ",".join(STATUS_COLUMNS)
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
 def file_status(data_root: Path, paths: list[str]) -> pd.DataFrame:
     """Size and modification time (ns) of each path under ``data_root``; -1 where a file
     cannot be read."""

@@ -18,13 +18,6 @@ COLAB_CHECKOUT = "/content/blood-cell-study"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def colab_url(notebook: str | os.PathLike) -> str:
-    """The "Open in Colab" address of a notebook given by its path in the repository."""
-    github_path = REPOSITORY_URL.removeprefix("https://github.com/")
-    return (f"https://colab.research.google.com/github/{github_path}/blob/{BRANCH}/"
-            f"{Path(notebook).as_posix()}")
-
-
 def resolve(path: str | os.PathLike) -> Path:
     """``path`` itself when absolute, else relative to the repository root (not the cwd,
     which differs between papermill, nbval and Colab)."""

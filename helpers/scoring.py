@@ -1,12 +1,6 @@
-"""Score a saved model on a folder of labelled images (``evaluate_folder``, the library of
-``python -m helpers.evaluate``), or on a subset of a run's split (``predict_split``).
-
-A folder is laid out like the download: one folder per class (any case, plural or not).
-Every file is checked first; files that are not usable images, and folders that name no
-class, are reported with the reason and left out; the rest are scored. The JSON report holds
-accuracy, balanced accuracy, macro/weighted F1 with 95% bootstrap intervals, per-class
-scores, the confusion matrix, ROC-AUC, log loss, calibration error, and what was skipped.
-"""
+"""Score a saved model: on a subset of a run's split (``predict_split``), or on the images of
+a labelled folder the audit keeps (``labelled_images``; ``python -m helpers.evaluate``).
+Predictions are one CSV row per image; ``report_from_predictions`` makes the metrics."""
 
 from __future__ import annotations
 
@@ -103,32 +97,3 @@ def predict_split(run: RunFolder, model_name: str, subset: str,
     out = run.predictions(model_name, subset, tta)
     files.write_text_atomically(frame.to_csv(index=False), out)
     return frame
-
-
-def evaluate_folder(model_path: str | os.PathLike, data_dir: str | os.PathLike,
-                    tta: bool = False, n_resamples: int = metrics.BOOTSTRAP_RESAMPLES) -> dict:
-    """Score a saved model on every usable image of a labelled folder; see the module doc.
-
-    With ``tta`` the report holds the plain figures and, under "tta", those with
-    test-time augmentation. Raises DataError (or its ModelFileError) for a bad model or
-    a folder without a single usable image.
-    """
-    loaded = inference.load_model(model_path)
-    images, skipped, root = labelled_images(data_dir)
-    if images.empty:
-        raise DataError(f"No usable image in the class folders under {root} "
-                        f"({len(skipped)} file(s) skipped).")
-    paths = list(images["path"])
-    report = {"model": str(loaded.path), "label": loaded.label, "data_root": str(root),
-              "image_size": loaded.image_size, "crop_fraction": loaded.crop_fraction}
-    plain = predictions_frame(paths, list(images["label"]),
-                              inference.predict_probabilities(loaded, paths),
-                              loaded.class_names)
-    report.update(report_from_predictions(plain, loaded.class_names, n_resamples))
-    if tta:
-        augmented = predictions_frame(paths, list(images["label"]),
-                                      inference.predict_probabilities(loaded, paths, tta=True),
-                                      loaded.class_names)
-        report["tta"] = report_from_predictions(augmented, loaded.class_names, n_resamples)
-    report["skipped"] = skipped
-    return report

@@ -68,7 +68,7 @@ def test_evaluate_reports_quirks_and_scores_the_rest(saved_model, quirky_folder,
 
 def test_evaluate_agrees_with_predict_on_the_same_files(saved_model, quirky_folder, tmp_path):
     root, _ = quirky_folder
-    report = scoring.evaluate_folder(saved_model, root, n_resamples=50)
+    report = evaluate_command.evaluate_folder(saved_model, root, n_resamples=50)
     out = tmp_path / "predictions.csv"
     assert predict.main([str(saved_model), str(root), "--out", str(out)]) == 0
     predictions = pd.read_csv(out, keep_default_na=False)
@@ -159,7 +159,7 @@ def test_evaluate_with_tta_reports_both(synthetic_source, tmp_path):
     inference.write_sidecar(model_path, label="Oriented", image_size=16,
                             resize_method="bilinear", crop_fraction=1.0)
     root, _ = synthetic_source
-    report = scoring.evaluate_folder(model_path, root, tta=True, n_resamples=20)
+    report = evaluate_command.evaluate_folder(model_path, root, tta=True, n_resamples=20)
     assert report["tta"]["n_images"] == report["n_images"]
     # The TTA figures come from the mean over the 8 views, not from the plain predictions.
     images, _, _ = scoring.labelled_images(root)

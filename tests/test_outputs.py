@@ -74,7 +74,8 @@ def test_commands_refuse_run_folder_files_inputs_and_odd_outputs_before_any_work
     before = _contents(run_folder), image.read_bytes()
     # Any work would be a load or an audit: fail loudly if one starts.
     monkeypatch.setattr("helpers.inference.load_model", lambda *_: pytest.fail("did work"))
-    monkeypatch.setattr("helpers.scoring.evaluate_folder", lambda *_, **__: pytest.fail("work"))
+    monkeypatch.setattr("helpers.tools.evaluate.evaluate_folder",
+                        lambda *_, **__: pytest.fail("work"))
     monkeypatch.setattr("helpers.audit.audit", lambda *_, **__: pytest.fail("did work"))
     model = str(tmp_path / "cnn.keras")
     cases = [

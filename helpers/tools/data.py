@@ -14,12 +14,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from helpers import acquire, audit, files, integrity, locate, preparation, split, synthetic
 from helpers.errors import DataError
-from helpers.runfolder import RunFolder, owning_run_folder
+from helpers.runfolder import RunFolder
 from helpers.tools import command, outputs
+
+
+def is_status_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a record ``integrity.write_status`` wrote (its header says so)."""
+    try:
+        with open(path, encoding="utf-8") as opened:
+            return opened.readline().rstrip("\n") == ",".join(integrity.STATUS_COLUMNS)
+    except (OSError, UnicodeDecodeError):
+        return False
+
 
 
 def _print_split(result: split.SplitResult, split_csv: Path) -> None:
@@ -56,7 +67,7 @@ def check_split_output(split_csv: Path) -> None:
     metadata = split.metadata_path(split_csv)
     status = integrity.status_path(split_csv)
     for path in (split_csv, metadata, status):
-        run = owning_run_folder(files.output_target(path).resolve())
+        run = outputs.owning_run_folder(files.output_target(path).resolve())
         if run is not None:
             raise DataError(f"--out {split_csv} lies in the run folder {run}: its split is made "
                             f"by notebook 01 or `python -m helpers.data prepare --run-dir {run}`.")
@@ -71,7 +82,7 @@ def check_split_output(split_csv: Path) -> None:
         if not is_split:
             raise DataError(f"{metadata} exists and is not a split's metadata: it would be "
                             "overwritten. Give --out another name.")
-    if status.exists() and not integrity.is_status_file(status):
+    if status.exists() and not is_status_file(status):
         raise DataError(f"{status} exists and is not a split's record of its files: it would "
                         "be overwritten. Give --out another name.")
 
@@ -99,7 +110,7 @@ def run_prepare(args: argparse.Namespace) -> None:
 
 
 def run_synthetic(args: argparse.Namespace) -> None:
-    run = owning_run_folder(Path(args.out_dir).resolve() / "x")
+    run = outputs.owning_run_folder(Path(args.out_dir).resolve() / "x")
     if run is not None:
         raise DataError(f"{args.out_dir} lies among the files of the run folder {run}: give "
                         "a folder of its own (notebook 01 draws a run's synthetic data).")

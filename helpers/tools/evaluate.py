@@ -11,8 +11,10 @@ TensorFlow is imported only once the arguments are accepted, so --help answers a
 from __future__ import annotations
 
 import argparse
+import os
 
 from helpers import files, split
+from helpers.errors import DataError
 from helpers.tools import command, outputs
 
 
@@ -62,6 +64,39 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def evaluate_folder(model_path: str | os.PathLike, data_dir: str | os.PathLike,
+                    tta: bool = False, n_resamples: int | None = None) -> dict:
+    """Score a saved model on every usable image of a labelled folder (see the module doc).
+
+    With ``tta`` the report holds the plain figures and, under "tta", those with
+    test-time augmentation. Raises DataError (or its ModelFileError) for a bad model or
+    a folder without a single usable image.
+    """
+    from helpers import inference, metrics  # TensorFlow: only once the arguments are accepted
+    from helpers.scoring import labelled_images, predictions_frame, report_from_predictions
+
+    n_resamples = metrics.BOOTSTRAP_RESAMPLES if n_resamples is None else n_resamples
+    loaded = inference.load_model(model_path)
+    images, skipped, root = labelled_images(data_dir)
+    if images.empty:
+        raise DataError(f"No usable image in the class folders under {root} "
+                        f"({len(skipped)} file(s) skipped).")
+    paths = list(images["path"])
+    report = {"model": str(loaded.path), "label": loaded.label, "data_root": str(root),
+              "image_size": loaded.image_size, "crop_fraction": loaded.crop_fraction}
+    plain = predictions_frame(paths, list(images["label"]),
+                              inference.predict_probabilities(loaded, paths),
+                              loaded.class_names)
+    report.update(report_from_predictions(plain, loaded.class_names, n_resamples))
+    if tta:
+        augmented = predictions_frame(paths, list(images["label"]),
+                                      inference.predict_probabilities(loaded, paths, tta=True),
+                                      loaded.class_names)
+        report["tta"] = report_from_predictions(augmented, loaded.class_names, n_resamples)
+    report["skipped"] = skipped
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from helpers import inference, scoring  # TensorFlow: only once the arguments are accepted
+    from helpers import inference  # TensorFlow: only once the arguments are accepted
 
     if args.out:
         outputs.check_output_path(args.out, [args.model, inference.sidecar_path(args.model)],
                                   input_folders=[args.data_dir])
-    report = scoring.evaluate_folder(args.model, args.data_dir, tta=args.tta)
+    report = evaluate_folder(args.model, args.data_dir, tta=args.tta)
     print(format_report(report))
     if args.out:
         files.write_json(report, args.out)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import re
 import shutil
 import sys
@@ -40,6 +41,13 @@ PARAMETER_LINE = re.compile(r"^[A-Z][A-Z0-9_]*: (str|int|float|bool|list|dict) =
 CHECK_TAG = "nbval-check-output"
 
 
+def colab_url(notebook: str | os.PathLike) -> str:
+    """The "Open in Colab" address of a notebook given by its path in the repository."""
+    github_path = project.REPOSITORY_URL.removeprefix("https://github.com/")
+    return (f"https://colab.research.google.com/github/{github_path}/blob/{project.BRANCH}/"
+            f"{Path(notebook).as_posix()}")
+
+
 def source_paths() -> list[Path]:
     """The study's notebooks in order."""
     return [SOURCE_DIR / f"{name}.ipynb" for name in study.NOTEBOOKS]
@@ -58,7 +66,7 @@ def sync(path: Path) -> bool:
     before = nbformat.writes(notebook)
     title = notebook.cells[0]
     badge = ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-             f"({project.colab_url(relative(path))})")
+             f"({colab_url(relative(path))})")
     title.source = BADGE.sub(lambda _: badge, title.source)
     setup = notebook.cells[1]
     setup.source = CLONE_URL.sub(f'"{project.REPOSITORY_URL}"', setup.source)
@@ -85,8 +93,8 @@ def lint(path: Path) -> list[str]:
     if not cells or cells[0].cell_type != "markdown" or not cells[0].source.startswith("# "):
         problems.append("the first cell must be a markdown title (# ...)")
     badges = BADGE.findall(cells[0].source) if cells else []
-    if badges != [project.colab_url(relative(path))]:
-        problems.append(f"the Colab badge must point at {project.colab_url(relative(path))}, "
+    if badges != [colab_url(relative(path))]:
+        problems.append(f"the Colab badge must point at {colab_url(relative(path))}, "
                         f"found {badges} (run python -m helpers.tools.notebooks sync)")
     setup = cells[1].source if len(cells) > 1 else ""
     for needed in ('IS_COLAB = "google.colab" in sys.modules', f'"{project.REPOSITORY_URL}"',
