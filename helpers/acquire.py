@@ -1,10 +1,7 @@
 """Get the PBC images: from Kaggle (default), BloodMNIST on Zenodo, or a local folder.
 
-Every source ends in a folder of class folders, so the audit, split and pipeline treat them
-alike. Downloads are checksummed where a checksum is published, skipped when already present
-and valid, and written to a temporary name first, so an interrupted download never leaves a
-file that looks complete. Without a network each source fails within seconds, saying which
-other sources to try.
+Every source ends in a folder of class folders. Downloads are checksummed where possible and
+renamed into place when complete; without a network each source fails within seconds.
 """
 
 from __future__ import annotations
@@ -43,9 +40,7 @@ NETWORK_TIMEOUT_SECONDS = 10
 
 
 def _other_sources(source: str) -> str:
-    """The other sources, in the words of every place that takes one: notebook 01's
-    DATA_SOURCE, which the study sets with --set (or --data-dir for a folder of your own),
-    and python -m helpers.data's --source."""
+    """The other sources, named as every place that takes one does."""
     hints = {
         "kaggle": "kaggle (a public dataset: no Kaggle account needed)",
         "medmnist": "medmnist (BloodMNIST from Zenodo, 64/128/224 px)",
@@ -87,8 +82,7 @@ def download_file(url: str, destination: str | os.PathLike, md5: str | None = No
                   source: str = "medmnist", timeout: float = NETWORK_TIMEOUT_SECONDS) -> Path:
     """Download ``url`` to ``destination`` unless a valid copy is already there.
 
-    The bytes go to a temporary file in the same folder, are checked against ``md5``, and only
-    then renamed into place. A present file with the wrong checksum is downloaded again.
+    Written to a temporary file, checked against ``md5``, then renamed into place.
     """
     destination = Path(destination)
     if destination.exists():
@@ -122,9 +116,8 @@ def download_file(url: str, destination: str | os.PathLike, md5: str | None = No
 def npz_to_folders(npz_path: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
     """Write a BloodMNIST .npz as PNG files in class folders (``<class>/<split>_<n>.png``).
 
-    BloodMNIST's own split is kept in the file names for reference; the study makes its own
-    split like for any other source. The folder is built under a temporary name and renamed
-    when complete, so an existing ``output_dir`` is always whole and is reused as it is.
+    Built under a temporary name and renamed when complete, so an existing ``output_dir`` is
+    whole and is reused as it is.
     """
     from PIL import Image
 
@@ -149,12 +142,7 @@ def npz_to_folders(npz_path: str | os.PathLike, output_dir: str | os.PathLike) -
 
 def acquire(source: str = "kaggle", data_dir: str | os.PathLike | None = None,
             cache_dir: str | os.PathLike = "data", medmnist_size: int = 224) -> Path:
-    """Return the folder holding the class folders, downloading first if needed.
-
-    ``kaggle`` downloads with kagglehub into its cache (reused on later calls); ``medmnist``
-    downloads BloodMNIST at ``medmnist_size`` px into ``cache_dir`` and unpacks it to class
-    folders; ``local`` uses ``data_dir``. The result is located inside what was downloaded.
-    """
+    """Return the folder holding the class folders, downloading first if needed."""
     if source not in SOURCES:
         raise DataSourceError(f"Unknown data source {source!r}; choose one of "
                               f"{', '.join((*SOURCES, 'synthetic'))} (synthetic: cells drawn "
@@ -175,11 +163,9 @@ def acquire(source: str = "kaggle", data_dir: str | os.PathLike | None = None,
 
 
 def _download_kaggle() -> str:
-    """Download the Kaggle dataset with kagglehub and return its local path.
+    """Download the Kaggle dataset with kagglehub (no account needed) and return its path.
 
-    No account is needed for this public dataset (credentials are used when present).
-    kagglehub keeps the ~300 MB in its cache, ``KAGGLEHUB_CACHE`` (default
-    ``~/.cache/kagglehub``), and reuses it on later calls.
+    kagglehub keeps the ~300 MB in its cache (``KAGGLEHUB_CACHE``) and reuses it.
     """
     check_reachable(KAGGLE_URL, "kaggle")
     import kagglehub  # imported late: it is only needed for this source
@@ -187,7 +173,6 @@ def _download_kaggle() -> str:
     try:
         return kagglehub.dataset_download(KAGGLE_DATASET)
     except Exception as error:  # kagglehub raises many types; the message is what matters
-        # The text of kagglehub's errors names the problem but never the key itself.
         raise DataSourceError(
             f"Kaggle download of {KAGGLE_DATASET} failed: {type(error).__name__}: {error}. "
             "The dataset is public and downloads without a Kaggle account; credentials are "

@@ -1,8 +1,6 @@
 """Index every file of a dataset folder and report what would stop it from being used.
 
-The index has one row per file under the data root: its class, bytes, SHA-256 of its content,
-whether it decodes as an image, and its format, size and mode. The summary lists every file that
-the split will leave out and why, so nothing is dropped without appearing in a report.
+The summary lists every file the split will leave out and why: nothing is dropped unreported.
 """
 
 from __future__ import annotations
@@ -48,9 +46,8 @@ class AuditResult:
 
 
 def inspect_file(path: Path) -> dict:
-    """Hash one file and decode it as training will (``images.decode_rgb``); never raises
-    for bad content or for a file that cannot be read (a dangling link, no permission, gone
-    while reading). A FIFO, device or folder is reported without being opened."""
+    """Hash one file and decode it as training will (``images.decode_rgb``); never raises for
+    bad or unreadable content. A FIFO, device or folder is reported without being opened."""
     row = {
         "bytes": 0, "sha256": "", "is_image": False, "decodable": False, "format": "",
         "width": 0, "height": 0, "mode": "", "problem": "",
@@ -93,8 +90,7 @@ def inspect_file(path: Path) -> dict:
         supported = ", ".join(SUPPORTED_FORMATS)
         row["problem"] = f"unsupported format {row['format']} (supported: {supported})"
         return row
-    # TensorFlow only here: the runner and the run folder's readers import this module, and
-    # must not wait for TensorFlow to refuse a busy run folder.
+    # TensorFlow only here: this module's importers must not wait for it to refuse a busy run.
     import tensorflow as tf
 
     from helpers import images
@@ -114,8 +110,7 @@ def inspect_file(path: Path) -> dict:
 
 
 def _list_files(data_root: Path) -> list[tuple[Path, str, str, str]]:
-    """Every file under the root as (path, relative path as text, top folder, label or '').
-    A name that is not UTF-8 is shown with its odd bytes as \\xNN (``files.display_name``)."""
+    """Every file under the root as (path, relative path as text, top folder, label or '')."""
     labels = class_folders(data_root)
     listed = []
     for path in files.list_files(data_root):
@@ -130,8 +125,7 @@ def audit(data_root: str | os.PathLike, workers: int | None = None,
           progress: bool = False) -> AuditResult:
     """Index every file under ``data_root`` (the folder holding the class folders).
 
-    Hashing and decoding run on ``workers`` threads (hashlib and TensorFlow's decoder release
-    the GIL); the default is one per CPU core.
+    Runs on ``workers`` threads (default: one per core): hashlib and TensorFlow release the GIL.
     """
     data_root = Path(data_root)
     listed = _list_files(data_root)

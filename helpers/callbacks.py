@@ -1,10 +1,7 @@
-"""The callbacks every ``fit`` of the study gets (``standard_callbacks``, through
-``TrainingRun.callbacks``): resumable checkpoints, early stopping and backups, per-epoch
-seeds, timing, BatchNorm statistics, the guard against a diverged loss, live progress.
+"""The callbacks every ``fit`` of the study gets (``standard_callbacks``).
 
-Hand-written where Keras's own do not give the guarantee: Keras's ModelCheckpoint and
-EarlyStopping forget their best value when a run resumes, and its BackupAndRestore reports
-the restored epoch as trained again.
+Hand-written where Keras's own do not give the guarantee: its ModelCheckpoint and
+EarlyStopping forget their best value on resume (see docs/guarantees.md).
 """
 
 from __future__ import annotations
@@ -33,8 +30,7 @@ def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
 class EpochTiming(keras.callbacks.Callback):
     """Adds timing and the learning rate to each epoch's logs (put it before CSVLogger).
 
-    ``epoch_seconds`` covers training and validation; ``images_per_second`` is the training
-    pass alone (images per epoch over the seconds until validation starts).
+    ``images_per_second`` times the training pass alone, without validation.
     """
 
     def __init__(self, images_per_epoch: int):
@@ -59,24 +55,17 @@ class EpochTiming(keras.callbacks.Callback):
         logs["learning_rate"] = current_learning_rate(self.model.optimizer)  # at the last step
 
 
-# How EpochSeeds draws each epoch's randomness: part of every run's recipe, so runs trained
-# with the earlier keys ([seed, epoch], which replayed the draws of the epoch before shifted
-# by one batch) are trained again rather than kept or resumed with other draws.
+# Part of every run's recipe, so runs trained with the earlier keys ([seed, epoch], which
+# replayed the previous epoch's draws) are trained again rather than kept or resumed.
 EPOCH_RANDOMNESS = "generator key hash(seed, layer, epoch), counter 0"
 
 
 class EpochSeeds(keras.callbacks.Callback):
-    """Makes each epoch's randomness a function of (seed, epoch) alone.
+    """Makes each epoch's randomness (shuffle order, random layers) a function of (seed, epoch).
 
-    At each epoch start it sets the pipeline's epoch counter (the shuffle order, see
-    ``pipeline.make_dataset``) and re-seeds the model's random layers (augmentation, dropout).
-    Their generator states are not in Keras checkpoints, so without this a run resumed by
-    BackupAndRestore would replay the first epoch's augmentations instead of continuing.
-
-    Keras's generator state is a pair [key, counter] whose counter goes up by one per draw,
-    so each (layer, epoch) gets a key of its own, mixed from the seed, the layer's index and
-    the epoch, with the counter at 0. Keys of the form [seed, epoch] would replay: epoch 1's
-    k-th draw would be epoch 0's (k+1)-th.
+    Generator states are not in Keras checkpoints, so without this a resumed run would replay
+    the first epoch's augmentations. Each (layer, epoch) gets its own key with the counter at
+    0: keys [seed, epoch] would make epoch 1's k-th draw epoch 0's (k+1)-th.
     """
 
     def __init__(self, counter: tf.Variable | None, seed: int):
@@ -95,21 +84,15 @@ class EpochSeeds(keras.callbacks.Callback):
 
 
 def layer_epoch_key(seed: int, layer: int, epoch: int) -> int:
-    """The generator key of random layer number LAYER in EPOCH of a run seeded SEED: a hash
-    of the three, within 31 bits (Keras 3.3.3 keeps the state in uint32, later ones in
-    int64)."""
+    """A hash of (seed, layer, epoch) within 31 bits (Keras 3.3.3 keeps the state in uint32)."""
     mixed = np.random.SeedSequence([seed % 2**32, layer, epoch]).generate_state(1)[0]
     return int(mixed) % 2**31
 
 
 class LiveProgress(keras.callbacks.Callback):
-    """Keeps the file ``path`` up to date with what ``fit`` is doing, for the headless study's
-    line on the terminal (``helpers.tools.progress``): the run ``run_name`` and its ``phase``,
-    the epoch of epochs as ``fit`` counts them (a resumed run, and a phase that continues the
-    count with ``initial_epoch``, show e.g. epoch 7/9), the step of the epoch, the seconds
-    since ``fit`` began and an estimate of those left. Written at each epoch's start and end,
-    when validation starts and when ``fit`` ends, and at most once a second in between; a
-    write that fails warns once and training goes on."""
+    """Keeps the file ``path`` up to date with ``fit``'s epoch, step and time left, for the
+    headless study's terminal line (``helpers.tools.progress``). Written at most once a second
+    between epochs; a write that fails warns once and training goes on."""
 
     def __init__(self, path: Path, run_name: str, phase: str | None = None,
                  steps_per_epoch: int | None = None, clock=time.monotonic,
@@ -194,10 +177,7 @@ class LiveProgress(keras.callbacks.Callback):
 
 
 def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    """Every trainable BatchNormalization layer of ``model``, nested models included.
-
-    Frozen ones (ResNet50's) keep their ImageNet statistics and are left out.
-    """
+    """Every trainable BatchNormalization layer of ``model``, nested models included."""
     found, pending = [], list(model.layers)
     while pending:
         layer = pending.pop(0)
@@ -210,11 +190,8 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
 def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, batches: int) -> None:
     """Replace BatchNorm moving statistics with their exact average over ``batches`` batches.
 
-    The moving averages that inference uses are updated during training, each step with the
-    weights of that step. At a high learning rate the weights move faster than the averages
-    follow, so validation runs with statistics of older weights: accuracy jumps from epoch to
-    epoch although training accuracy rises steadily. Recomputing the statistics with the
-    current weights removes the lag ("precise BatchNorm"); the weights are not changed.
+    At a high learning rate the moving averages lag the weights, so validation accuracy jumps
+    between epochs; recomputing them with the current weights removes the lag.
     """
     layers = batchnorm_layers(model)
     momenta = [layer.momentum for layer in layers]
@@ -257,12 +234,8 @@ class TrainingDivergedError(RuntimeError):
 
 
 class NonFiniteLossGuard(keras.callbacks.Callback):
-    """Stops training at the first loss that is not finite, a batch's or an epoch's
-    validation loss, with ``TrainingDivergedError`` from ``diverged(epoch, batch, values)``.
-
-    A diverged run would otherwise go on at chance (NaN weights give constant predictions),
-    and its figures would read as results. Reading the loss every batch costs a device sync
-    per step, as Keras's TerminateOnNaN does.
+    """Stops training at the first non-finite loss (a batch's or ``val_loss``) by raising
+    ``diverged(epoch, batch, values)``, so a diverged run's figures never read as results.
     """
 
     def __init__(self, diverged):
@@ -298,10 +271,8 @@ class StopAfterEpoch(keras.callbacks.Callback):
 
 
 class BatchNormStatisticsProbe(keras.callbacks.Callback):
-    """Logs ``val_accuracy_recomputed_bn``: validation accuracy of the same weights with
-    BatchNorm statistics recomputed on training batches, beside Keras's ``val_accuracy``
-    (moving averages). The moving averages are restored afterwards, so training goes on
-    exactly as without the probe: the difference between the two is the statistics alone.
+    """Logs ``val_accuracy_recomputed_bn``: validation accuracy with BatchNorm statistics
+    recomputed; the moving averages are restored afterwards, so training is unchanged.
     """
 
     def __init__(self, training_data: tf.data.Dataset, validation_data: tf.data.Dataset,
@@ -329,8 +300,7 @@ class BatchNormStatisticsProbe(keras.callbacks.Callback):
 
 
 def first_non_finite(history_csv: Path) -> tuple[int, dict] | None:
-    """The first epoch of a history whose loss or validation loss is not finite, with those
-    values; None when every one is finite (or there is no history)."""
+    """The first epoch whose loss or validation loss is not finite, with those values, or None."""
     if not history_csv.exists() or not history_csv.stat().st_size:
         return None
     history = pd.read_csv(history_csv)
@@ -354,9 +324,8 @@ def best_logged(history_csv: Path, monitor: str = "val_loss", from_epoch: int = 
 class ForgetRestoredEpoch(keras.callbacks.Callback):
     """Clears the epoch a previous ``fit`` restored from a backup (put it first).
 
-    BackupAndRestore tells ``fit`` where to resume through ``model._initial_epoch``, which
-    Keras never resets: a second ``fit`` of the same model (phase 2 after a resumed phase 1)
-    would start at phase 1's resumed epoch instead of its own ``initial_epoch``.
+    Keras never resets ``model._initial_epoch``: phase 2 after a resumed phase 1 would start
+    at phase 1's resumed epoch instead of its own ``initial_epoch``.
     """
 
     def on_train_begin(self, logs=None):
@@ -365,17 +334,12 @@ class ForgetRestoredEpoch(keras.callbacks.Callback):
 
 
 class BuildBeforeTracing(keras.callbacks.Callback):
-    """Creates the metrics' and the optimizer's variables before ``fit`` traces its training
-    step (put it before BackupAndRestore, which may load them).
+    """Creates the metrics' and optimizer's variables before ``fit`` traces its step (put it
+    before BackupAndRestore, which may load them).
 
-    On one device Keras creates them while it traces the step, and a ``tf.function`` that
-    created variables is traced a second time: every ``fit`` traced twice (on 2 CPU cores,
-    ResNet50's first ``fit`` took 77 s against 66 s with its optimizer built first). Under a
-    distribution strategy Keras 3.5 and newer build them first with
-    ``Trainer._symbolic_build``; this calls it, inside the model's strategy scope, on one
-    device and in older versions too, from the shapes of the training data. The variables
-    are the ones Keras would create, zeros for the same weights. A Keras without that method
-    (it is private) traces twice, as before: only time is at stake.
+    Otherwise a ``tf.function`` that creates variables is traced twice (see
+    docs/performance.md). Calls Keras's private ``_symbolic_build``, as Keras 3.5+ does under
+    a strategy; without it, only time is lost.
     """
 
     def __init__(self, element_spec):
@@ -392,11 +356,9 @@ class BuildBeforeTracing(keras.callbacks.Callback):
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras's BackupAndRestore, except that a finished ``fit`` leaves a backup that says
-    "all epochs done" instead of deleting it: a kill between the end of ``fit`` and
-    ``TrainingRun.finish`` (which removes it) then resumes at the end, rather than training
-    the whole run again (or past where early stopping ended it). Where Keras can (3.7 and
-    newer) the previous backup is kept too, so one damaged by a kill mid-write falls back."""
+    """Keras's BackupAndRestore, except that a finished ``fit`` leaves an "all epochs done"
+    backup, so a kill before ``TrainingRun.finish`` does not retrain. With Keras 3.7+ the
+    previous backup is kept too, for a fall-back when one is damaged mid-write."""
 
     def __init__(self, backup_dir: Path):
         options = {"delete_checkpoint": False}
@@ -413,10 +375,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Saves the model after each epoch with a lower validation loss than ``best`` (the best
-    of this phase so far, from the history when resumed), or after every epoch with
-    ``every_epoch`` (no selection: the last epoch is the model), through a temporary file
-    and a rename: a kill mid-save leaves the previous one whole."""
+    """Saves the model after each epoch with a lower validation loss than ``best`` (or every
+    epoch with ``every_epoch``), atomically: a kill mid-save leaves the previous one whole."""
 
     def __init__(self, path: Path, best: float | None, every_epoch: bool = False):
         super().__init__()
@@ -433,9 +393,7 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     """EarlyStopping on validation loss that, resumed, counts the epochs already in the
-    history since ``from_epoch`` (Keras's starts counting afresh at every ``fit``, so each
-    resume would grant ``patience`` more epochs). The kept model is the best checkpoint, so
-    the weights are not restored here."""
+    history since ``from_epoch`` (Keras's would grant ``patience`` more epochs per resume)."""
 
     def __init__(self, history_csv: Path, from_epoch: int, patience: int):
         super().__init__(monitor="val_loss", patience=patience)
@@ -467,29 +425,11 @@ def standard_callbacks(*, checkpoint: Path, history_csv: Path, backup_dir: Path,
                        precise_batchnorm_images: int = 1024, probe_batchnorm_images: int = 0,
                        stop_after_epoch: int = 0, keep_best: bool = True,
                        ) -> list[keras.callbacks.Callback]:
-    """The callbacks for one ``fit`` of a training run, in order:
+    """The callbacks for one ``fit`` of a training run, in order.
 
-    - ForgetRestoredEpoch, then BuildBeforeTracing: the metrics' and the optimizer's
-      variables exist before ``fit`` traces its step, so it traces it once.
-    - NonFiniteLossGuard: a loss that is not finite stops the run through ``diverged``.
-    - EpochSeeds: shuffle order and random layers follow ``seed`` and the epoch number, so a
-      resumed run matches an uninterrupted one.
-    - BestCheckpoint: the best epoch by validation loss (``checkpoint``); a resumed phase
-      replaces it only with a better epoch than the history's best since ``initial_epoch``.
-    - ResumableEarlyStopping on validation loss after ``patience`` epochs without a better
-      one, counted across resumes.
-    - With ``keep_best=False``, as the earlier study trained: no selection and no early
-      stopping, the checkpoint saved after every epoch, so the last epoch is the model.
-    - EpochTiming: epoch seconds, images/s and the learning rate in the history.
-    - PreciseBatchNorm: BatchNorm statistics recomputed on ``precise_batchnorm_images``
-      training images before each validation (0: off, Keras's moving averages).
-    - BatchNormStatisticsProbe on ``probe_batchnorm_images`` images (0: off).
-    - LiveProgress, only in a kernel the headless study started (it sets
-      ``liveprogress.PROGRESS_VARIABLE``): the run's epoch, step, time and time left.
-    - CSVLogger: the history, appended across resumes and phases.
-    - BackupAndRestore, last: an epoch is backed up only once checkpoint and history have
-      it, so a killed run resumes after the last epoch that is fully recorded.
-    - StopAfterEpoch(``stop_after_epoch``) when given: a deliberate crash, to try resuming.
+    ``keep_best=False`` trains as the earlier study did: no early stopping, a checkpoint every
+    epoch. BackupAndRestore comes last, so an epoch is backed up only once checkpoint and
+    history have it; LiveProgress is added only under the headless study.
     """
     callbacks = [
         ForgetRestoredEpoch(),

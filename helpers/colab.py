@@ -1,11 +1,7 @@
 """What the notebooks' setup cells do in Google Colab: check the runtime, install what it lacks.
 
-Colab imports NumPy when its kernel starts and ships TensorFlow built for its GPUs; installing
-other versions of those needs a runtime restart or has hidden the GPU. So the packages Colab
-ships for the study (``PREINSTALLED``) are never installed or upgraded here, only reported when
-their version lies outside ``requirements/study.txt``; any other line of that file is installed
-when it is missing or its installed version does not satisfy it. Nothing here imports
-TensorFlow, so a runtime without it gets one clear sentence instead of an ImportError.
+Colab's own builds (``PREINSTALLED``) are never reinstalled, only reported when out of range:
+other versions need a runtime restart or have hidden the GPU. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""The comparison of trained models on the test split: metrics with intervals, calibration
-before and after temperature scaling, training cost, and how each model learned.
-
-Everything is read from and written to the run folder (``helpers.runfolder``): per-image
-predictions, ``metrics/NAME_test.json`` and the comparison table.
+"""The comparison of trained models on the test split: metrics with intervals, calibration,
+training cost and how each model learned; read from and written to the run folder.
 """
 
 from __future__ import annotations
@@ -26,16 +23,15 @@ from helpers.runfolder import RunFolder
 
 
 def dynamics_text(table: pd.DataFrame) -> str:
-    """A table of ``dynamics_frame`` as text: 3 decimals, empty cells (never) as "-".
-    pandas prints an empty nullable cell as <NA> whatever ``na_rep`` says, and ``fillna`` on
-    the object cast warns in pandas 2.2, so the empty cells are masked instead."""
+    """A table of ``dynamics_frame`` as text: 3 decimals, empty cells as "-".
+
+    Masked, because pandas prints <NA> whatever ``na_rep`` says and ``fillna`` warns in 2.2."""
     return table.astype(object).mask(table.isna(), "-").to_string(
         float_format=lambda value: f"{value:.3f}")
 
 
 def training_cost(run: RunFolder, name: str, model: keras.Model) -> dict:
-    """Minutes of training, median training images/s (from the history of run NAME) and the
-    parameter counts of its kept ``model``."""
+    """Minutes of training, median training images/s and parameter counts of run NAME."""
     epochs = run.read_history(name)
     return {"training_minutes": float(epochs["epoch_seconds"].sum() / 60),
             "images_per_second": float(epochs["images_per_second"].median()),
@@ -46,12 +42,9 @@ def training_cost(run: RunFolder, name: str, model: keras.Model) -> dict:
 def evaluate_on_test(run: RunFolder, name: str, loaded: inference.LoadedModel,
                      tta: bool = False,
                      n_resamples: int = metrics.BOOTSTRAP_RESAMPLES) -> dict:
-    """Predict validation and test with model NAME and score the test split.
+    """Predict validation and test with model NAME, score the test split and save the report.
 
-    ``loaded`` is ``inference.load_model(run.model(name))``. Temperature is fitted on
-    validation and applied to test; the report gives NLL and ECE before and after (accuracy
-    cannot change). With ``tta`` the TTA figures are added under "tta", beside the plain ones.
-    Saves ``metrics/NAME_test.json``.
+    Temperature is fitted on validation and applied to test (NLL and ECE before and after).
     """
     class_names = loaded.class_names
     validation = scoring.predict_split(run, name, "validation", loaded)
@@ -84,12 +77,10 @@ def evaluate_on_test(run: RunFolder, name: str, loaded: inference.LoadedModel,
 
 
 def seed_runs(run: RunFolder, name: str) -> list[str]:
-    """The runs (one per seed) model NAME was kept from (``publish.keep_best_run``); empty
-    when it was trained once.
+    """The runs (one per seed) model NAME was kept from; empty when it was trained once.
 
-    Raises DataError when a seed's run is not the one NAME was chosen among (a later run of
-    the notebook replaced some seeds, then failed or stopped before keeping a model): its
-    spread would mix two recipes."""
+    Raises DataError when a seed's run is not one NAME was chosen among (a later run replaced
+    it, then failed): the spread would mix two recipes."""
     candidates = run.read_run_record(name).get("candidates", {})
     for candidate, chosen_among in candidates.items():
         path = run.validation_metrics(candidate)
@@ -102,8 +93,7 @@ def seed_runs(run: RunFolder, name: str) -> list[str]:
 
 
 def seed_spread(run: RunFolder, names: list[str]) -> pd.DataFrame:
-    """Test accuracy and macro-F1 of each run in ``names`` (the same recipe with different
-    seeds), with its seed, validation accuracy and training minutes: what varies between
+    """Test accuracy and macro-F1 of each seed's run in ``names``: the variation between
     training runs, which a bootstrap interval over test images does not cover."""
     rows = []
     for name in names:
@@ -122,19 +112,15 @@ def seed_spread(run: RunFolder, names: list[str]) -> pd.DataFrame:
 
 
 def mean_and_sd(values: pd.Series, signed: bool = False) -> str:
-    """"mean ± sd" of the seeds' figures (the sample standard deviation), to 4 decimals;
-    ``signed`` writes the mean's sign, for differences."""
+    """"mean ± sd" (sample standard deviation) to 4 decimals; ``signed`` for differences."""
     return f"{values.mean():{'+' if signed else ''}.4f} ± {values.std(ddof=1):.4f}"
 
 
 def comparison_table(reports: dict[str, dict], costs: dict[str, dict],
                      seeds: dict[str, pd.DataFrame] | None = None,
                      limits: dict[str, list[str]] | None = None) -> pd.DataFrame:
-    """One row per model: what limits a verdict about it, test metrics with 95% intervals,
-    calibration, validation-to-test gap and training cost. ``reports``/``costs`` map a
-    model's label to ``evaluate_on_test`` and ``training_cost`` results; ``seeds`` maps a
-    label to its ``seed_spread``, reported as mean and standard deviation over the seeds;
-    ``limits`` to its ``caveats`` (the first column: "none" where there are none)."""
+    """One row per model label: caveats, test metrics with 95% intervals, calibration,
+    validation-to-test gap, the seeds' mean ± sd and training cost."""
     rows = []
     for label, report in reports.items():
         calibration = report["calibration"]
@@ -179,11 +165,10 @@ def _counted_from(row: dict, first: int) -> dict:
 
 def phase_dynamics(run: RunFolder, name: str, threshold: float = CONVERGENCE_ACCURACY,
                    row_name: str | None = None) -> pd.DataFrame:
-    """``learning_dynamics`` of run NAME, one row per training phase when it had two
-    (ResNet50: frozen, then fine-tuned), else one row, named ``row_name`` (default: the
-    run's label). Epoch numbers stay those of the whole run (a fine-tuning phase after 5
-    frozen epochs starts at epoch 6), so ``best_epoch`` of each row is the checkpoint that
-    phase kept."""
+    """``learning_dynamics`` of run NAME, one row per training phase.
+
+    Epoch numbers stay those of the whole run, so each row's ``best_epoch`` is the checkpoint
+    that phase kept."""
     epochs = run.read_history(name)
     label = row_name or run.read_run_record(name)["label"]
     boundary = run.phase_boundary(name)
@@ -205,8 +190,7 @@ def phase_dynamics(run: RunFolder, name: str, threshold: float = CONVERGENCE_ACC
 
 
 def per_class_table(reports: dict[str, dict]) -> pd.DataFrame:
-    """Precision, recall, F1 and support per class (rows) and model (column groups), from
-    ``evaluate_on_test`` reports keyed by the models' labels."""
+    """Precision, recall, F1 and support per class (rows) and model (column groups)."""
     return pd.concat({label: pd.DataFrame.from_dict(report["per_class"], orient="index")
                       [["precision", "recall", "f1", "support"]]
                       for label, report in reports.items()}, axis=1)
@@ -214,12 +198,8 @@ def per_class_table(reports: dict[str, dict]) -> pd.DataFrame:
 
 def confused_pairs(y_true: np.ndarray, predicted: dict[str, np.ndarray],
                    class_names: tuple[str, ...], top: int = 5) -> pd.DataFrame:
-    """The class pairs the models confuse most on the same images: per unordered pair, each
-    model's errors in either direction, ranked by all models' errors together. A row per
-    pair ("ig / neutrophil"); per model a column of its errors in the pair and how they
-    split ("17 (ig as neutrophil: 12, neutrophil as ig: 5)"), and the sum over the models
-    ("all models"). Pairs no model confuses are
-    left out, so the table may have fewer than ``top`` rows (none: no errors)."""
+    """The class pairs the models confuse most, ranked by all models' errors in either
+    direction. Pairs no model confuses are left out, so there may be fewer than ``top`` rows."""
     n = len(class_names)
     confusions = {}
     for label, pred in predicted.items():
@@ -252,8 +232,7 @@ CONVERGENCE_WINDOW = 2
 
 
 def initial_weights(record: dict) -> str:
-    """Where a run's weights started, from its run record: "ImageNet", "file NAME" or
-    "random" (the CNN always; a ResNet50 with RESNET_WEIGHTS "none")."""
+    """Where a run's weights started: "ImageNet", "file NAME" or "random"."""
     setting = record.get("parameters", {}).get("RESNET_WEIGHTS", "none")
     if setting == "none":
         return "random"
@@ -262,11 +241,9 @@ def initial_weights(record: dict) -> str:
 
 def convergence(epochs: pd.DataFrame, gain: float = CONVERGED_ACCURACY_GAIN,
                 window: int = CONVERGENCE_WINDOW) -> str:
-    """Whether a run had stopped improving when training ended, by a stated rule: "yes"
-    when the best validation accuracy of its last ``window`` epochs is less than ``gain``
-    above the best of the epochs before them, else "no: ..." saying by how much it still
-    rose. A noisy last epoch does not hide a rise the epoch before it made. A run of
-    ``window`` epochs or fewer cannot tell, and is not called converged."""
+    """"yes" when the best validation accuracy of the last ``window`` epochs is less than
+    ``gain`` above the best before them, else "no: ..." saying why (too few epochs, or by how
+    much it still rose)."""
     accuracies = epochs["val_accuracy"].to_numpy(dtype=float)
     if len(accuracies) <= window:
         return (f"no: {len(accuracies)} epoch{'s' if len(accuracies) != 1 else ''}, too few "
@@ -279,10 +256,8 @@ def convergence(epochs: pd.DataFrame, gain: float = CONVERGED_ACCURACY_GAIN,
 
 def training_budget(run: RunFolder, name: str, loaded: inference.LoadedModel,
                     gain: float = CONVERGED_ACCURACY_GAIN) -> dict:
-    """What model NAME saw and spent in training: where its weights started, input pixels
-    and crop, training images, epochs (per phase where it had two), the seeds trained for
-    it and their minutes, whether it converged (``convergence`` with ``gain``) and its
-    parameters."""
+    """What model NAME saw and spent in training: weights, input, images, epochs, seeds,
+    minutes, convergence and parameters."""
     record = run.read_run_record(name)
     history = run.read_history(name)
     boundary = run.phase_boundary(name)
@@ -308,8 +283,7 @@ def training_budget(run: RunFolder, name: str, loaded: inference.LoadedModel,
 
 
 def budget_table(budgets: dict[str, dict]) -> pd.DataFrame:
-    """``training_budget`` of several models (keyed by label), one column each, so that
-    unequal inputs and budgets sit side by side."""
+    """``training_budget`` of several models, one column each, side by side."""
     table = pd.DataFrame.from_dict(budgets, orient="index")
     epochs = [column for column in table.columns if column.startswith("epochs")]
     if len(epochs) > 1:  # one model trained in two phases: one column for both
@@ -326,8 +300,7 @@ def budget_table(budgets: dict[str, dict]) -> pd.DataFrame:
 
 def seed_differences(run: RunFolder, names: list[str], y_true: np.ndarray,
                      other_predicted: np.ndarray, class_names: tuple[str, ...]) -> pd.DataFrame:
-    """Per seed's run in ``names`` (scored on test by ``seed_spread``, which saved its
-    predictions): its accuracy and macro-F1 minus the other model's on the same images."""
+    """Per seed's run in ``names``: its test accuracy and macro-F1 minus the other model's."""
     present = np.unique(y_true)
     rows = {}
     for name in names:
@@ -345,9 +318,7 @@ def seed_differences(run: RunFolder, names: list[str], y_true: np.ndarray,
 
 
 def difference_table(difference: dict, label_a: str, label_b: str) -> pd.DataFrame:
-    """``metrics.paired_bootstrap_difference``'s result as a table: per metric (accuracy,
-    macro-F1), each model's score, the difference A - B, its paired 95% interval and the
-    share of resamples in which A is better."""
+    """``metrics.paired_bootstrap_difference``'s result as a table, one column per metric."""
     return pd.DataFrame({
         metric: {label_a: values["a"], label_b: values["b"],
                  "difference (A - B)": values["difference"],
@@ -370,9 +341,7 @@ def mcnemar_sentence(mcnemar: dict, label_a: str, label_b: str) -> str:
 def ensemble_table(kept: tuple[str, dict], ensemble: tuple[str, dict], spread: pd.DataFrame,
                    parameters: int) -> pd.DataFrame:
     """The kept seed, the ensemble of all seeds and the seeds' mean ± sd on the test split,
-    with what each costs at inference. ``kept`` and ``ensemble`` are (label,
-    ``evaluate_on_test`` report); ``spread`` is ``seed_spread`` of the members (one row per
-    seed); ``parameters`` is one member's parameter count."""
+    with what each costs at inference (``parameters``: one member's count)."""
     members = len(spread)
     rows = {}
     for (label, report), passes in ((kept, 1), (ensemble, members)):
@@ -391,9 +360,7 @@ def ensemble_table(kept: tuple[str, dict], ensemble: tuple[str, dict], spread: p
 
 
 def kept_checkpoints_by_phase(run: RunFolder, name: str) -> dict[str, float] | None:
-    """Validation accuracy of the checkpoint each phase of run NAME kept (its epoch of
-    lowest validation loss): what fine-tuning added to the model phase 1 would have given.
-    None when the run had one phase."""
+    """Validation accuracy of the checkpoint each phase of run NAME kept; None for one phase."""
     epochs = run.read_history(name)
     boundary = run.phase_boundary(name)
     if not boundary or boundary >= len(epochs):

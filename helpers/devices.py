@@ -10,16 +10,12 @@ import tensorflow as tf
 
 
 def choose_strategy_kind(n_gpus: int) -> str:
-    """"mirrored" with several GPUs, else "default" (one GPU or the CPU). TPUs are not
-    supported: Colab's TPU runtimes ship without TensorFlow (``helpers.colab`` says so)."""
+    """"mirrored" with several GPUs, else "default". TPUs are not supported (``helpers.colab``)."""
     return "mirrored" if n_gpus > 1 else "default"
 
 
 def select_strategy() -> tf.distribute.Strategy:
-    """The distribution strategy for this machine (see ``choose_strategy_kind``).
-
-    The global batch size is the per-replica one times ``strategy.num_replicas_in_sync``.
-    """
+    """The distribution strategy for this machine (see ``choose_strategy_kind``)."""
     if choose_strategy_kind(len(tf.config.list_logical_devices("GPU"))) == "mirrored":
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
@@ -32,8 +28,7 @@ BFLOAT16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 def cpu_supports_bfloat16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU has AMX-BF16 or AVX512-BF16 (read from ``/proc/cpuinfo``, or the text
-    given; False where there is none, as on macOS and Windows)."""
+    """Whether this CPU has AMX-BF16 or AVX512-BF16, from ``/proc/cpuinfo`` (False without)."""
     if cpuinfo is None:
         path = Path("/proc/cpuinfo")
         cpuinfo = path.read_text() if path.exists() else ""
@@ -45,13 +40,10 @@ def cpu_supports_bfloat16(cpuinfo: str | None = None) -> bool:
 
 def choose_precision(gpu_compute_capabilities: list[tuple[int, int]],
                      cpu_bfloat16: bool = False, requested: str = "auto") -> str:
-    """The Keras dtype policy: ``requested`` unless it is "auto", which picks what speeds
-    training up on this hardware without costing accuracy.
+    """The Keras dtype policy: ``requested``, or for "auto" what speeds training up here.
 
-    GPUs: float16 with tensor cores (compute capability 7.0 or newer, the slowest GPU
-    decides), else float32. CPUs: bfloat16 where the CPU has bfloat16 units (AMX or
-    AVX512-BF16: several times float32's convolution rate), else float32. Either way the
-    softmax output, the loss, the metrics and BatchNorm's statistics stay float32.
+    float16 on GPUs of compute capability 7.0+ (the slowest decides), bfloat16 on CPUs with
+    bfloat16 units (docs/performance.md), else float32.
     """
     if requested not in PRECISIONS:
         raise ValueError(f"PRECISION must be one of {PRECISIONS}, got {requested!r}")
@@ -83,11 +75,8 @@ def device_names() -> list[str]:
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and TensorFlow; with ``deterministic``, make TF ops deterministic.
-
-    Determinism costs speed on GPUs and makes some ops raise; use it for checks, not for the
-    full study.
-    """
+    """Seed Python, NumPy and TensorFlow; with ``deterministic``, make TF ops deterministic
+    (slower on GPUs, and some ops raise)."""
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()

@@ -1,13 +1,7 @@
 """A model's seeds as one model of the run folder.
 
-Notebook 3 trains the CNN once per seed and keeps the best on validation; averaging the
-seeds' class probabilities can do better than any one of them (each run errs on somewhat
-different images), at N times the inference cost; notebook 5 measures whether it does. The
-notebook builds that average as one Keras model (its recipe is in the cell); this module
-saves it like every trained model (``models/NAME.keras`` with its sidecar, so
-``helpers.evaluate``, ``helpers.predict`` and notebook 5 use it unchanged), records which
-member models it holds, tells when a member was trained again since, and removes it when a
-profile trains one seed.
+Notebook 3 builds the average of the seeds' probabilities as one Keras model; this saves it
+like every trained model, records its members and tells when one was trained again since.
 """
 
 from __future__ import annotations
@@ -22,8 +16,8 @@ from helpers.runfolder import RunFolder
 
 
 def load_members(run: RunFolder, names: list[str]) -> list[keras.Model]:
-    """The kept models of the runs ``names``, each renamed after its run (the seeds' models
-    share one name, and the layers of a Keras model need distinct ones)."""
+    """The kept models of the runs ``names``, each renamed after its run (a Keras model's
+    layers need distinct names)."""
     if len(names) < 2:
         raise ValueError(f"An ensemble needs at least two members, got {names}")
     members = []
@@ -35,8 +29,7 @@ def load_members(run: RunFolder, names: list[str]) -> list[keras.Model]:
 
 
 def member_settings(run: RunFolder, names: list[str]) -> dict:
-    """The image settings (size, resize method, crop) the members share, from their
-    sidecars; ValueError when they differ, as one input cannot then serve them all."""
+    """The image settings the members share; ValueError when they differ."""
     settings = {}
     for name in names:
         info = inference.read_sidecar(inference.sidecar_path(run.model(name)))
@@ -56,18 +49,11 @@ def member_fingerprints(run: RunFolder, names: list[str]) -> dict[str, str]:
 
 def save(run: RunFolder, name: str, members: list[str], model: keras.Model,
          label: str) -> dict:
-    """Save ``model``, built from the runs ``members``, as run NAME of the run folder.
+    """Save ``model``, built from the runs ``members``, as run NAME; returns its validation
+    metrics, written last so a half-saved ensemble never counts as finished.
 
-    Writes ``models/NAME.keras`` with its sidecar (the members' image settings and
-    ``label``), ``config/NAME.json`` (the members, the sha256 of each one's model file and of
-    the saved file, and the fingerprint of ``model``'s configuration) and
-    ``metrics/NAME_validation.json``, scored on the validation split; the metrics last, so a
-    half-saved ensemble never counts as finished. Returns those metrics.
-
-    When the run folder already holds this ensemble, finished (the same members' model
-    files, the same configuration and label, its own file unchanged), it is kept and not
-    scored again: a notebook run again after a kill, with every seed kept, spends no
-    minutes on it.
+    The same ensemble already finished (same members, configuration, label and file) is kept
+    and not scored again.
     """
     settings = member_settings(run, members)
     record = {"name": name, "label": label, "members": member_fingerprints(run, members),
@@ -95,9 +81,8 @@ def save(run: RunFolder, name: str, members: list[str], model: keras.Model,
 
 
 def _finished_metrics(run: RunFolder, name: str, record: dict, settings: dict) -> dict | None:
-    """The validation metrics of the finished ensemble NAME when its record matches
-    ``record``, its sidecar the label and image ``settings``, and its model file is the one
-    recorded; None otherwise (then it is saved again)."""
+    """The validation metrics of the finished ensemble NAME when its record, sidecar and
+    model file match; None otherwise."""
     paths = (run.model(name), inference.sidecar_path(run.model(name)), run.run_record(name),
              run.predictions(name, "validation"), run.validation_metrics(name))
     if not all(path.exists() for path in paths):
@@ -119,9 +104,7 @@ def _finished_metrics(run: RunFolder, name: str, record: dict, settings: dict) -
 def members(run: RunFolder, name: str) -> list[str]:
     """The member runs of the ensemble NAME, checked to be the models it was built from.
 
-    DataError when it is missing or unfinished, when its own model file is not the one
-    saved, or when a member's model changed since (trained again): its figures would then
-    describe models that no longer exist.
+    DataError when it is unfinished, its model file was replaced or a member trained again.
     """
     record_path = run.run_record(name)
     if not (run.model(name).exists() and record_path.exists()
@@ -144,9 +127,8 @@ def members(run: RunFolder, name: str) -> list[str]:
 
 
 def remove(run: RunFolder, name: str) -> bool:
-    """Remove the ensemble NAME (model, sidecar, record, metrics, predictions) from the run
-    folder, as when a profile trains one seed: left in place, an ensemble of earlier seeds
-    would still be scored by the command lines. Returns whether there was one."""
+    """Remove the ensemble NAME and its files (a profile trains one seed); whether there was
+    one."""
     paths = [run.validation_metrics(name), run.model(name),
              inference.sidecar_path(run.model(name)), run.run_record(name),
              run.test_metrics(name)] + [run.predictions(name, subset, tta)

@@ -1,10 +1,7 @@
 """Small file helpers shared by the command lines and the notebooks.
 
-Every file is written through a temporary file of a unique name beside it and a rename, so a
-reader (or a kill mid-write) sees the old file or the new one, never half, two writers never
-share a temporary file, and a failed write leaves no temporary file behind. An output lands
-only on a regular file or on nothing: a link to a regular file is written through (the link
-stays), anything else (a folder, a device, a FIFO, a socket, a link to nothing) is refused.
+Every file is written through a uniquely named temporary file and a rename, and only onto a
+regular file or a new name (see docs/guarantees.md).
 """
 
 from __future__ import annotations
@@ -52,9 +49,8 @@ def file_kind(path: str | os.PathLike) -> str:
 
 
 def output_target(path: str | os.PathLike) -> Path:
-    """The file an output written at ``path`` lands in: ``path`` itself when it is a regular
-    file or nothing, the file a link at ``path`` points to when that is a regular file.
-    OutputError for anything else, naming what is there."""
+    """The file an output written at ``path`` lands in (a link to a regular file is written
+    through); OutputError for anything but a regular file or nothing."""
     path = Path(path)
     kind = file_kind(path)
     link = path.is_symlink()
@@ -69,9 +65,8 @@ def output_target(path: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
-    """A temporary path of a unique name beside the output ``path`` (see ``output_target``),
-    moved onto it when the ``with`` block ends without error, and removed when it fails.
-    ``suffix`` ends the temporary name (Keras saves only to names ending in .keras)."""
+    """A unique temporary path beside ``path``, moved onto it when the ``with`` block
+    succeeds and removed when it fails (Keras saves only to names ending in .keras)."""
     target = output_target(path)
     temporary = None
     try:
@@ -107,11 +102,9 @@ def copy_atomically(source: str | os.PathLike, destination: str | os.PathLike) -
 
 
 def list_files(folder: str | os.PathLike, skip_hidden: bool = False) -> list[Path]:
-    """Every file under ``folder``, sorted, following linked folders (a class folder may be a
-    link) but listing each real folder once, so a link back up cannot loop. Links to nothing
-    and special files (FIFOs, devices) are listed too: whoever reads them reports them
-    (``file_kind``) without opening them. ``skip_hidden`` leaves out names that start with a
-    dot, and everything under such folders."""
+    """Every file under ``folder``, sorted, following linked folders but listing each real
+    folder once, so a link back up cannot loop. Links to nothing and special files are listed
+    too, for the reader to report."""
     found, visited = [], set()
     for current, subfolders, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(current)
@@ -134,9 +127,8 @@ def display_name(path: str | os.PathLike) -> str:
 
 
 def terminal_text(text: str) -> str:
-    """``text`` (a file name, a reason naming one) as it may be shown on a terminal or in a
-    report: control characters (escape sequences that would move the cursor or rewrite
-    earlier lines, newlines that would fake a line) written as \\xNN or \\uNNNN."""
+    """``text`` safe to show on a terminal or in a report: control characters written as
+    \\xNN or \\uNNNN."""
     return "".join(
         character if unicodedata.category(character) not in ("Cc", "Cf", "Zl", "Zp")
         else (f"\\x{ord(character):02x}" if ord(character) < 0x100

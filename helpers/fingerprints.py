@@ -1,6 +1,5 @@
-"""What identifies a run: the fingerprint of its recipe (model, optimizer, loss and
-settings), compared to decide whether a finished run is kept or trained again, and the
-code's git commit recorded beside it."""
+"""What identifies a run: its recipe's fingerprint (kept or trained again?) and the code's
+git commit."""
 
 from __future__ import annotations
 
@@ -17,9 +16,8 @@ from helpers import schedules
 
 
 def git_commit(folder: str | os.PathLike = Path(__file__).parent) -> str:
-    """The commit of the checkout holding ``folder`` (this project's by default), followed
-    by " with uncommitted changes" when its files differ from that commit (a run of edited
-    code must not pass for a run of the commit); "unknown" outside a git checkout."""
+    """The commit of the checkout holding ``folder``, plus " with uncommitted changes" when
+    its files differ; "unknown" outside a git checkout."""
     def git(*arguments: str) -> str:
         return subprocess.run(["git", *arguments], capture_output=True, text=True, check=True,
                               cwd=folder).stdout.strip()
@@ -32,9 +30,8 @@ def git_commit(folder: str | os.PathLike = Path(__file__).parent) -> str:
 
 
 def recipe_fingerprint(model: keras.Model, *settings) -> str:
-    """A hash of what defines a run: the model's and the optimizer's configurations (layers,
-    sizes, schedule...) and ``settings``; the same in every session where the layers Keras
-    would number (below) are named or created in the same order."""
+    """A hash of the model's and optimizer's configurations and ``settings``, the same in
+    every session (Keras's own numbering of names is dropped)."""
     # A model never compiled (an ensemble) has no optimizer attribute.
     optimizer = getattr(model, "optimizer", None)
     optimizer = _as_keras_schedule(optimizer.get_config()) if optimizer is not None else {}
@@ -47,11 +44,8 @@ def recipe_fingerprint(model: keras.Model, *settings) -> str:
 
 
 def _as_keras_schedule(config):
-    """``config`` with each WarmupCosineDecay written as the Keras CosineDecay it equals.
-
-    Runs trained before ``helpers.schedules`` existed used Keras's class, with the same
-    rates to float32 rounding: the same recipe, so they are kept, not trained again.
-    """
+    """``config`` with each WarmupCosineDecay written as the Keras CosineDecay it equals, so
+    runs trained with Keras's class are kept, not trained again."""
     if isinstance(config, dict):
         if (config.get("registered_name")
                 == keras.saving.get_registered_name(schedules.WarmupCosineDecay)

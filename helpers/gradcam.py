@@ -15,11 +15,7 @@ POOLING = (layers.MaxPooling2D, layers.AveragePooling2D)
 
 
 def target_layer(model: keras.Model) -> keras.layers.Layer:
-    """The last layer before global pooling whose output is a feature map.
-
-    In the baseline CNN that is the last block's ReLU (before its max-pooling); in ResNet50
-    the whole base, whose output is the last residual block's.
-    """
+    """The last layer before global pooling whose output is a feature map (ResNet50: the base)."""
     chain = model.layers
     pool_index = next((i for i, layer in enumerate(chain)
                        if isinstance(layer, layers.GlobalAveragePooling2D)), None)
@@ -33,12 +29,10 @@ def target_layer(model: keras.Model) -> keras.layers.Layer:
 
 def gradcam(model: keras.Model, images: np.ndarray | tf.Tensor,
             class_indices: np.ndarray | None = None) -> np.ndarray:
-    """Heat maps ``[n, height, width]`` in [0, 1] for ``images`` (raw 0-255 RGB batch).
+    """Heat maps ``[n, height, width]`` in [0, 1] for ``images`` (default class: predicted).
 
-    ``class_indices`` (default: each image's predicted class) is the class explained.
-    The score is the class's logit (before softmax, as in the paper: a saturated softmax
-    has no gradient). Assumes a single chain of layers ending in a Dense softmax layer, as
-    both models of the study are.
+    Uses the logit, as the paper does: a saturated softmax has no gradient. Assumes a chain
+    of layers ending in a Dense softmax layer.
     """
     target = target_layer(model)
     head = model.layers[-1]

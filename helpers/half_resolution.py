@@ -1,11 +1,7 @@
 """Does a model's answer depend on the resolution its source image was taken at?
 
-The development copy of the data (``pbc_dev``) holds every image at half resolution, made
-with Pillow's LANCZOS filter and saved as JPEG at quality 90; a user's download holds the
-originals. This module makes half-resolution copies the same way and scores a model on
-both versions of each image: accuracy on each, and how often the two predictions agree.
-It is the library of ``python -m helpers.resolution`` (``helpers/tools/resolution.py``) and
-of notebook 5's resolution check.
+Makes half-resolution copies as ``pbc_dev`` was made and scores a model on both versions of
+each image. The library of ``python -m helpers.resolution`` and notebook 5's check.
 """
 
 from __future__ import annotations
@@ -32,8 +28,7 @@ HALF_RESOLUTION_QUALITY = 90
 
 
 def half_resolution_bytes(source: str | os.PathLike) -> bytes:
-    """The JPEG bytes of ``source`` at half its width and height (Pillow LANCZOS, quality
-    90), as the development copy of the data was made."""
+    """The JPEG bytes of ``source`` at half its width and height, as pbc_dev was made."""
     with Image.open(source) as image:
         image = image.convert("RGB")
         # Python's rounding, as pbc_dev was made: 363 px became 182, 369 px 184.
@@ -46,8 +41,8 @@ def half_resolution_bytes(source: str | os.PathLike) -> bytes:
 
 
 def half_resolution_copies(paths: list[str], folder: str | os.PathLike) -> list[Path]:
-    """Write a half-resolution copy of each image into ``folder`` (numbered, so equal file
-    names in different class folders stay apart); returns the copies in ``paths`` order."""
+    """Write numbered half-resolution copies of the images into ``folder``; returns them in
+    ``paths`` order."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     copies = []
@@ -60,8 +55,7 @@ def half_resolution_copies(paths: list[str], folder: str | os.PathLike) -> list[
 
 
 def agreement_figures(y_true: np.ndarray, original: np.ndarray, half: np.ndarray) -> dict:
-    """Accuracy on the originals and on the half-resolution copies, and the share of images
-    whose predicted class is the same for both, from the two ``[n, classes]`` outputs."""
+    """Accuracy on the originals and the half-resolution copies, and how often they agree."""
     original_class, half_class = original.argmax(axis=1), half.argmax(axis=1)
     return {"n_images": int(len(y_true)),
             "accuracy_original": float(np.mean(original_class == y_true)),
@@ -72,13 +66,10 @@ def agreement_figures(y_true: np.ndarray, original: np.ndarray, half: np.ndarray
 
 def split_of_images(images: pd.DataFrame, split: pd.DataFrame,
                     excluded: list[dict] = ()) -> pd.Series:
-    """The subset ("train", "validation", "test") each image (columns path, label, sha256)
-    has in a run's split, or "not in the split".
+    """The subset each image has in a run's split, or "not in the split".
 
-    An image is matched by class and file name (a full-resolution original has the name of
-    its half-resolution copy; class folders may be named in any case) or by content
-    (sha256). A duplicate the split left out (in ``excluded``, the split's metadata) has the
-    subset of the copy it kept, since a model that trained on one has seen the other.
+    Matched by class and file name (an original has its half-resolution copy's name) or by
+    content. A duplicate the split left out has the subset of the copy it kept.
     """
     def key(label: str, path: str) -> tuple[str, str]:
         return label, PurePosixPath(path).name
@@ -110,15 +101,11 @@ def median_size(paths: list[str | os.PathLike]) -> str:
 
 def resolution_check(models: list[inference.LoadedModel], images: pd.DataFrame,
                      root: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Score each model on ``images`` (columns path, label; optionally split, a run's subset
-    of each image) and on half-resolution copies of them.
+    """Score each model on ``images`` and on half-resolution copies of them.
 
-    One row per model and group of images: "all images", and where the split column marks
-    some as "train", also "not trained on" (validation, test and images outside the split).
-    Columns: model (its label), file (relative to ``root`` when inside it: a run folder's
-    table stays true when the folder moves), images, n_images, original and half (median sizes in
-    pixels), accuracy_original, accuracy_half, agreement, changed (images whose predicted
-    class differs between the two versions).
+    One row per model and group: "all images", and "not trained on" where the split column
+    marks some as "train". ``file`` is relative to ``root`` when inside it, so a moved run
+    folder's table stays true.
     """
     if images.empty:
         raise DataError("No images to check.")
@@ -151,9 +138,8 @@ def _shown_path(path: Path, root: str | os.PathLike | None) -> str:
 
 
 def labelled_folder(data_dir: str | os.PathLike, run: RunFolder | None = None) -> pd.DataFrame:
-    """The usable images of a folder of class folders (path, label), with the subset each
-    has in ``run``'s split (``split_of_images``) when a run folder is given; DataError when
-    there is no usable image."""
+    """The usable images of a folder of class folders, with each one's subset in ``run``'s
+    split when given; DataError when there is no usable image."""
     images, skipped, root = labelled_images(data_dir)
     if images.empty:
         raise DataError(f"No usable image in the class folders under {root} "
@@ -166,9 +152,7 @@ def labelled_folder(data_dir: str | os.PathLike, run: RunFolder | None = None) -
 
 
 def images_to_check(folder: str | os.PathLike | None, run: RunFolder) -> pd.DataFrame:
-    """The images notebook 5 checks: those of ``folder`` (class folders of full-resolution
-    images), each with its subset in ``run``'s split; without a folder, the run's test split.
-    DataError, before any work, for a folder that holds no usable image."""
+    """The images notebook 5 checks: those of ``folder``, else the run's test split."""
     if folder:
         return labelled_folder(folder, run)
     split_frame, data_root = run.load_split()

@@ -1,7 +1,5 @@
-"""What a run's training history says: the epoch kept, overfitting, the gap between training
-and validation, how fast it reached an accuracy, and BatchNorm's probe, as tables. pandas only:
-notebook 3 reads its strategies' and demonstration's histories with these, notebook 5 every
-run's (``compare.phase_dynamics``)."""
+"""What a run's training history says (the epoch kept, overfitting, the generalization gap,
+speed to an accuracy, BatchNorm's probe), as tables; pandas only."""
 
 from __future__ import annotations
 
@@ -13,14 +11,10 @@ CONVERGENCE_ACCURACY = 0.95
 
 def learning_dynamics(epochs: pd.DataFrame,
                       threshold: float = CONVERGENCE_ACCURACY) -> dict:
-    """How a run learned, from its history.
+    """How a run learned, from its history (epoch numbers 1-based).
 
-    ``best_epoch``: lowest validation loss (1-based, the checkpoint kept).
-    ``overfitting_from``: the first epoch after the best one, when training loss still fell
-    afterwards (validation loss rose while training loss fell); None when the best epoch is
-    the last one. ``gap_at_best``: training minus validation accuracy at the best epoch.
-    ``epochs_to_threshold`` / ``minutes_to_threshold``: first time validation accuracy
-    reached ``threshold`` (None if never).
+    ``overfitting_from``: the epoch after the best one when training loss still fell after it.
+    ``*_to_threshold``: when validation accuracy first reached ``threshold`` (None if never).
     """
     best = int(epochs["val_loss"].idxmin())
     after = epochs.iloc[best + 1:]
@@ -42,9 +36,8 @@ def learning_dynamics(epochs: pd.DataFrame,
     }
 
 
-# The columns of ``learning_dynamics`` as nullable types, the same in every table: tables
-# whose empty columns were typed by their values (object where all are None) warn in
-# pandas 2.1-2.3 when concatenated, and mix None and <NA> in pandas 3.
+# Nullable types, the same in every table: all-None object columns warn in pandas 2.1-2.3
+# when concatenated, and mix None and <NA> in pandas 3.
 DYNAMICS_DTYPES = {"epochs": "Int64", "best_epoch": "Int64", "best_val_accuracy": "Float64",
                    "overfitting_from": "Int64", "gap_at_best": "Float64",
                    "epochs_to_threshold": "Int64", "minutes_to_threshold": "Float64"}
@@ -73,10 +66,8 @@ def dynamics_table(histories: dict[str, pd.DataFrame],
 
 def batchnorm_probe_table(history: pd.DataFrame, steps_per_epoch: int,
                           momentum: float) -> pd.DataFrame:
-    """Per epoch of a run trained with ``probe_batchnorm_images`` (``training.TrainingRun``):
-    BatchNorm update steps so far, the share of the statistics the moving averages have
-    absorbed by then (1 - momentum^steps), training accuracy, and validation accuracy of the
-    same weights with the moving averages and with recomputed statistics."""
+    """Per epoch of a run trained with ``probe_batchnorm_images``: the share of statistics the
+    moving averages absorbed (1 - momentum^steps), and validation accuracy both ways."""
     steps = (history["epoch"].to_numpy() + 1) * steps_per_epoch
     table = pd.DataFrame({
         "update steps": steps,

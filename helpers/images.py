@@ -22,21 +22,15 @@ def check_crop_fraction(crop_fraction: float) -> None:
 
 
 def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
-    """The one decoder of the study: JPEG/PNG/BMP bytes to a uint8 RGB image (grayscale
-    repeated, alpha dropped). The audit calls it on every file, so whatever enters a split
-    decodes here when it trains."""
+    """The one decoder of the study: JPEG/PNG/BMP bytes to a uint8 RGB image. The audit calls
+    it on every file, so whatever enters a split decodes when it trains."""
     return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
 
 
 def decode_and_resize(image_bytes: tf.Tensor, image_size: int,
                       resize_method: str = "bilinear", crop_fraction: float = 1.0) -> tf.Tensor:
-    """Decode JPEG/PNG/BMP bytes to RGB, keep the central ``crop_fraction`` of each side, and
-    resize to a square uint8 image.
-
-    Grayscale is repeated to three channels and alpha dropped. PBC images centre the cell,
-    so a crop spends more of a small input on the cell. Resizing is antialiased, so
-    shrinking a 360 px image to 64 px averages pixels instead of skipping them.
-    """
+    """Decode to RGB, keep the central ``crop_fraction`` of each side, and resize
+    (antialiased) to a square uint8 image."""
     check_crop_fraction(crop_fraction)
     image = decode_rgb(image_bytes)
     if crop_fraction < 1:

@@ -1,8 +1,6 @@
 """Load a saved model with what it needs (class names, input size, crop) and predict images.
 
-A model trained by a training notebook is ``NAME.keras`` with ``NAME.json`` beside it; the
-sidecar says how images must be prepared, so predictions use the same crop and resize as
-training did.
+The sidecar ``NAME.json`` beside ``NAME.keras`` makes predictions prepare images as training did.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-# Registers ResNetPreprocess, so ResNet50 models load in safe mode.
 from helpers import files, models, progressbar  # noqa: F401 (models registers the custom layers)
 from helpers.errors import DataError
 from helpers.images import RESIZE_METHODS, check_crop_fraction, decode_and_resize
@@ -51,8 +48,8 @@ class LoadedModel:
         self._steps: dict[bool, object] = {}
 
     def step(self, tta: bool):
-        """The traced forward pass over one batch (averaged over the 8 views with ``tta``),
-        made once per model, so predicting many subsets traces it once."""
+        """The traced forward pass over one batch (averaged over 8 views with ``tta``), made
+        once per model, so predicting many subsets traces it once."""
         if tta not in self._steps:
             views = dihedral_views if tta else (lambda images: [images])
 
@@ -78,10 +75,8 @@ class DropRetracingWarning(logging.Filter):
 
 @contextlib.contextmanager
 def retracing_expected():
-    """Within it, TensorFlow's warning that a function was traced again is silenced. Each
-    loaded model traces its own step (and Keras its own predict function), so scoring several
-    models (seeds, strategies, TTA) traces the same Python code once per model: the warning
-    says nothing there, and would land in the notebooks' report."""
+    """Silences TensorFlow's retracing warning within it: scoring several models traces the
+    same code once per model, so the warning says nothing and would land in the report."""
     quiet = DropRetracingWarning()
     tf.get_logger().addFilter(quiet)
     try:
@@ -97,10 +92,8 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
 
 def write_sidecar(model_path: str | os.PathLike, *, label: str, image_size: int,
                   resize_method: str, crop_fraction: float) -> Path:
-    """Write ``NAME.json`` beside ``NAME.keras``: what makes the saved model usable on its own
-    (how its results are labelled, its class names and how its input images are prepared),
-    and the model file's sha256, so the two cannot be mismatched unseen (write it after the
-    model)."""
+    """Write ``NAME.json`` beside ``NAME.keras`` (after the model): label, class names, image
+    preparation and the model file's sha256, so the two cannot be mismatched unseen."""
     path = sidecar_path(model_path)
     files.write_json({
         "label": label, "class_names": list(CLASS_NAMES), "image_size": image_size,
@@ -114,8 +107,7 @@ def write_sidecar(model_path: str | os.PathLike, *, label: str, image_size: int,
 SIDECAR_KEYS = {"label": str, "class_names": list, "image_size": int, "resize_method": str,
                 "crop_fraction": (int, float)}
 _KIND_NAMES = {str: "text", list: "a list", int: "a whole number", (int, float): "a number"}
-# How far a row of a model's outputs may be from summing to 1 and still count as
-# probabilities (float16 softmax outputs are rounded).
+# How far a row of outputs may be from summing to 1 (float16 softmax outputs are rounded).
 PROBABILITY_TOLERANCE = 1e-2
 
 
@@ -184,8 +176,7 @@ def check_probabilities(probabilities: np.ndarray, path: Path) -> None:
 
 
 def load_model(model_path: str | os.PathLike) -> LoadedModel:
-    """Load ``NAME.keras`` and its ``NAME.json``; ModelFileError says what is wrong, also
-    when the sidecar disagrees with the model or the model's outputs are not probabilities."""
+    """Load ``NAME.keras`` and its ``NAME.json``; ModelFileError says what is wrong."""
     path = Path(model_path)
     if path.is_dir():
         inside = sorted(path.glob("*.keras"))
@@ -243,8 +234,7 @@ def image_dataset(paths: Sequence[str | os.PathLike], loaded: LoadedModel,
                   batch_size: int = PREDICT_BATCH_SIZE) -> tf.data.Dataset:
     """Batches of float32 0-255 images prepared as the model was trained, in ``paths`` order.
 
-    The files must be decodable images (audit them first: ``helpers.audit.inspect_file``).
-    """
+    The files must be decodable (audit them first: ``helpers.audit.inspect_file``)."""
     dataset = tf.data.Dataset.from_tensor_slices([str(path) for path in paths])
     dataset = dataset.map(
         lambda path: tf.cast(decode_and_resize(tf.io.read_file(path), loaded.image_size,
@@ -267,9 +257,7 @@ def predict_probabilities(loaded: LoadedModel, paths: Sequence[str | os.PathLike
                           progress: bool | None = None) -> np.ndarray:
     """Class probabilities ``[len(paths), n_classes]`` for image files.
 
-    ``tta`` averages the probabilities over the 8 flips and 90-degree rotations of each
-    image (cells have no orientation), at 8 times the cost. ``progress`` defaults to a bar
-    from PROGRESS_THRESHOLD images on.
+    ``tta`` averages over the 8 flips and rotations (cells have no orientation), at 8x the cost.
     """
     n_classes = len(loaded.class_names)
     if not len(paths):

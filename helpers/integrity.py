@@ -1,14 +1,10 @@
 """The images a run reads are the images its split recorded.
 
-When the split is written, each of its images' size and modification time are kept beside it
-(``split_files.csv``). Every reader of the split (``RunFolder.load_split``) looks again: one
-``stat`` per image, a hash only of those whose size or time differs, and a listing of the data
-folder for image files the split never saw. A changed, missing or added image is named, and
-the run refuses with the way out, instead of scoring other images than it recorded.
-
-The split's data folder is recorded both as an absolute path and relative to the run folder, so a
-run folder that holds its data (synthetic images) can move, and a data folder that moved is
-found again by giving it to notebook 01 (which reuses the split when its images are the same).
+The split keeps each image's size and modification time (``split_files.csv``). Every reader
+(``RunFolder.load_split``) stats each image, hashes only those whose size or time differs,
+and lists the data folder for images the split never saw; a changed, missing or added image
+is named and the run refuses. The data folder is recorded absolutely and relative to the run
+folder, so a run folder holding its data can move (docs/guarantees.md).
 """
 
 from __future__ import annotations

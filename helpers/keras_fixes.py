@@ -1,8 +1,5 @@
-"""Work-arounds for Keras defects that would make a result silently wrong, applied once when
-``helpers.training`` is imported.
-
-Each one names the defect, how it was found and how to see it (``tests/scripts/``), so it can
-be dropped when Keras fixes it upstream.
+"""Work-arounds for Keras defects that would make a result silently wrong, applied when
+``helpers.training`` is imported; each names how to see it (``tests/scripts/``).
 """
 
 from __future__ import annotations
@@ -17,14 +14,10 @@ _PATCHED = "_blood_cells_replica_safe"
 def _replica_safe_tf_apply(self, grads, trainable_variables=None):
     """``LossScaleOptimizer._tf_apply`` with the finiteness check taken over every replica.
 
-    Keras (3.0 to at least 3.15, since keras-team/keras#18691) decides whether to apply a step
-    from replica 0's gradients alone, on the assumption that they are already all-reduced. In
-    Keras 3 they are not: the inner optimizer sums them across replicas afterwards. When the
-    float16 gradients overflow on another replica only, which the dynamic loss scale causes on
-    purpose in the first steps, the step is applied with inf, every weight becomes NaN, and
-    training goes on at chance with ``loss = nan`` (``tests/scripts/loss_scale_replicas.py``
-    shows it with a one-layer model). Here a step is applied only when the gradients of every
-    replica are finite, and otherwise skipped with the loss scale halved, as on one device.
+    Keras (3.0 to at least 3.15, since keras-team/keras#18691) checks replica 0's gradients
+    alone, which are not all-reduced yet: an overflow on another replica applies inf and every
+    weight becomes NaN (``tests/scripts/loss_scale_replicas.py``). Here a non-finite step on
+    any replica is skipped with the loss scale halved, as on one device.
     """
     replica_context = tf.distribute.get_replica_context()
     if (replica_context is None or replica_context.num_replicas_in_sync == 1
@@ -47,8 +40,7 @@ def _replica_safe_tf_apply(self, grads, trainable_variables=None):
     replica_context.merge_call(handle_cross_replica, args=(grads, trainable_variables))
 
 
-# The private methods the work-around calls. A Keras that reorganised them is left as it is
-# (the reproduction's test then says whether the defect is still there).
+# The private methods the work-around calls; a Keras without them is left as it is.
 _NEEDED = ("_tf_apply", "check_finite", "_stateful_handle_finite_grads",
            "_stateful_handle_non_finite_grads")
 _original_tf_apply = getattr(LossScaleOptimizer, "_tf_apply", None)

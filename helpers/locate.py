@@ -23,8 +23,7 @@ def _is_skipped(name: str) -> bool:
 def find_data_root(path: str | os.PathLike) -> Path:
     """Return the shallowest folder under ``path`` whose sub-folders are the class folders.
 
-    Raises DataLayoutError when ``path`` does not exist, when no folder holds class folders,
-    or when several do equally well (two copies of the data: the caller must pick one).
+    Raises DataLayoutError when none does, or several do equally well (two copies of the data).
     """
     path = Path(path).expanduser()
     if not path.is_dir():

@@ -17,11 +17,9 @@ LAST = "last epoch"
 def mistakes_table(kept: dict[str, dict | None], histories: dict[str, pd.DataFrame],
                    reference: float, boundaries: dict[str, int | None] | None = None,
                    ) -> pd.DataFrame:
-    """Validation accuracy per run (a row each, in the order of ``kept``, then a row for the
-    earlier study's ``reference``): of the model it kept (``kept``: the run's validation
-    metrics, None where it diverged), and from its history at its best epoch (lowest
-    validation loss) and its last one, both of its last phase: ``boundaries`` gives where
-    that phase starts in the history (None or absent: the whole history is one phase)."""
+    """Validation accuracy per run of its kept model (None in ``kept``: diverged), and at
+    its last phase's best and last epochs, then a row for the earlier study's ``reference``.
+    ``boundaries`` gives where each run's last phase starts in its history."""
     rows = {}
     for name, result in kept.items():
         history = histories.get(name)
@@ -41,8 +39,7 @@ def mistakes_table(kept: dict[str, dict | None], histories: dict[str, pd.DataFra
 
 
 def mistakes_text(table: pd.DataFrame) -> str:
-    """``mistakes_table`` as text: 4 decimals; a run with no kept model reads "diverged",
-    figures the earlier study did not report "-"."""
+    """``mistakes_table`` as text: 4 decimals, "diverged" for no kept model, "-" if absent."""
     shown = table.astype(object).map(lambda value: "-" if pd.isna(value) else f"{value:.4f}")
     diverged = table[KEPT].isna() & (table.index != REFERENCE)
     shown.loc[diverged, KEPT] = "diverged"
@@ -50,8 +47,7 @@ def mistakes_text(table: pd.DataFrame) -> str:
 
 
 def near_the_reference(table: pd.DataFrame, reference: float, within: float) -> str:
-    """Which runs' kept models land within ``within`` of the earlier study's ``reference``
-    accuracy, from the numbers of ``mistakes_table``; else the nearest one."""
+    """Which runs' kept models land within ``within`` of ``reference``; else the nearest."""
     runs = table[KEPT].drop(index=[REFERENCE, RECIPE], errors="ignore").dropna()
     if runs.empty:
         return "No mistake run finished: nothing to set beside the earlier study's figure."

@@ -1,11 +1,7 @@
-"""Building blocks of the study's two models, which notebooks 3 and 4 assemble in their
-cells: the layers Keras lacks (a random transpose and 0-255 pixel noise for augmentation, a
-fused BatchNorm, the ResNet50 preprocessing as a layer), the weights' checks and labels,
-the block names, and ``CLASS_NAMES`` (the classes the classifier outputs, in this order).
+"""Building blocks of the study's two models, which notebooks 3 and 4 assemble: the layers
+Keras lacks, the weights' checks and labels, and the block names.
 
-Both models take raw 0-255 RGB images. Augmentation and input scaling are layers inside the
-models, so they run on the accelerator, are off at inference, and no caller can get the
-scale wrong.
+Both models take raw 0-255 RGB; augmentation and scaling are layers inside them (docs/training.md).
 """
 
 from __future__ import annotations
@@ -22,8 +18,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-# Saved models name the study's learning-rate schedule in their optimizer: importing this
-# module registers it, as it registers the layers below.
+# Saved models name the study's schedule in their optimizer: importing it registers it.
 from helpers import (
     project,
     schedules,  # noqa: F401
@@ -35,8 +30,7 @@ from helpers.labels import CLASS_NAMES  # noqa: F401 (the classifier's width, in
 class RandomTranspose(layers.Layer):
     """Swaps the rows and columns of each square image with probability 1/2, in training only.
 
-    With a random horizontal and a random vertical flip this gives all 8 right-angle rotations
-    and reflections of the image, each pixel moved and none interpolated.
+    With random flips this gives all 8 right-angle rotations and reflections, none interpolated.
     """
 
     def __init__(self, seed: int | None = None, **kwargs):
@@ -60,11 +54,9 @@ class RandomTranspose(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="blood_cells")
 class RandomPixelNoise(layers.Layer):
-    """Adds Gaussian noise of ``stddev`` to every pixel value of 0-255 images, in training
-    only, and keeps the result in 0-255.
+    """Adds Gaussian noise of ``stddev`` to 0-255 images, in training only, clipped to 0-255.
 
-    Keras's GaussianNoise accepts a standard deviation of at most 1, a scale for inputs
-    already in 0-1; the study's models take 0-255 images and rescale after augmenting.
+    Keras's GaussianNoise accepts a standard deviation of at most 1, a scale for 0-1 inputs.
     """
 
     def __init__(self, stddev: float, seed: int | None = None, **kwargs):
@@ -95,13 +87,9 @@ class RandomPixelNoise(layers.Layer):
 class FusedBatchNormalization(layers.BatchNormalization):
     """Keras's BatchNormalization, computed in training by TensorFlow's fused kernel.
 
-    Keras 3 normalises with separate moment, subtract, scale and shift ops, whose forward and
-    backward passes took about half of the CNN's training step on a CPU, in float32 and in
-    bfloat16 alike (docs/performance.md); oneDNN's fused kernel does the same work about
-    four times faster. Same arithmetic (batch statistics in float32, the biased batch
-    variance in the moving average, Keras's momentum update) and the same variables, so the
-    layer is interchangeable with Keras's. Inference, masks, renorm, synchronized statistics
-    and anything but channels-last 4-D inputs take Keras's own path.
+    About four times faster on a CPU (docs/performance.md), with the same arithmetic and
+    variables as Keras's. Inference, masks, renorm, synchronized statistics and anything but
+    channels-last 4-D inputs take Keras's own path.
     """
 
     def call(self, inputs, training=None, mask=None):
@@ -117,8 +105,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
         outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
             inputs, tf.cast(scale, "float32"), tf.cast(offset, "float32"),
             epsilon=max(self.epsilon, 1.001e-5), is_training=True)
-        # The kernel returns the batch variance with Bessel's correction; Keras averages the
-        # biased one.
+        # The kernel applies Bessel's correction; Keras averages the biased variance.
         count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), "float32")
         variance = unbiased_variance * (count - 1.0) / count
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
@@ -144,8 +131,7 @@ class WeightsUnavailableError(RuntimeError):
 
 def resnet50_weights(setting: str) -> str | None:
     """What ``keras.applications.ResNet50`` takes for RESNET_WEIGHTS: "imagenet", None for
-    "none" (random weights), or the path of a weights file (relative paths from the project's
-    root), which must exist."""
+    "none", or the path of an existing weights file (relative to the project's root)."""
     if setting in ("imagenet", "none"):
         return None if setting == "none" else setting
     path = project.resolve(setting)
@@ -157,9 +143,8 @@ def resnet50_weights(setting: str) -> str | None:
 
 
 def resnet50_label(setting: str) -> str:
-    """How every table, print and legend names the ResNet50 of RESNET_WEIGHTS: random
-    initialisation is not transfer learning, and weights from a file are named by the file,
-    not called ImageNet's."""
+    """How every result names the ResNet50 of RESNET_WEIGHTS: random init is not transfer
+    learning, and weights from a file are named by the file."""
     if setting == "none":
         return "ResNet50, random init"
     source = "ImageNet" if setting == "imagenet" else f"weights from {Path(setting).name}"
@@ -168,9 +153,8 @@ def resnet50_label(setting: str) -> str:
 
 @contextlib.contextmanager
 def explained_weights_errors(weights: str | None) -> Iterator[None]:
-    """Around ``keras.applications.ResNet50(weights=WEIGHTS, ...)``: a failed ImageNet
-    download or an unreadable weights file becomes a WeightsUnavailableError that says what
-    to do. Never replaced by random weights silently."""
+    """Around ``keras.applications.ResNet50(weights=WEIGHTS, ...)``: a failed download or an
+    unreadable file becomes a WeightsUnavailableError that says what to do."""
     try:
         yield
     except Exception as error:  # get_file and h5py raise several types
@@ -193,10 +177,8 @@ def explained_weights_errors(weights: str | None) -> Iterator[None]:
 def check_weights_file(base: keras.Model, weights: str | None) -> None:
     """For WEIGHTS from a file: check that every convolution of ``base`` came from it.
 
-    Some Keras versions load a file of another model partly, with a warning and fresh
-    weights where names differ. The file is loaded again into a fresh base: a kernel it
-    leaves unchanged is not in the file, and ``base`` must equal the fresh base in every
-    kernel. Raises WeightsUnavailableError; does nothing for "imagenet" or None.
+    Some Keras versions load another model's file partly, with fresh weights where names
+    differ. Raises WeightsUnavailableError.
     """
     if weights in ("imagenet", None):
         return

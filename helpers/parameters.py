@@ -1,10 +1,7 @@
 """What values the study's parameters accept, judged before the first notebook runs.
 
-The headless runner checks a profile and its overrides here, at once and without
-TensorFlow, so a value that would fail a later notebook (a misspelt mistake, a negative seed,
-a crop of 0) is refused before hours of training, one line per parameter naming what would be
-accepted. The notebooks declare each parameter's type; this module says which values of the
-type make sense.
+Checked without TensorFlow, so a value a later notebook would fail on is refused before hours
+of training; the notebooks declare each type, this says which values make sense.
 """
 
 from __future__ import annotations
@@ -119,9 +116,8 @@ SUFFIX_RULES: dict[str, Callable[[object], str | None]] = {
 
 
 def problems(values: dict) -> list[str]:
-    """One line per parameter of ``values`` (the run's whole configuration, by name) whose
-    value the study would refuse, naming the parameter and what it accepts; and the
-    relations between parameters. Types are checked before (the runner's check_parameters)."""
+    """One line per parameter of ``values`` the study would refuse, naming what it accepts
+    (types are checked before, by the runner's check_parameters)."""
     found = []
     for name, value in values.items():
         rule = RULES.get(name) or next(

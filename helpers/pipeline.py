@@ -1,9 +1,7 @@
 """From a split to a tf.data pipeline: decode, resize, cache, shuffle, batch, prefetch.
 
-The pipeline only loads images. Augmentation and rescaling live in the models (Keras
-preprocessing layers), so they run on the accelerator and travel with a saved model.
-Images are cached as uint8 after resizing (a quarter of the memory of float32) and cast to
-float32 0-255 per batch.
+Only loads images (augmentation lives in the models); cached as uint8 after resizing, a
+quarter of float32's memory, and cast to float32 0-255 per batch.
 """
 
 from __future__ import annotations
@@ -41,8 +39,7 @@ def _shuffle_per_pass(dataset: tf.data.Dataset, size: int, seed: int,
 
 
 def _cache_file(cache_dir: Path, frame: pd.DataFrame, subset: str, processing: str) -> str:
-    """A cache file name unique to the images and their processing, so a stale cache is
-    never read."""
+    """A cache file name unique to the images and their processing: no stale cache is read."""
     fingerprint = hashlib.sha256(
         "\n".join(frame["path"] + ":" + frame["sha256"]).encode()).hexdigest()[:16]
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -50,8 +47,7 @@ def _cache_file(cache_dir: Path, frame: pd.DataFrame, subset: str, processing: s
 
 
 def sample_training(split: pd.DataFrame, max_images: int, seed: int) -> pd.DataFrame:
-    """``split`` with ``max_images`` of its training images (a fixed sample by ``seed``;
-    0 keeps them all), the other subsets whole."""
+    """``split`` with a fixed sample of ``max_images`` training images (0: all)."""
     if not max_images:
         return split
     train_rows = split[split["split"] == "train"]
@@ -64,18 +60,11 @@ def make_dataset(split: pd.DataFrame, data_root: str | os.PathLike, subset: str,
                  shuffle: bool | None = None, seed: int = 0, deterministic: bool = False,
                  resize_method: str = "bilinear", crop_fraction: float = 1.0,
                  epoch_counter: tf.Variable | None = None) -> tf.data.Dataset:
-    """Build the batched dataset of one subset ("train", "validation" or "test").
+    """Build the batched dataset of one subset: (float32 0-255 images, int32 label indices).
 
-    Yields (images float32 [batch, size, size, 3] in 0-255, labels int32 indices into
-    CLASS_NAMES). ``cache`` is "memory", a folder for file caches, or None. ``shuffle``
-    defaults to True for "train" only. Unshuffled subsets always come in the split's order
-    (sorted by path); a shuffled one follows ``seed`` exactly (reshuffled each epoch, the same
-    sequence on every run) when ``deterministic`` is set.
-
-    The order of pass ``k`` over the training data depends only on ``seed`` and ``k``, read
-    from ``epoch_counter`` when each pass starts (it then counts up by one). Training sets the
-    counter to the epoch number (``callbacks.EpochSeeds``), so a run resumed at epoch k sees
-    the same order as one that never stopped.
+    ``cache`` is "memory", a folder for file caches, or None; ``shuffle`` defaults to "train"
+    only. Pass ``k``'s order depends only on ``seed`` and ``k`` (from ``epoch_counter``), so
+    a resumed run sees the same order as one that never stopped.
     """
     if resize_method not in images.RESIZE_METHODS:
         raise ValueError(f"resize_method must be one of {images.RESIZE_METHODS}, got "
@@ -93,8 +82,7 @@ def make_dataset(split: pd.DataFrame, data_root: str | os.PathLike, subset: str,
     labels = frame["label"].map(CLASS_NAMES.index).astype("int32").to_numpy()
     if shuffle is None:
         shuffle = subset == "train"
-    # Unshuffled data keeps the order of the split (sorted by path), so predictions line up
-    # with file names; only the shuffled training stream may trade order for speed.
+    # Unshuffled data keeps the split's order, so predictions line up with file names.
     deterministic = deterministic or not shuffle
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels))

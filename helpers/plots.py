@@ -27,7 +27,6 @@ def plot_training_curves(histories: dict[str, pd.DataFrame],
                          title: str | None = None) -> plt.Figure:
     """Loss, accuracy (training dashed, validation solid) and learning rate per epoch.
 
-    ``histories`` maps a label to a history CSV's DataFrame (``history/NAME.csv``);
     ``phase_boundaries`` maps a label to the epoch where fine-tuning began, drawn as a line.
     """
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -80,11 +79,8 @@ def plot_batchnorm_probe(table: pd.DataFrame, path: str | os.PathLike | None = N
 
 def plot_confusion_matrices(reports: dict[str, dict], normalized: bool = True,
                             path: str | os.PathLike | None = None) -> plt.Figure:
-    """One heat map per model (rows: true class, columns: predicted), side by side.
-
-    ``reports`` maps a model label to its metrics report (``helpers.metrics``); cells show
-    row shares when ``normalized``, counts otherwise.
-    """
+    """One heat map per model (rows: true class, columns: predicted), side by side; cells
+    show row shares when ``normalized``, counts otherwise."""
     figure, axes = plt.subplots(1, len(reports), figsize=(6.5 * len(reports), 5.5),
                                 squeeze=False)
     for axis, (label, report) in zip(axes[0], reports.items(), strict=True):
@@ -119,10 +115,8 @@ def plot_per_class_f1(reports: dict[str, dict],
 
 def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]],
                      path: str | os.PathLike | None = None) -> plt.Figure:
-    """Reliability diagrams: accuracy against confidence per bin, ECE in each legend entry.
-
-    ``curves`` maps a label (e.g. "CNN, before temperature scaling") to (y_true, probabilities).
-    """
+    """Reliability diagrams (accuracy against confidence per bin, ECE in the legend) of
+    ``curves``: label -> (y_true, probabilities)."""
     figure, axis = plt.subplots(figsize=(5.5, 5.5))
     axis.plot([0, 1], [0, 1], color="gray", linestyle=":", label="perfect calibration")
     for label, (y_true, probabilities) in curves.items():

@@ -21,13 +21,9 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
             ) -> tuple[audit.AuditResult, split.SplitResult]:
     """Acquire the data, audit it and write (or reuse) the split in ``RUN_DIR/data``.
 
-    Writes audit.json, audit_index.csv, split.csv and split.json there, holding the run
-    folder's lock. ``source`` "synthetic" draws ``synthetic_images_per_class`` cells per
-    class (with the download's quirks; drawn from ``seed``) into ``data_dir``, by default
-    ``RUN_DIR/synthetic``. A saved split that no longer fits is refused (StaleSplitError)
-    before anything in the run folder changes: the synthetic cells are drawn beside their
-    folder and moved into it only once the split is accepted. ``fractions``: the share of
-    each class in train, validation and test (checked before anything is acquired).
+    A saved split that no longer fits is refused (StaleSplitError) before anything in the run
+    folder changes: synthetic cells are drawn beside their folder and moved in only once the
+    split is accepted.
     """
     fractions = split.check_fractions(fractions)
     run = RunFolder(run_dir)

@@ -1,9 +1,7 @@
 """Publishing a finished run into the run folder, and telling whether one finished.
 
-A run NAME counts as finished when ``metrics/NAME_validation.json`` is there with every other
-file of it (``missing_files``). Each way of finishing one (a training run, the best of
-several seeds, an ensemble) goes through ``publish``: the old metrics go first, the new ones
-come last, so a kill midway never leaves a half-copied run that counts as finished.
+Validation metrics go first and come back last, so a kill midway never leaves a half-copied
+run that counts as finished.
 """
 
 from __future__ import annotations
@@ -26,8 +24,7 @@ def publish(run: RunFolder, name: str, write: Callable[[], dict]) -> dict:
 
 
 def missing_files(run: RunFolder, name: str) -> list[str]:
-    """The files of the finished run NAME that are gone (relative to the run folder): such a
-    run is not finished, and trains again."""
+    """The files of the finished run NAME that are gone: such a run trains again."""
     needed = [run.model(name), inference.sidecar_path(run.model(name)), run.history(name),
               run.run_record(name), run.validation_metrics(name)]
     try:
@@ -47,15 +44,13 @@ def say_finished_before(run: RunFolder, name: str) -> None:
 
 
 def finished_fingerprints(run: RunFolder, name: str) -> dict[str, str]:
-    """Each phase's recipe of the run NAME that finished before ({} if none did, or if any of
-    its files is missing)."""
+    """Each phase's recipe of the run NAME that finished before ({} if none did)."""
     if missing_files(run, name):
         return {}
     record = run.read_run_record(name)
     if "fingerprints" in record:
         return record["fingerprints"]
-    # Records before per-phase fingerprints hold one, taken the same way at the first
-    # compile: the whole recipe of a one-phase run, which so stays kept.
+    # Records before per-phase fingerprints hold one: a one-phase run's, which stays kept.
     if record.get("fingerprint") and not run.finished_phases(name):
         return {LAST_PHASE: record["fingerprint"]}
     return {}
@@ -63,9 +58,8 @@ def finished_fingerprints(run: RunFolder, name: str) -> dict[str, str]:
 
 def publish_work(work: WorkFolder, result: dict, label: str, image_settings: dict,
                  fingerprints: dict[str, str]) -> None:
-    """Publish the training run in ``work`` (its best model with a sidecar, phase models,
-    history, record, validation metrics ``result``), then remove the work folder. A kill
-    midway leaves the work folder whole: the notebook run again finishes the copy."""
+    """Publish the training run in ``work``, then remove the work folder. A kill midway
+    leaves the work folder whole: the notebook run again finishes the copy."""
     run, name = work.run, work.name
 
     def write() -> dict:
@@ -92,11 +86,8 @@ def publish_work(work: WorkFolder, result: dict, label: str, image_settings: dic
 
 def keep_best_run(run: RunFolder, candidates: list[str], name: str,
                   by: tuple[str, ...] = ("accuracy", "macro_f1")) -> str:
-    """Keep the finished run among ``candidates`` (e.g. one per seed) with the best validation
-    metrics ``by``, compared in order (the notebook's choice: accuracy, macro-F1 breaking
-    ties) as run NAME: its model and sidecar, history, phases, record (with every
-    candidate's validation metrics and the one kept) and validation metrics, published
-    (``publish``). Returns the name of the run kept."""
+    """Publish as run NAME the candidate with the best validation metrics ``by`` (compared in
+    order); its record lists every candidate's. Returns the name of the run kept."""
     if not candidates:
         raise ValueError("keep_best_run needs at least one finished run")
     scores = {candidate: json.loads(run.validation_metrics(candidate).read_text())

@@ -1,8 +1,5 @@
-"""Published accuracies on the PBC images (and BloodMNIST, made from them), to place this
-run's figures among: each checked against its source's own text or table.
-
-Their splits and inputs differ from ours (``SPLITS_DIFFER``), so the table places a figure;
-it does not rank it.
+"""Published accuracies on the PBC images and BloodMNIST, each checked against its source, to
+place this run's figures among; splits differ (``SPLITS_DIFFER``), so it does not rank them.
 """
 
 from __future__ import annotations
@@ -60,9 +57,8 @@ def published_table() -> pd.DataFrame:
 
 
 def with_this_run(rows: dict[str, tuple[str, int, float]]) -> pd.DataFrame:
-    """``published_table`` with this run's models added first: ``rows`` maps a label to
-    (initial weights, input size in pixels, test accuracy as a share). A size that is not
-    one of RESOLUTIONS goes to the nearest column below it, named in the model's cell."""
+    """``published_table`` with this run's models first: label -> (weights, input px,
+    accuracy share). Another size goes to the nearest column below, named in the cell."""
     own = []
     for label, (weights, size, accuracy) in rows.items():
         column = max((candidate for candidate in RESOLUTIONS if candidate <= size),

@@ -1,34 +1,8 @@
 """The run folder: the one place that knows where a study's files live.
 
 The notebooks pass results to each other only through this folder, so its layout is their
-contract. Every path is asked of a ``RunFolder``; nothing else builds one by hand.
-
-    data/split.csv, split.json              the split (notebook 1) and what it was made from
-    data/split_files.csv                    size and time of each of its images (``integrity``)
-    data/audit.json, audit_index.csv        the audit of every file
-    synthetic/                              drawn images (``DATA_SOURCE = "synthetic"``)
-    models/NAME.keras, NAME.json            the kept model and its sidecar (label, classes,
-                                            input size, resize method, crop; the sidecar's
-                                            path is ``inference.sidecar_path``)
-    models/NAME_PHASE.keras                 the best model of an earlier training phase
-    history/NAME.csv                        one row per epoch, across resumes and phases
-    history/NAME_phases.json                epochs of each finished phase
-    work/NAME/                              a run in progress: its checkpoints, history,
-                                            phases, record and backups, moved into the
-                                            places above when it finishes
-    work/NAME.diverged/, NAME.set-aside-TIME/  a run that diverged, runs that could not resume
-    config/NAME.json                        the run record: parameters, split hash, versions
-    metrics/NAME_validation.json            validation metrics of the kept model
-    metrics/NAME_test.json                  the test report (notebook 5)
-    metrics/comparison.csv                  the comparison table (notebook 5)
-    predictions/NAME_SUBSET[_tta].csv       per-image predictions
-    figures/NAME.png                        figures
-    notebooks/                              executed notebooks of a headless study, their
-                                            completion records and failed runs
-    logs/NOTEBOOK.log                       what its kernels wrote to stderr
-    report.html                             the executed notebooks as one page
-    .lock                                   who writes the folder now (``runlock``)
-    .blood-cell-study-run                   marks the folder as a run folder
+contract (docs/run-folder.md lists every file). Every path is asked of a ``RunFolder``;
+nothing else builds one by hand.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
 """One writer per run folder: a lock file naming the process and host that hold it.
 
-A headless study holds the lock of its run folder from start to end, and a training
-notebook from ``training.TrainingRun`` to ``finish``; a second writer is refused at once,
-with one line naming the holder. The study passes its lock to the notebook kernels it starts
-(the environment variable LOCK_VARIABLE), so they write under it. A lock left by a process
-that is no longer running on this host is stale: it is said and taken over. The holder
-refreshes its lock file every HEARTBEAT_SECONDS, so a lock of another host (a Colab machine
-gone after a disconnect, its run folder on Drive) counts as stale once it has not been
-refreshed for STALE_AFTER_SECONDS.
+A second writer is refused at once, naming the holder; a stale lock (a dead process here, or
+another host silent for STALE_AFTER_SECONDS) is taken over. See docs/guarantees.md.
 """
 
 from __future__ import annotations
@@ -41,9 +35,8 @@ _heartbeat: threading.Thread | None = None
 
 
 def _refresh_held_locks() -> None:
-    """Touch the lock files this process holds, every HEARTBEAT_SECONDS (a daemon thread);
-    a lock that is no longer this process's (taken over while this machine slept) is said,
-    once, and no longer touched."""
+    """Touch the lock files this process holds, every HEARTBEAT_SECONDS; a lock taken over
+    meanwhile is said once and no longer touched."""
     while True:
         time.sleep(HEARTBEAT_SECONDS)
         for root, entry in list(_held.items()):
@@ -77,10 +70,9 @@ def _seconds_since_refresh(path: Path) -> float:
 
 
 def _seconds_seen_unchanged(path: Path, holder: dict) -> float:
-    """How long this machine, by its own clock, has seen the lock ``path`` unchanged (the
-    same holder, the same refresh time): for a holder whose clock runs ahead of ours, whose
-    refresh times lie in our future and say nothing of its silence. The first look is
-    recorded beside the lock (``.lock.seen-HOST``) and counts from now."""
+    """How long this machine, by its own clock, has seen the lock ``path`` unchanged: for a
+    holder whose clock runs ahead, whose refresh times lie in our future. The first look is
+    recorded in ``.lock.seen-HOST``."""
     try:
         refreshed = path.stat().st_mtime_ns
     except OSError:
@@ -148,9 +140,9 @@ def _create(path: Path, holder: dict) -> bool:
 
 
 def _remove_if_still(path: Path, holder: dict, token: str) -> bool:
-    """Remove the lock file if it is still ``holder``'s: it is moved to a name of this
-    process's first, so two processes that both judged it stale cannot remove each other's
-    new lock. Whether it was removed."""
+    """Remove the lock file if it is still ``holder``'s; whether it was removed.
+
+    Moved aside first, so two processes that judged it stale cannot remove each other's."""
     aside = path.with_name(f"{LOCK_NAME}.stale-{token}")
     try:
         os.replace(path, aside)
@@ -172,9 +164,8 @@ def describe(holder: dict) -> str:
 
 
 def acquire(root: str | os.PathLike, purpose: str) -> None:
-    """Take the lock of run folder ``root`` for this process (again: a count), or
-    RunFolderBusyError naming the holder. The lock of a parent process given in
-    LOCK_VARIABLE counts as this process's own."""
+    """Take (or count again) the lock of ``root``, or raise RunFolderBusyError naming the
+    holder. A parent's lock given in LOCK_VARIABLE counts as this process's own."""
     root = Path(root).resolve()
     if root in _held:
         _held[root][1] += 1
@@ -248,8 +239,7 @@ def acquire(root: str | os.PathLike, purpose: str) -> None:
 
 
 def release(root: str | os.PathLike) -> None:
-    """Give back one acquisition of the lock of ``root``; the last removes the lock file
-    (only if it is still this process's)."""
+    """Give back one acquisition of the lock of ``root``; the last removes it if still ours."""
     root = Path(root).resolve()
     if root not in _held:
         return

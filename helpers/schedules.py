@@ -12,15 +12,10 @@ from keras import ops
 @keras.saving.register_keras_serializable(package="blood_cells")
 class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
     """Keras's ``CosineDecay`` with a warm-up, computed without a conditional: Keras's rate
-    at every step (equal in eager mode; in a graph, where TensorFlow may reorder the
-    arithmetic, within float32 rounding).
+    at every step (in a graph, within float32 rounding).
 
-    Keras picks the warm-up or the decay with ``ops.cond``, which a graph traces as two
-    subgraphs. AdamW reads the learning rate once per variable for its weight decay, so a
-    training step's graph holds a copy of the schedule per variable: on 2 CPU cores the first
-    ``fit`` of ResNet50 took 85 s with Keras's schedule, 62 s with this one and 58 s with a
-    constant rate. Here both branches are a few elementwise operations and ``where`` picks
-    one. ``fingerprints.recipe_fingerprint`` counts it as the CosineDecay it equals.
+    Keras's ``ops.cond`` is traced per variable AdamW decays, which slowed ResNet50's first
+    ``fit`` (docs/performance.md). ``fingerprints.recipe_fingerprint`` counts it as CosineDecay.
     """
 
     def __call__(self, step):

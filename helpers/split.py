@@ -1,8 +1,7 @@
 """A leak-free, stratified, reproducible train/validation/test split, saved as CSV.
 
-Duplicates are removed by content before splitting, so no image can sit in two splits under
-two names; content found under two classes is left out of every split, since its label is
-unknown. Every file of the audit ends either in the split or in the exclusion report.
+Duplicates are removed by content first; content under two classes is left out. Every file
+of the audit ends either in the split or in the exclusion report.
 """
 
 from __future__ import annotations
@@ -42,10 +41,8 @@ UNDER_TWO_CLASSES = "same content under two classes: label unknown"
 
 
 def select_images(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split an audit index into images to use (one per content) and excluded files.
-
-    Returns (kept rows with path, label, sha256; excluded rows with path, label, reason).
-    """
+    """Split an audit index into images to use (one per content) and excluded files (with a
+    reason)."""
     usable = usable_mask(index)
     unusable = index[~usable]
     excluded = [unusable[["path", "label"]].assign(
@@ -68,8 +65,7 @@ def select_images(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def check_fractions(fractions: object) -> dict[str, float]:
-    """``fractions`` as {"train": ..., "validation": ..., "test": ...}, each above 0 and
-    together 1; DataError naming SPLIT_FRACTIONS otherwise."""
+    """``fractions`` checked (each above 0, together 1); DataError naming SPLIT_FRACTIONS."""
     problem = parameters.fractions_problem(fractions)
     if problem:
         raise DataError(f"SPLIT_FRACTIONS {problem}.")
@@ -80,10 +76,8 @@ def assign_splits(images: pd.DataFrame, seed: int = DEFAULT_SEED,
                   fractions: dict[str, float] = SPLIT_FRACTIONS) -> pd.DataFrame:
     """Assign each image to train/validation/test in ``fractions``, stratified by class.
 
-    Within each class the counts are the fractions rounded to whole images (the test split
-    takes the rest), so each split is within one image of its share. Images are ordered by
-    content hash before the seeded shuffle, so the result depends on the data and the seed
-    only, never on the order the file system lists files in.
+    Images are ordered by content hash before the seeded shuffle, so the result depends on
+    the data and the seed only, never on the file system's listing order.
     """
     rng = np.random.default_rng(seed)
     parts = []
@@ -109,9 +103,8 @@ def write_split(result: SplitResult, split_csv: str | os.PathLike, seed: int,
                 data_root: str | os.PathLike,
                 fractions: dict[str, float] = SPLIT_FRACTIONS, metadata_only: bool = False,
                 ) -> None:
-    """Write the split CSV, its metadata JSON and the record of its files' sizes and times
-    (``integrity``), each atomically (a crash leaves the old files). ``metadata_only``: the
-    CSV is kept as it is (a reused split whose images may have moved)."""
+    """Write the split CSV, its metadata JSON and its files' sizes and times, each atomically;
+    ``metadata_only`` keeps the CSV (a reused split whose images may have moved)."""
     split_csv = Path(split_csv)
     split_csv.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
@@ -154,8 +147,7 @@ def read_split(split_csv: str | os.PathLike) -> pd.DataFrame:
 
 
 def subset_rows(split: pd.DataFrame, subset: str) -> pd.DataFrame:
-    """The rows of ``subset`` ("train", "validation", "test") in path order, the order every
-    reader of a split uses; DataError when it has none."""
+    """The rows of ``subset`` in path order (every reader's order); DataError when none."""
     rows = split[split["split"] == subset].sort_values("path")
     if rows.empty:
         raise DataError(f"The split has no images in subset {subset!r}.")
@@ -208,13 +200,10 @@ def _saved_fractions(metadata_file: Path) -> object:
 def make_split(audit_result: AuditResult, split_csv: str | os.PathLike,
                seed: int = DEFAULT_SEED, force: bool = False,
                fractions: dict[str, float] = SPLIT_FRACTIONS) -> SplitResult:
-    """Create the split in ``fractions``, or reuse the saved one at ``split_csv`` if it
-    still fits the data.
+    """Create the split, or reuse the saved one at ``split_csv`` if it still fits the data.
 
-    A saved split is reused only when it holds exactly the images that the audit selects now
-    (same paths, classes and content) and was made with the same seed and fractions;
-    otherwise this raises StaleSplitError saying what changed, unless ``force`` makes a new
-    split over it.
+    Reused only with exactly the images the audit selects now, the same seed and fractions;
+    else StaleSplitError says what changed, unless ``force`` makes a new split over it.
     """
     split_csv = Path(split_csv)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

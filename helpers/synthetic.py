@@ -1,9 +1,7 @@
 """A small synthetic dataset laid out like the PBC download, for tests and the smoke profile.
 
-Each image is a stained-smear look-alike: pale background, red blood cells, and one cell whose
-size, nucleus shape and granules depend on the class. Class traits are drawn from overlapping
-ranges and every image gets its own stain tint, noise and position, so the classes are
-learnable but not separable by one pixel statistic. The real download's quirks can be planted.
+Class traits overlap and every image gets its own tint, noise and position, so the classes
+are learnable but not separable by one pixel statistic. The download's quirks can be planted.
 """
 
 from __future__ import annotations
@@ -77,11 +75,8 @@ def make_synthetic_dataset(root: str | os.PathLike, images_per_class: int = 12,
                            quirks: bool = True) -> dict[str, str]:
     """Write a dataset under ``root/<class>/`` and return what was planted.
 
-    With ``quirks`` the download's quirks are planted, each named in the returned dict
-    (key -> path relative to ``root``): ``not_image`` (macOS metadata named .jpg),
-    ``duplicate`` (a byte copy of ``duplicate_of`` in the same class), ``cross_class``
-    (a byte copy of ``cross_class_of`` under another class), ``grayscale``, ``rgba`` (PNG),
-    ``corrupt`` (a truncated JPEG) and ``unknown_folder`` (an empty folder).
+    With ``quirks`` the download's quirks are planted, each named in the returned dict (key ->
+    path relative to ``root``; see ``_PLANTED``).
     """
     root = Path(root)
     if seed < 0:
@@ -112,8 +107,7 @@ def make_synthetic_dataset(root: str | os.PathLike, images_per_class: int = 12,
 
 
 def check_folder(root: str | os.PathLike) -> None:
-    """Refuse a folder that holds files this module does not draw (real images, say):
-    drawing would mix made-up cells into them."""
+    """Refuse a folder holding files this module does not draw: drawing would mix them."""
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise DataError(f"{root} is a {files.file_kind(root)}, not a folder: give a folder "
@@ -154,8 +148,7 @@ def _plant_quirks(root: Path, image_size: int, rng: np.random.Generator) -> None
     rgba.save(root / planted["rgba"])
     buffer = io.BytesIO()
     Image.fromarray(make_cell_image("platelet", image_size, rng)).save(buffer, "JPEG")
-    # Cut inside the compressed scan, after the header: the file opens (size and mode are
-    # read) and fails only when decoded in full, as a download cut short does.
+    # Cut inside the scan: the header opens, and it fails only when decoded in full.
     encoded = buffer.getvalue()
     scan_start = encoded.index(b"\xff\xda")
     cut = scan_start + (len(encoded) - scan_start) // 2

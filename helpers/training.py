@@ -1,12 +1,7 @@
-"""``TrainingRun``: what makes one training run reproducible, resumable and recorded in its run
-folder, the facade the training notebooks call (with ``warmup_cosine``, the schedule both
-models train with, and the few functions below it that notebooks 3 and 4 call besides, so
-that they read with two helper modules open: ``models`` and this one).
+"""``TrainingRun``: the facade notebooks 3 and 4 call to make a training run reproducible,
+resumable and recorded in its run folder; the recipe itself stays in the notebooks.
 
-The recipe itself (model, freezing, optimizer, ``compile``, ``fit`` per phase) is in the
-notebooks. The pieces are in modules of their own: devices and precision (``devices``), the
-callbacks (``callbacks``), the work folder a run trains in (``workfolder``), recipe
-fingerprints (``fingerprints``) and publishing a finished run (``publish``).
+See docs/training.md and docs/layout.md for the modules behind it.
 """
 
 from __future__ import annotations
@@ -38,8 +33,7 @@ from helpers import (
 )
 from helpers.callbacks import EPOCH_RANDOMNESS, TrainingDivergedError
 
-# The names marked F401 are what notebooks 3 and 4 call through this module; each is defined
-# in the module its layer gives it.
+# The names marked F401 are what notebooks 3 and 4 call through this module.
 from helpers.ensemble import load_members as load_ensemble_members  # noqa: F401
 from helpers.ensemble import remove as remove_ensemble  # noqa: F401
 from helpers.ensemble import save as save_ensemble  # noqa: F401
@@ -53,18 +47,14 @@ from helpers.workfolder import LAST_PHASE, WorkFolder
 
 keras_fixes.apply()  # float16 on several GPUs trains with NaN weights without it
 
-# Every training run (each seed, each phase, each of notebook 4's mistake runs) builds and
-# compiles a model of its own, so Keras traces a new train step for each: TensorFlow's
-# warning that functions are traced again says nothing here, and would land in the report.
+# Every run compiles a model of its own, so TensorFlow's retracing warning says nothing here
+# and would land in the report.
 tf.get_logger().addFilter(inference.DropRetracingWarning())
 
-# The pipeline shuffles (helpers.pipeline); Keras warns that fit's own shuffle=True, its
-# default, does nothing for a tf.data.Dataset. Silenced rather than passing shuffle=False to
-# every fit, which would read as "not shuffled".
+# The pipeline shuffles; fit's default shuffle=True does nothing for a tf.data.Dataset.
+# Silenced rather than passing shuffle=False to every fit, which would read as "not shuffled".
 warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed", category=UserWarning)
-# Loading a phase's best model (a .keras file, optimizer included) into a model whose new
-# optimizer has not run yet: Keras warns that it skips the optimizer's state, which the next
-# phase's compile replaces anyway.
+# Loading a phase's best model skips the optimizer's state, which the next compile replaces.
 warnings.filterwarnings("ignore", message=r"Skipping variable loading for optimizer",
                         category=UserWarning)
 
@@ -76,9 +66,8 @@ def _phase_text(phase: str | None) -> str:
 def warmup_cosine(peak_rate: float, steps_per_epoch: int, epochs: int,
                   warmup_epochs: int = 1, warmup_from: float = 0.1,
                   ) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Linear warm-up from ``warmup_from`` times ``peak_rate`` to ``peak_rate`` over
-    ``warmup_epochs``, then cosine decay to zero at ``epochs``: the schedule both models of
-    the study train with (the notebooks pass every argument, so the recipe reads there)."""
+    """Linear warm-up from ``warmup_from * peak_rate`` to ``peak_rate`` over ``warmup_epochs``,
+    then cosine decay to zero at ``epochs``: the schedule both models train with."""
     warmup_steps = warmup_epochs * steps_per_epoch
     return schedules.WarmupCosineDecay(
         initial_learning_rate=peak_rate * warmup_from, warmup_target=peak_rate,
@@ -124,12 +113,9 @@ def _normalized(data: dict) -> dict:
 
 
 class TrainingRun:
-    """One training run named NAME in a run folder: reproducible, resumable and recorded; the
-    recipe (model, optimizer, ``compile``, ``fit``) stays in the notebook. It trains in its
-    work folder (``workfolder``) and ``finish`` publishes it (``publish``), so finished
-    results are replaced only by a finished new run. ``needs_training``, after each phase's
-    ``compile``, keeps a phase whose recipe finished before. What is guaranteed:
-    docs/guarantees.md; how resuming works: docs/training.md.
+    """One training run named NAME: trains in its work folder and ``finish`` publishes it, so
+    finished results are replaced only by a finished new run. See docs/guarantees.md and
+    docs/training.md.
     """
 
     def __init__(self, run: RunFolder, name: str, *, label: str, seed: int,
@@ -141,8 +127,7 @@ class TrainingRun:
         self.work = WorkFolder(run, name)
         self.split_frame, self.data_root = run.load_split()  # no split: refused, no lock taken
         self.split_sha256 = files.file_sha256(run.split_csv)
-        # One writer per run folder: this run holds the lock until ``finish``, or until it is
-        # dropped (a run that failed and is replaced by a new one in a notebook's kernel).
+        # Held until ``finish``, or until the run is dropped (a failed run replaced in a kernel).
         runlock.acquire(run.root, f"training {name}")
         self._release_lock = weakref.finalize(self, runlock.release, run.root)
         runfolder.mark(run.root)
@@ -174,8 +159,7 @@ class TrainingRun:
         if recorded is not None and recorded != self.precision:
             work.set_aside(f"precision {recorded}, where this machine and PRECISION give "
                            f"{self.precision} (PRECISION = \"{recorded}\" resumes it)")
-        # The training data's pass number: EpochSeeds sets it to the epoch, so the shuffle
-        # order of a resumed epoch is the one an uninterrupted run would have seen.
+        # EpochSeeds sets it to the epoch, so a resumed epoch shuffles as an uninterrupted one.
         self.epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.image_settings: dict | None = None
 
@@ -184,8 +168,7 @@ class TrainingRun:
         return self.work.history_csv
 
     def checkpoint(self, phase: str | None = None) -> Path:
-        """The best model so far of this run (of training phase ``phase``); of a ``kept``
-        run, its model in the run folder."""
+        """The best model so far of phase ``phase`` (of a kept run: the published one)."""
         if self._kept or phase in self._kept_phases:
             return self.run.model(self.name, phase)
         return self.work.checkpoint(phase)
@@ -193,8 +176,7 @@ class TrainingRun:
     def datasets(self, *, image_size: int, batch_size: int, crop_fraction: float = 1.0,
                  resize_method: str = "bilinear", max_images: int = 0,
                  cache: str | None = "memory") -> tuple[tf.data.Dataset, tf.data.Dataset]:
-        """The (training, validation) datasets of the split; ``batch_size`` per replica,
-        ``max_images`` > 0 a fixed sample of training images. Writes the run record."""
+        """The (training, validation) datasets; ``batch_size`` is per replica. Writes the record."""
         frame = pipeline.sample_training(self.split_frame, max_images, self.seed)
         self.global_batch_size = batch_size * self.strategy.num_replicas_in_sync
         self.training_images = int((frame["split"] == "train").sum())
@@ -234,9 +216,8 @@ class TrainingRun:
                   precise_batchnorm_images: int = 1024, probe_batchnorm_images: int = 0,
                   stop_after_epoch: int = 0, keep_best: bool = True,
                   ) -> list[keras.callbacks.Callback]:
-        """The standard callbacks for ``fit`` of this run, of training phase ``phase``
-        (``callbacks.standard_callbacks``, which says what each does); a backup damaged by a
-        kill is repaired first, and history rows the backup does not hold are dropped."""
+        """``callbacks.standard_callbacks`` for ``fit`` of phase ``phase``; a damaged backup is
+        repaired first, and history rows the backup does not hold are dropped."""
         if self.image_settings is None:
             raise RuntimeError("Call datasets() before callbacks(): they need the data.")
         self.work.path.mkdir(parents=True, exist_ok=True)
@@ -259,15 +240,11 @@ class TrainingRun:
 
     def needs_training(self, model: keras.Model, phase: str | None = None, *,
                        later_parameters: tuple[str, ...] = ()) -> bool:
-        """Whether training phase ``phase`` (None: the last or only one) has to run ``fit``;
-        call it after the phase's ``compile``.
+        """Whether phase ``phase`` (None: the last or only one) has to run ``fit``; call it
+        after the phase's ``compile``.
 
-        The recipe: ``model`` as compiled (layers, which train, optimizer, schedule, loss),
-        the parameters but ``later_parameters`` (only later phases use them), seed, data and
-        split (``fingerprints.recipe_fingerprint``). False when this phase finished before
-        with the same recipe, every earlier phase kept too: in the work folder (a rerun
-        resumes after it) or in the run folder (kept as it is). Else True: ``fit`` trains or
-        resumes it; a changed recipe retrains this phase and every later one.
+        False when this phase and every earlier one finished before with the same recipe
+        (``fingerprints.recipe_fingerprint``); a changed recipe retrains it and every later one.
         """
         key, work = phase or LAST_PHASE, self.work
         unknown = set(later_parameters) - set(self.parameters)
@@ -306,9 +283,9 @@ class TrainingRun:
         return True
 
     def end_phase(self, phase: str) -> int:
-        """Record that training phase ``phase`` finished; returns the epochs done so far.
+        """Record that phase ``phase`` finished; returns the epochs done so far.
 
-        Raises RuntimeError when the phase kept no checkpoint (it trained no epoch).
+        Raises RuntimeError when the phase kept no checkpoint.
         """
         if not self.checkpoint(phase).exists():
             raise RuntimeError(f"Phase {phase!r} of {self.name} kept no model: it trained no "
@@ -322,10 +299,8 @@ class TrainingRun:
         return self.work.finished_phases()[phase]
 
     def finish(self, model: keras.Model | None = None) -> dict:
-        """Publish the run (``publish.publish_work``): its best model (of the last phase, or of
-        the last closed one when the last trained no epoch) and validation metrics, which it
-        returns. ``model`` then holds the kept weights, so later cells use what was reported.
-        TrainingDivergedError, keeping nothing, when a loss in the history is not finite."""
+        """Publish the run's best model and validation metrics, which it returns; ``model``
+        then holds the kept weights. TrainingDivergedError when a logged loss is not finite."""
         if self._kept:
             result, kept_model = json.loads(
                 self.run.validation_metrics(self.name).read_text()), None
@@ -343,8 +318,7 @@ class TrainingRun:
         return result
 
     def _diverged(self, epoch: int, batch: int | None, values: dict) -> TrainingDivergedError:
-        """The error for a run whose loss went non-finite; its work folder is moved aside
-        (``work/NAME.diverged``), so a rerun starts afresh and finished results stay."""
+        """The error for a diverged run; its work folder is moved aside for a fresh rerun."""
         in_phase = self._phase_in_progress()  # read before the work folder moves
         aside = self.work.move_diverged()
         self._release_lock()

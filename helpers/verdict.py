@@ -1,6 +1,5 @@
-"""The verdict of the comparison, written from the run's numbers: what was compared and on
-which terms (``caveats``, the comparison table's first row), and the study's conclusion, whose
-first sentence never says more than was compared (``conclusion``)."""
+"""The verdict of the comparison, written from the run's numbers: ``caveats`` and a
+``conclusion`` whose first sentence never says more than was compared."""
 
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ def _share(value: float) -> str:
     return f"{value:.4f}"
 
 
-# What two models must share to be compared "on equal terms": the rows of ``budget_table``
-# that say what a model saw (its cost, minutes, is reported apart).
+# The rows of ``budget_table`` two models must share to be compared "on equal terms".
 TERMS = ("initial weights", "input (pixels)", "crop fraction", "training images",
          "seeds trained")
 
@@ -40,10 +38,8 @@ def _unequal(budgets: pd.DataFrame) -> str:
 
 
 def caveats(budgets: pd.DataFrame) -> dict[str, list[str]]:
-    """Per model (a column of ``budget_table``): what limits a verdict about it. The models
-    trained on unequal terms (rows of TERMS that differ), did not converge (the "converged"
-    row), or started from random weights where the label says so (a ResNet50 without
-    ImageNet weights is not transfer learning)."""
+    """Per model (a column of ``budget_table``): what limits a verdict about it (unequal
+    terms, not converged, random init)."""
     differing = _unequal(budgets)
     found: dict[str, list[str]] = {}
     for label in budgets.columns:
@@ -59,8 +55,7 @@ def caveats(budgets: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def _described(budgets: pd.DataFrame, label: str) -> str:
-    """One model's terms in a few words: "weights: random, input 64x64 px, 15 epochs,
-    3 seeds, converged"."""
+    """One model's terms: "weights: random, input 64x64 px, 15 epochs, 3 seeds, converged"."""
     column = budgets[label].astype(str)
     epochs = next((column[row] for row in column.index if row.startswith("epochs")), "?")
     seeds = column.get("seeds trained", "1")
@@ -77,17 +72,10 @@ def conclusion(difference: dict, labels: tuple[str, str], mcnemar: dict,
                seeds: pd.DataFrame | None = None,
                flagged_temperatures: tuple[str, ...] = (),
                gain: float = compare.CONVERGED_ACCURACY_GAIN) -> str:
-    """The study's conclusion as Markdown, written from the run's numbers:
-    ``difference`` is ``metrics.paired_bootstrap_difference`` of model A (``labels[0]``)
-    minus model B, ``mcnemar`` their McNemar test, ``top_pairs`` each model's (by label)
-    ``confused_pairs`` table of its own errors with ``top=1``,
-    ``budgets`` the ``budget_table``, ``seeds`` A's ``seed_differences`` when it was
-    trained with several seeds, ``flagged_temperatures`` the models whose temperature fit
-    hit its bound, ``gain`` the rule the budgets' "converged" row used.
+    """The study's conclusion as Markdown, for model A (``labels[0]``) against model B.
 
-    Its first sentence says what was compared (weights, input, epochs, seeds, convergence);
-    a verdict between models trained on unequal terms, or one that had not converged, says
-    so in its own sentence."""
+    Its first sentence says what was compared; a verdict between models trained on unequal
+    terms, or not converged, says so in its own sentence."""
     first, second = labels
     accuracy, macro_f1 = difference["accuracy"], difference["macro_f1"]
     low, high = accuracy["ci95"]

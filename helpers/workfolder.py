@@ -1,8 +1,6 @@
-"""The work folder of one training run (``work/NAME/``): where it trains, resumes and keeps its
-phases until it finishes, and what happens to it when it cannot resume (set aside), when a
-phase's recipe changed (that phase and the later ones forgotten) or when it diverged (moved
-to ``work/NAME.diverged``). Nothing here trains; ``TrainingRun`` decides, this keeps the files
-consistent across kills.
+"""The work folder of one training run (``work/NAME/``): where it trains and resumes until it
+finishes. ``TrainingRun`` decides; this keeps the files consistent across kills (see
+docs/run-folder.md).
 """
 
 from __future__ import annotations
@@ -103,8 +101,7 @@ class WorkFolder:
 
     # -- what a run that cannot go on does with it ---------------------------------------------
     def set_aside(self, why: str) -> None:
-        """Move an unfinished run that cannot be resumed out of the way
-        (``work/NAME.set-aside-TIME``), so the new run starts afresh and nothing is lost."""
+        """Move an unfinished run that cannot resume to ``work/NAME.set-aside-TIME``."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = self.path.with_name(f"{self.name}.set-aside-{stamp}")
         number = 1
@@ -118,8 +115,7 @@ class WorkFolder:
 
     def resume_problem(self, split_sha256: str, seed: int, deterministic: bool,
                        parameters: dict) -> str | None:
-        """Why the unfinished run cannot resume under these settings (it started with another
-        split, seed or parameters), or None."""
+        """Why the unfinished run cannot resume under these settings, or None."""
         record = self.read_record()
         if record is None:
             return None  # killed before its record was written: nothing trained yet
@@ -135,8 +131,7 @@ class WorkFolder:
         return None
 
     def move_diverged(self) -> Path:
-        """Move the work folder to ``work/NAME.diverged`` (a rerun starts afresh); where it
-        then is."""
+        """Move the work folder to ``work/NAME.diverged``; returns where it then is."""
         aside = self.path.with_name(f"{self.name}.diverged")
         shutil.rmtree(aside, ignore_errors=True)
         try:
@@ -151,7 +146,7 @@ class WorkFolder:
     # -- consistency across kills ----------------------------------------------------------------
     def check_backup(self, phase: str | None) -> None:
         """A backup damaged by a kill mid-write: resume from the one before when Keras kept
-        it (it falls back by itself), else start this phase again; say which."""
+        it, else start this phase again; say which."""
         backup_dir = self.backup_dir(phase)
         latest = backup_dir / "latest.weights.h5"
         if not latest.exists() or (_readable_weights(latest) and _readable_json(
@@ -203,9 +198,8 @@ class WorkFolder:
         files.write_json({name: closed[name] for name in earlier}, self.phases)
 
     def start_from_finished(self, kept: list[str], fingerprints: dict[str, str]) -> None:
-        """Fill the work folder with the phases ``kept`` of the run that finished before
-        (their models, history and boundaries), so the phase about to train continues from
-        them."""
+        """Fill the work folder with the phases ``kept`` of the run that finished before, so
+        the phase about to train continues from them."""
         boundaries = self.run.finished_phases(self.name)
         kept_boundaries = {phase: boundaries[phase] for phase in kept}
         for phase in kept:
@@ -220,8 +214,7 @@ class WorkFolder:
               "training goes on from there.")
 
     def remove(self) -> None:
-        """Remove the work folder, renamed first: a kill while deleting must not leave a
-        half work folder to resume."""
+        """Remove the work folder, renamed first so a kill cannot leave half of it to resume."""
         leaving = self.path.with_name(f".{self.name}.finished")
         shutil.rmtree(leaving, ignore_errors=True)
         os.replace(self.path, leaving)
