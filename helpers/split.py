@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helpers import files, integrity, parameters
+from helpers import files, integrity
 from helpers.audit import AuditResult, usable_mask
 from helpers.errors import REMAKE_SPLIT, DataError, StaleSplitError
 from helpers.labels import CLASS_NAMES
 
-SPLIT_NAMES = parameters.SPLIT_NAMES
+SPLIT_NAMES = ("train", "validation", "test")
 # The default; notebook 1's SPLIT_FRACTIONS passes the study's own.
-SPLIT_FRACTIONS = parameters.DEFAULT_FRACTIONS
+SPLIT_FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
+
 SPLIT_COLUMNS = ["path", "label", "sha256", "split"]
 DEFAULT_SEED = 42
 
@@ -64,9 +65,20 @@ def select_images(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return kept, pd.concat(excluded, ignore_index=True).sort_values("path", ignore_index=True)
 
 
+def fractions_problem(fractions: object) -> str | None:
+    """What is wrong with SPLIT_FRACTIONS, or None."""
+    if (isinstance(fractions, dict) and set(fractions) == set(SPLIT_NAMES)
+            and all(isinstance(value, int | float) and not isinstance(value, bool)
+                    and 0 < value < 1 for value in fractions.values())
+            and abs(sum(fractions.values()) - 1) <= 1e-9):
+        return None
+    return (f"must give train, validation and test each a share above 0, together 1, such "
+            f"as {SPLIT_FRACTIONS}; got {fractions!r}")
+
+
 def check_fractions(fractions: object) -> dict[str, float]:
     """``fractions`` checked (each above 0, together 1); DataError naming SPLIT_FRACTIONS."""
-    problem = parameters.fractions_problem(fractions)
+    problem = fractions_problem(fractions)
     if problem:
         raise DataError(f"SPLIT_FRACTIONS {problem}.")
     return {name: float(fractions[name]) for name in SPLIT_NAMES}

@@ -1,4 +1,4 @@
-"""What values the study's parameters accept (helpers.parameters), judged by the runner
+"""What values the study's parameters accept (helpers/tools/parameters.py), judged by the runner
 before the first notebook."""
 
 import ast
@@ -8,8 +8,8 @@ import sys
 import nbformat
 import pytest
 
-from helpers import devices, models, parameters, preparation
-from helpers.tools import notebooks, study
+from helpers import devices, models, preparation
+from helpers.tools import notebooks, parameters, study
 
 
 def _defaults() -> dict:

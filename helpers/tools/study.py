@@ -65,9 +65,9 @@ import yaml
 from papermill.engines import NBClientEngine, papermill_engines
 
 from helpers import files, liveprogress, progressbar, project, runfolder, runlock
-from helpers import parameters as study_parameters
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder, check_root
+from helpers.tools import parameters as study_parameters
 from helpers.tools import progress as progress_view
 
 NOTEBOOKS = ("01_data", "02_explore", "03_train_cnn", "04_train_resnet50", "05_compare")

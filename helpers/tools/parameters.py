@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from helpers.split import fractions_problem
+
 # Choices of the parameters that name one; kept equal to the notebooks by tests.
 DATA_SOURCES = ("kaggle", "medmnist", "local", "synthetic")
 MEDMNIST_SIZES = (64, 128, 224)
@@ -20,21 +22,6 @@ RESNET_MISTAKE_NAMES = ("earlier_training", "no_preprocessing", "double_scaling"
                         "batchnorm_training+learning_rate", "all")
 RESNET50_BLOCKS = 16
 RESNET50_SMALLEST_INPUT = 32  # keras.applications.ResNet50 without its top
-SPLIT_NAMES = ("train", "validation", "test")
-DEFAULT_FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
-
-
-def fractions_problem(fractions: object) -> str | None:
-    """What is wrong with SPLIT_FRACTIONS, or None."""
-    if (isinstance(fractions, dict) and set(fractions) == set(SPLIT_NAMES)
-            and all(isinstance(value, int | float) and not isinstance(value, bool)
-                    and 0 < value < 1 for value in fractions.values())
-            and abs(sum(fractions.values()) - 1) <= 1e-9):
-        return None
-    return (f"must give train, validation and test each a share above 0, together 1, such "
-            f"as {DEFAULT_FRACTIONS}; got {fractions!r}")
-
-
 def _at_least(lowest: int | float) -> Callable[[object], str | None]:
     def check(value):
         return None if value >= lowest else f"must be {lowest} or more, got {value!r}"
