@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 
 import numpy as np
 from scipy import optimize, stats
@@ -93,9 +94,13 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray,
 
 
 def _bootstrap(data: tuple[np.ndarray, ...], statistic: Callable, n_resamples: int,
-               confidence: float, seed: int) -> stats._resampling.BootstrapResult:
+               confidence: float, seed: int) -> object:
     """scipy's paired percentile bootstrap over images, drawn from ``default_rng(seed)``
     (the same draws for every statistic of the same images and seed)."""
+    if len(data[0]) < 2:  # scipy needs two images; every resample of one image is that image
+        value = float(np.reshape(statistic(*(column[None, :] for column in data), axis=-1), -1)[0])
+        return SimpleNamespace(confidence_interval=SimpleNamespace(low=value, high=value),
+                               bootstrap_distribution=np.full(n_resamples, value))
     # scipy 1.15 renamed random_state to rng; both take a Generator and draw alike.
     keyword = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
     return stats.bootstrap(data, statistic, n_resamples=n_resamples, paired=True,

@@ -243,3 +243,16 @@ def test_mcnemar_p_is_the_doubled_binomial_tail():
         result = metrics.mcnemar_exact(y_true, pred_a, pred_b)
         assert (result["a_only_correct"], result["b_only_correct"]) == (a_only, b_only)
         assert result["p_value"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_one_image_gives_the_degenerate_interval_scipy_would_refuse():
+    """scipy's bootstrap needs two observations; a folder of one image still gets its report
+    (every resample of one image is that image)."""
+    one, right, wrong = np.array([2]), np.array([2]), np.array([0])
+    assert metrics.bootstrap_interval(one, right, metrics.accuracy) == (1.0, 1.0)
+    report = metrics.with_intervals(metrics.classification_metrics(one, confident(right), CLASSES),
+                                    one, right, n_resamples=20)
+    assert report["accuracy_ci95"] == [1.0, 1.0] and report["macro_f1_ci95"] == [1.0, 1.0]
+    result = metrics.paired_bootstrap_difference(one, right, wrong, n_classes=3, n_resamples=20)
+    assert result["accuracy"] == {"a": 1.0, "b": 0.0, "difference": 1.0, "ci95": [1.0, 1.0],
+                                  "share_of_resamples_a_better": 1.0}
