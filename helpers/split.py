@@ -192,21 +192,13 @@ def _differences(saved: pd.DataFrame, current: pd.DataFrame) -> list[str]:
     return notes
 
 
-def _saved_seed(metadata_file: Path) -> int | None:
-    """The seed recorded beside a split, or None when the file is missing or damaged."""
+def _saved_metadata(split_csv: Path) -> dict:
+    """The metadata beside a split (its seed, fractions...), or {} when missing or damaged."""
     try:
-        seed = json.loads(metadata_file.read_text(encoding="utf-8"))["seed"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
-
-
-def _saved_fractions(metadata_file: Path) -> object:
-    """The fractions recorded beside a split (None when missing or damaged)."""
-    try:
-        return json.loads(metadata_file.read_text(encoding="utf-8")).get("fractions")
-    except (OSError, ValueError, AttributeError):
-        return None
+        metadata = json.loads(metadata_path(split_csv).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def make_split(audit_result: AuditResult, split_csv: str | os.PathLike,
@@ -229,13 +221,14 @@ def make_split(audit_result: AuditResult, split_csv: str | os.PathLike,
     if split_csv.exists() and not force:
         saved = read_split(split_csv)
         problems = _differences(saved, images)
-        saved_seed = _saved_seed(metadata_path(split_csv))
-        if saved_seed is None:
+        recorded = _saved_metadata(split_csv)
+        saved_seed = recorded.get("seed")
+        if isinstance(saved_seed, bool) or not isinstance(saved_seed, int):
             problems.append(f"its metadata {metadata_path(split_csv)} is missing, damaged or "
                             "has no seed")
         elif saved_seed != seed:
             problems.append(f"it was made with seed {saved_seed}, this run asks for seed {seed}")
-        saved_fractions = _saved_fractions(metadata_path(split_csv))
+        saved_fractions = recorded.get("fractions")
         if saved_fractions != fractions:
             problems.append(f"it was made with fractions {saved_fractions}, this run asks for "
                             f"{fractions}")
