@@ -14,11 +14,14 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from helpers import files, metrics
 
 
-def save_figure(figure: plt.Figure, path: str | os.PathLike | None) -> None:
-    """Save ``figure`` as PNG at ``path`` (creating its folder) when a path is given."""
+def finish(figure: plt.Figure, path: str | os.PathLike | None) -> plt.Figure:
+    """Lay ``figure`` out and save it as PNG at ``path`` (creating its folder) when a path is
+    given; returns it."""
+    figure.tight_layout()
     if path is not None:
         with files.atomic_output(path, suffix=".png") as temporary:
             figure.savefig(temporary, dpi=120, bbox_inches="tight")
+    return figure
 
 
 def plot_training_curves(histories: dict[str, pd.DataFrame],
@@ -51,9 +54,7 @@ def plot_training_curves(histories: dict[str, pd.DataFrame],
     axes[1].legend(loc="lower right", fontsize="small")
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
-    save_figure(figure, path)
-    return figure
+    return finish(figure, path)
 
 
 def plot_batchnorm_probe(table: pd.DataFrame, path: str | os.PathLike | None = None
@@ -73,8 +74,7 @@ def plot_batchnorm_probe(table: pd.DataFrame, path: str | os.PathLike | None = N
     axis.text(0.01, 0.08, "grey: share of the statistics the moving averages absorbed",
               transform=axis.transAxes, fontsize=8, color="gray")
     axis.legend(loc="center right", fontsize=8)
-    save_figure(figure, path)
-    return figure
+    return finish(figure, path)
 
 
 def plot_confusion_matrices(reports: dict[str, dict], normalized: bool = True,
@@ -92,9 +92,7 @@ def plot_confusion_matrices(reports: dict[str, dict], normalized: bool = True,
                     annot_kws={"fontsize": 8})
         axis.set(title=f"{label} (accuracy {report['accuracy']:.3f})", xlabel="predicted",
                  ylabel="true")
-    figure.tight_layout()
-    save_figure(figure, path)
-    return figure
+    return finish(figure, path)
 
 
 def plot_per_class_f1(reports: dict[str, dict],
@@ -108,9 +106,7 @@ def plot_per_class_f1(reports: dict[str, dict],
     low = min(row["F1"] for row in rows)
     axis.set(ylim=(max(0, low - 0.05), 1.0), title="F1 per class", xlabel="")
     axis.legend(loc="lower right", fontsize="small")
-    figure.tight_layout()
-    save_figure(figure, path)
-    return figure
+    return finish(figure, path)
 
 
 def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -128,9 +124,7 @@ def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]],
     axis.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1.01),
              ylim=(0, 1.01), title=f"Reliability ({metrics.ECE_BINS} bins)")
     axis.legend(loc="upper left", fontsize="small")
-    figure.tight_layout()
-    save_figure(figure, path)
-    return figure
+    return finish(figure, path)
 
 
 def plot_roc_curves(y_true: np.ndarray, probabilities: dict[str, np.ndarray],
@@ -151,9 +145,7 @@ def plot_roc_curves(y_true: np.ndarray, probabilities: dict[str, np.ndarray],
         axis.set(title=f"ROC, one vs rest: {label}", xlabel="false positive rate",
                  ylabel="true positive rate")
         axis.legend(loc="lower right", fontsize="small")
-    figure.tight_layout()
-    save_figure(figure, path)
-    return figure
+    return finish(figure, path)
 
 
 def show_images(images: list[np.ndarray], titles: list[str], columns: int = 6,
@@ -172,9 +164,7 @@ def show_images(images: list[np.ndarray], titles: list[str], columns: int = 6,
         axis.set_title(title, fontsize=8)
     if suptitle:
         figure.suptitle(suptitle)
-    figure.tight_layout()
-    save_figure(figure, path)
-    return figure
+    return finish(figure, path)
 
 
 def confident_mistakes(predictions: pd.DataFrame, count: int = 12) -> pd.DataFrame:
@@ -190,9 +180,7 @@ def plot_class_counts(counts: pd.DataFrame,
     figure, axis = plt.subplots(figsize=(9, 4))
     table.plot.bar(stacked=True, ax=axis, rot=0)
     axis.set(title="Images per class and split", xlabel="", ylabel="images")
-    figure.tight_layout()
-    save_figure(figure, path)
-    return figure
+    return finish(figure, path)
 
 
 def plot_generalization_gap(histories: dict[str, pd.DataFrame],
@@ -207,6 +195,4 @@ def plot_generalization_gap(histories: dict[str, pd.DataFrame],
              ylabel="accuracy gap")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.legend(fontsize="small")
-    figure.tight_layout()
-    save_figure(figure, path)
-    return figure
+    return finish(figure, path)
