@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers import files
 from helpers.errors import DataSourceError
 from helpers.labels import CLASS_NAMES
 from helpers.locate import find_data_root
@@ -82,34 +83,30 @@ def download_file(url: str, destination: str | os.PathLike, md5: str | None = No
                   source: str = "medmnist", timeout: float = NETWORK_TIMEOUT_SECONDS) -> Path:
     """Download ``url`` to ``destination`` unless a valid copy is already there.
 
-    Written to a temporary file, checked against ``md5``, then renamed into place.
+    Written to a temporary file, checked against ``md5``, then renamed into place
+    (``files.atomic_output``).
     """
     destination = Path(destination)
     if destination.exists():
         if md5 is None or file_md5(destination) == md5:
             return destination
         print(f"{destination} fails its checksum; downloading it again.")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=destination.name + ".",
-                                     suffix=".part", delete=False) as handle:
-        temporary = Path(handle.name)
+    with files.atomic_output(destination, suffix=".part") as temporary:
+        digest = hashlib.md5()
         try:
-            digest = hashlib.md5()
-            with urllib.request.urlopen(url, timeout=timeout) as response:
+            with urllib.request.urlopen(url, timeout=timeout) as response, \
+                    open(temporary, "wb") as handle:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     handle.write(block)
                     digest.update(block)
         except (urllib.error.URLError, OSError) as error:
-            temporary.unlink(missing_ok=True)
             reason = getattr(error, "reason", error)
             raise DataSourceError(f"Download of {url} failed ({reason}). "
                                   + _other_sources(source)) from None
-    if md5 is not None and digest.hexdigest() != md5:
-        temporary.unlink(missing_ok=True)
-        raise DataSourceError(
-            f"Downloaded {url} but its MD5 is {digest.hexdigest()}, expected {md5}: the file "
-            "is damaged or has changed upstream. " + _other_sources(source))
-    os.replace(temporary, destination)
+        if md5 is not None and digest.hexdigest() != md5:
+            raise DataSourceError(
+                f"Downloaded {url} but its MD5 is {digest.hexdigest()}, expected {md5}: the "
+                "file is damaged or has changed upstream. " + _other_sources(source))
     return destination
 
 
