@@ -7,7 +7,6 @@ each image. The library of ``python -m helpers.resolution`` and notebook 5's che
 from __future__ import annotations
 
 import io
-import json
 import os
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -141,12 +140,9 @@ def labelled_folder(data_dir: str | os.PathLike, run: RunFolder | None = None) -
     """The usable images of a folder of class folders, with each one's subset in ``run``'s
     split when given; DataError when there is no usable image."""
     images, skipped, root = labelled_images(data_dir)
-    if images.empty:
-        raise DataError(f"No usable image in the class folders under {root} "
-                        f"({len(skipped)} file(s) skipped).")
     if run is not None:
         split_frame, _ = run.load_split()
-        excluded = json.loads(run.split_metadata.read_text(encoding="utf-8"))["excluded"]
+        excluded = files.read_json(run.split_metadata)["excluded"]
         images["split"] = split_of_images(images, split_frame, excluded)
     return images[[column for column in ("path", "label", "split") if column in images]]
 

@@ -23,7 +23,8 @@ def labelled_images(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[dic
     under two classes (its label is unknown: every copy left out).
 
     Returns (DataFrame with path (absolute), label, sha256; skipped files as {path, reason};
-    the folder holding the class folders). Raises DataError when no folder names a class.
+    the folder holding the class folders). Raises DataError when no folder names a class
+    or no image is usable.
     """
     data_dir = Path(data_dir)
     root = data_dir if data_dir.is_dir() and class_folders(data_dir) else find_data_root(data_dir)
@@ -42,6 +43,9 @@ def labelled_images(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[dic
     kept, excluded = split.select_images(index)
     judged = excluded[excluded["path"].isin(index.loc[usable, "path"])]  # copies, conflicts
     skipped += [{"path": row.path, "reason": row.reason} for row in judged.itertuples()]
+    if kept.empty:
+        raise DataError(f"No usable image in the class folders under {root} "
+                        f"({len(skipped)} file(s) skipped).")
     images = kept[["path", "label", "sha256"]].reset_index(drop=True)
     images["path"] = [str(root / path) for path in images["path"]]
     return images, skipped, root

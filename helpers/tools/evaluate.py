@@ -14,7 +14,6 @@ import argparse
 import os
 
 from helpers import files, split
-from helpers.errors import DataError
 from helpers.tools import command, outputs
 
 
@@ -78,9 +77,6 @@ def evaluate_folder(model_path: str | os.PathLike, data_dir: str | os.PathLike,
     n_resamples = metrics.BOOTSTRAP_RESAMPLES if n_resamples is None else n_resamples
     loaded = inference.load_model(model_path)
     images, skipped, root = labelled_images(data_dir)
-    if images.empty:
-        raise DataError(f"No usable image in the class folders under {root} "
-                        f"({len(skipped)} file(s) skipped).")
     paths = list(images["path"])
     report = {"model": str(loaded.path), "label": loaded.label, "data_root": str(root),
               "image_size": loaded.image_size, "crop_fraction": loaded.crop_fraction}
