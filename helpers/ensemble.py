@@ -88,8 +88,8 @@ def _finished_metrics(run: RunFolder, name: str, record: dict, settings: dict) -
     if not all(path.exists() for path in paths):
         return None
     try:
-        recorded = json.loads(run.run_record(name).read_text())
-        result = json.loads(run.validation_metrics(name).read_text())
+        recorded = files.read_json(run.run_record(name))
+        result = files.read_json(run.validation_metrics(name))
         sidecar = inference.read_sidecar(inference.sidecar_path(run.model(name)))
     except (OSError, ValueError, DataError):
         return None
@@ -111,7 +111,7 @@ def members(run: RunFolder, name: str) -> list[str]:
             and run.validation_metrics(name).exists()):
         raise DataError(f"No finished ensemble {name!r} in {run.root}: run notebook 03 "
                         "to its end.")
-    record = json.loads(record_path.read_text())
+    record = files.read_json(record_path)
     # Recorded since the ensemble is kept across runs; absent from an earlier version's.
     if "model_sha256" in record and files.file_sha256(run.model(name)) != record["model_sha256"]:
         raise DataError(f"{run.model(name)} is not the ensemble notebook 03 saved (replaced "
@@ -126,15 +126,7 @@ def members(run: RunFolder, name: str) -> list[str]:
     return list(recorded)
 
 
-def remove(run: RunFolder, name: str) -> bool:
-    """Remove the ensemble NAME and its files (a profile trains one seed); whether there was
-    one."""
-    paths = [run.validation_metrics(name), run.model(name),
-             inference.sidecar_path(run.model(name)), run.run_record(name),
-             run.test_metrics(name)] + [run.predictions(name, subset, tta)
-                                        for subset in ("validation", "test")
-                                        for tta in (False, True)]
-    found = any(path.exists() for path in paths)
-    for path in paths:  # the metrics first: a half-removed ensemble never counts as finished
-        path.unlink(missing_ok=True)
-    return found
+def set_aside(run: RunFolder, name: str) -> bool:
+    """Set the ensemble NAME's files aside (``RunFolder.set_aside_runs``: a profile trains one
+    seed, so an earlier ensemble no longer belongs to the run); whether there was one."""
+    return bool(run.set_aside_runs([name], "one seed in this profile: no ensemble"))

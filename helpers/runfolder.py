@@ -8,14 +8,13 @@ nothing else builds one by hand.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from helpers import integrity, split
+from helpers import files, integrity, split
 from helpers.errors import DataError
 
 # The file that marks a run folder (written by notebook 1, the study and training runs).
@@ -116,7 +115,7 @@ class RunFolder:
         return split_frame, data_root
 
     def read_audit(self) -> dict:
-        return json.loads(self.audit_json.read_text())
+        return files.read_json(self.audit_json)
 
     # -- models ----------------------------------------------------------------------------
     def model(self, name: str, phase: str | None = None) -> Path:
@@ -140,8 +139,7 @@ class RunFolder:
 
     def finished_phases(self, name: str) -> dict[str, int]:
         """Finished training phases of run NAME and the epoch count at each one's end."""
-        path = self.phases(name)
-        return json.loads(path.read_text()) if path.exists() else {}
+        return files.read_json(self.phases(name), {})
 
     def phase_boundary(self, name: str) -> int | None:
         """Epochs of the first of two phases (where fine-tuning starts), or None."""
@@ -157,7 +155,7 @@ class RunFolder:
 
     def read_run_record(self, name: str) -> dict:
         """What run NAME was trained with: parameters, data settings, split hash, versions."""
-        return json.loads(self.run_record(name).read_text())
+        return files.read_json(self.run_record(name))
 
     # -- results ---------------------------------------------------------------------------
     def validation_metrics(self, name: str) -> Path:
@@ -183,11 +181,12 @@ class RunFolder:
         return self.root / "predictions" / f"{name}_{subset}{'_tta' if tta else ''}.csv"
 
     def run_files(self, name: str) -> list[Path]:
-        """Every file of the run folder that belongs to run NAME (those that exist)."""
-        paths = [self.model(name), self.model(name).with_suffix(".json"),
+        """Every file of the run folder that belongs to run NAME (those that exist), its
+        metrics first: a run half moved away never counts as finished."""
+        paths = [self.validation_metrics(name), self.test_metrics(name),
+                 self.model(name), self.model(name).with_suffix(".json"),
                  *(self.model(name, phase) for phase in self.finished_phases(name)),
                  self.history(name), self.phases(name), self.run_record(name),
-                 self.validation_metrics(name), self.test_metrics(name),
                  *(self.predictions(name, subset, tta) for subset in split.SPLIT_NAMES
                    for tta in (False, True))]
         return [path for path in paths if path.exists()]

@@ -35,8 +35,8 @@ from helpers.callbacks import EPOCH_RANDOMNESS, TrainingDivergedError
 
 # The names marked F401 are what notebooks 3 and 4 call through this module.
 from helpers.ensemble import load_members as load_ensemble_members  # noqa: F401
-from helpers.ensemble import remove as remove_ensemble  # noqa: F401
 from helpers.ensemble import save as save_ensemble  # noqa: F401
+from helpers.ensemble import set_aside as set_aside_ensemble  # noqa: F401
 from helpers.files import file_sha256  # noqa: F401
 from helpers.fingerprints import git_commit, recipe_fingerprint
 from helpers.histories import batchnorm_probe_table, dynamics_table  # noqa: F401

@@ -32,7 +32,7 @@ def test_an_ensemble_needs_two_members(tmp_path):
         ensemble.load_members(RunFolder(tmp_path), ["cnn_seed42"])
 
 
-def test_removing_an_ensemble_removes_every_file_of_it_and_nothing_else(tmp_path):
+def test_setting_an_ensemble_aside_moves_every_file_of_it_and_nothing_else(tmp_path):
     run = RunFolder(tmp_path)
     _sidecar(run, "cnn_ensemble")
     _sidecar(run, "cnn")
@@ -43,11 +43,13 @@ def test_removing_an_ensemble_removes_every_file_of_it_and_nothing_else(tmp_path
     for path in written:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({}))
-    assert ensemble.remove(run, "cnn_ensemble") is True
+    written.append(inference.sidecar_path(run.model("cnn_ensemble")))
+    assert ensemble.set_aside(run, "cnn_ensemble") is True
     assert not any(path.exists() for path in written)
-    assert not inference.sidecar_path(run.model("cnn_ensemble")).exists()
+    (moved_to,) = (run.root / "superseded").iterdir()
+    assert all((moved_to / path.relative_to(run.root)).exists() for path in written)
     assert inference.sidecar_path(run.model("cnn")).exists()
-    assert ensemble.remove(run, "cnn_ensemble") is False
+    assert ensemble.set_aside(run, "cnn_ensemble") is False
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "mixed_float16"])
