@@ -7,17 +7,15 @@ EarlyStopping forget their best value on resume (see docs/guarantees.md).
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
-from helpers import files, liveprogress
+from helpers import files, histories, liveprogress
 
 
 def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
@@ -301,9 +299,9 @@ class BatchNormStatisticsProbe(keras.callbacks.Callback):
 
 def first_non_finite(history_csv: Path) -> tuple[int, dict] | None:
     """The first epoch whose loss or validation loss is not finite, with those values, or None."""
-    if not history_csv.exists() or not history_csv.stat().st_size:
+    history = histories.read_history(history_csv)
+    if history is None:
         return None
-    history = pd.read_csv(history_csv)
     losses = history[[column for column in ("loss", "val_loss") if column in history]]
     bad = ~np.isfinite(losses.to_numpy(dtype=float)).all(axis=1)
     if not bad.any():
@@ -314,9 +312,9 @@ def first_non_finite(history_csv: Path) -> tuple[int, dict] | None:
 
 def best_logged(history_csv: Path, monitor: str = "val_loss", from_epoch: int = 0) -> float | None:
     """The lowest ``monitor`` value logged from epoch ``from_epoch`` (0-based) on, or None."""
-    if not history_csv.exists() or history_csv.stat().st_size == 0:
+    history = histories.read_history(history_csv)
+    if history is None:
         return None
-    history = pd.read_csv(history_csv)
     history = history[history["epoch"] >= from_epoch] if "epoch" in history else history
     return float(history[monitor].min()) if monitor in history and len(history) else None
 
@@ -370,7 +368,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def on_train_end(self, logs=None):
         if self.metadata_path.exists():
-            metadata = json.loads(self.metadata_path.read_text())
+            metadata = files.read_json(self.metadata_path)
             files.write_json({**metadata, "epoch": self.params["epochs"]}, self.metadata_path)
 
 
@@ -406,9 +404,9 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
             # epoch's end and then resets ``best`` to infinity, throwing the restored one
             # away; choosing it now keeps it. Newer Keras leaves ``best`` alone.
             self._set_monitor_op()
-        if not self.history_csv.exists() or self.history_csv.stat().st_size == 0:
+        history = histories.read_history(self.history_csv)
+        if history is None:
             return
-        history = pd.read_csv(self.history_csv)
         losses = history.loc[history["epoch"] >= self.from_epoch, "val_loss"].to_numpy()
         if len(losses):
             best_at = int(np.argmin(losses))

@@ -84,7 +84,7 @@ def seed_runs(run: RunFolder, name: str) -> list[str]:
     candidates = run.read_run_record(name).get("candidates", {})
     for candidate, chosen_among in candidates.items():
         path = run.validation_metrics(candidate)
-        if not path.exists() or json.loads(path.read_text()) != chosen_among:
+        if not path.exists() or files.read_json(path) != chosen_among:
             raise DataError(
                 f"{candidate} is no longer the run {name} was kept among (a later run "
                 f"replaced it and did not finish all seeds): the seeds would mix two recipes. "

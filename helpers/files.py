@@ -150,6 +150,18 @@ def write_json(data: dict, path: str | os.PathLike) -> None:
     write_text_atomically(json.dumps(data, indent=2) + "\n", path)
 
 
+_NO_DEFAULT = object()
+
+
+def read_json(path: str | os.PathLike, default: object = _NO_DEFAULT):
+    """The JSON in ``path`` (read as UTF-8), or ``default`` where given and the file does not
+    exist."""
+    path = Path(path)
+    if default is not _NO_DEFAULT and not path.exists():
+        return default
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 hex digest of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()

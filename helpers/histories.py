@@ -3,10 +3,19 @@ speed to an accuracy, BatchNorm's probe), as tables; pandas only."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 # "Converged" for the convergence-speed figures: validation accuracy reached this.
 CONVERGENCE_ACCURACY = 0.95
+
+
+def read_history(history_csv: Path) -> pd.DataFrame | None:
+    """A history CSV's rows, or None when the file is missing or empty (no epoch ended yet)."""
+    if not history_csv.exists() or history_csv.stat().st_size == 0:
+        return None
+    return pd.read_csv(history_csv)
 
 
 def learning_dynamics(epochs: pd.DataFrame,

@@ -150,7 +150,7 @@ def _sidecar_problems(info: object) -> list[str]:
 def read_sidecar(path: Path) -> dict:
     """A sidecar's content, checked; ModelFileError names the file and what is wrong."""
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = files.read_json(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelFileError(f"{path} is not readable JSON ({error}). Copy it again from the "
                              "run folder's models/.") from None

@@ -10,7 +10,6 @@ folder, so a run folder holding its data can move (docs/guarantees.md).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
@@ -196,7 +195,7 @@ def read_metadata(split_csv: str | os.PathLike) -> dict:
     """split.json beside ``split_csv``; DataError when missing or damaged."""
     metadata_file = Path(split_csv).with_suffix(".json")
     try:
-        metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
+        metadata = files.read_json(metadata_file)
         if not isinstance(metadata, dict) or not isinstance(metadata["data_root"], str):
             raise TypeError("no data_root")
     except (OSError, ValueError, KeyError, TypeError) as error:

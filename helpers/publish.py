@@ -6,7 +6,6 @@ run that counts as finished.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 from helpers import files, inference
@@ -90,7 +89,7 @@ def keep_best_run(run: RunFolder, candidates: list[str], name: str,
     order); its record lists every candidate's. Returns the name of the run kept."""
     if not candidates:
         raise ValueError("keep_best_run needs at least one finished run")
-    scores = {candidate: json.loads(run.validation_metrics(candidate).read_text())
+    scores = {candidate: files.read_json(run.validation_metrics(candidate))
               for candidate in candidates}
     best = max(candidates, key=lambda candidate: tuple(scores[candidate][metric]
                                                        for metric in by))

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from helpers import files
 from helpers.errors import DataError
 
 LOCK_NAME = ".lock"
@@ -80,7 +81,7 @@ def _seconds_seen_unchanged(path: Path, holder: dict) -> float:
     seen_file = path.with_name(f"{LOCK_NAME}.seen-{socket.gethostname()}")
     seen = {"token": holder.get("token"), "refreshed_ns": refreshed}
     try:
-        earlier = json.loads(seen_file.read_text(encoding="utf-8"))
+        earlier = files.read_json(seen_file)
         if {key: earlier.get(key) for key in seen} == seen:
             return time.time() - float(earlier["first_seen"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -111,7 +112,7 @@ def _alive(pid: int) -> bool:
 
 def _read_holder(path: Path) -> dict | None:
     try:
-        holder = json.loads(path.read_text(encoding="utf-8"))
+        holder = files.read_json(path)
     except (OSError, ValueError):
         return None
     return holder if isinstance(holder, dict) else None

@@ -6,7 +6,6 @@ of the audit ends either in the split or in the exclusion report.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,7 +194,7 @@ def _differences(saved: pd.DataFrame, current: pd.DataFrame) -> list[str]:
 def _saved_metadata(split_csv: Path) -> dict:
     """The metadata beside a split (its seed, fractions...), or {} when missing or damaged."""
     try:
-        metadata = json.loads(metadata_path(split_csv).read_text(encoding="utf-8"))
+        metadata = files.read_json(metadata_path(split_csv))
     except (OSError, ValueError):
         return {}
     return metadata if isinstance(metadata, dict) else {}

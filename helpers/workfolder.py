@@ -5,16 +5,14 @@ docs/run-folder.md).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from pathlib import Path
 
 import h5py
-import pandas as pd
 
-from helpers import files
+from helpers import files, histories
 from helpers.runfolder import RunFolder
 
 # The key of the last (or only) training phase, whose ``phase`` is None.
@@ -33,7 +31,7 @@ def _readable_weights(path: Path) -> bool:
 def _readable_json(path: Path) -> bool:
     """Whether ``path`` holds JSON (Keras writes its backup's metadata in place)."""
     try:
-        json.loads(path.read_text())
+        files.read_json(path)
         return True
     except (OSError, ValueError):
         return False
@@ -78,20 +76,18 @@ class WorkFolder:
                 or any(self.path.glob("backup*")))
 
     def read_record(self) -> dict | None:
-        return json.loads(self.record.read_text()) if self.record.exists() else None
+        return files.read_json(self.record, None)
 
     def fingerprints(self) -> dict[str, str]:
-        path = self.fingerprints_file
-        return json.loads(path.read_text()) if path.exists() else {}
+        return files.read_json(self.fingerprints_file, {})
 
     def finished_phases(self) -> dict[str, int]:
-        return json.loads(self.phases.read_text()) if self.phases.exists() else {}
+        return files.read_json(self.phases, {})
 
     def epochs_done(self) -> int:
         """Epochs in the history so far (every phase)."""
-        if not self.history_csv.exists() or self.history_csv.stat().st_size == 0:
-            return 0
-        return len(pd.read_csv(self.history_csv))
+        history = histories.read_history(self.history_csv)
+        return 0 if history is None else len(history)
 
     def end_phase(self, phase: str) -> int:
         """Record that training phase ``phase`` finished; returns the epochs done so far."""
@@ -169,12 +165,11 @@ class WorkFolder:
     def drop_unbacked_history(self, phase: str | None, initial_epoch: int) -> None:
         """Remove history rows of epochs the backup does not hold (a kill between the row
         and the backup), which the resumed ``fit`` trains again."""
-        if not self.history_csv.exists() or self.history_csv.stat().st_size == 0:
+        history = histories.read_history(self.history_csv)
+        if history is None:
             return
         metadata = self.backup_dir(phase) / "training_metadata.json"
-        resume_at = (json.loads(metadata.read_text())["epoch"] if metadata.exists()
-                     else initial_epoch)
-        history = pd.read_csv(self.history_csv)
+        resume_at = files.read_json(metadata, {"epoch": initial_epoch})["epoch"]
         if (history["epoch"] >= resume_at).any():
             files.write_text_atomically(
                 history[history["epoch"] < resume_at].to_csv(index=False), self.history_csv)
@@ -189,8 +184,8 @@ class WorkFolder:
             self.checkpoint(name).unlink(missing_ok=True)
             shutil.rmtree(self.backup_dir(name), ignore_errors=True)
         start = closed[earlier[-1]] if earlier else 0
-        if self.history_csv.exists() and self.history_csv.stat().st_size:
-            history = pd.read_csv(self.history_csv)
+        history = histories.read_history(self.history_csv)
+        if history is not None:
             files.write_text_atomically(history[history["epoch"] < start].to_csv(index=False),
                                         self.history_csv)
         files.write_json({name: value for name, value in self.fingerprints().items()
