@@ -97,7 +97,7 @@ def test_a_second_study_on_the_same_run_folder_is_refused_naming_the_holder(
                 "started": datetime.datetime.now().isoformat(timespec="seconds"),
                 "token": "0123456789abcdef"}
         runlock.lock_path(run_dir).write_text(json.dumps(lock))
-        assert study.main(["--profile", "smoke", "--run-dir", str(run_dir)]) == 1
+        assert study.main(["--no-estimate", "--profile", "smoke", "--run-dir", str(run_dir)]) == 1
         err = _error_line(capsys)
         assert f"process {holder.pid} on {socket.gethostname()}" in err
         assert "another study" in err
@@ -173,7 +173,7 @@ def test_a_run_folder_that_is_a_file_is_refused_before_anything_runs(
     a_file = tmp_path / "results.txt"
     a_file.write_text("not a folder")
     for run_dir in (a_file, a_file / "run"):
-        assert study.main(["--profile", "ok", "--run-dir", str(run_dir)]) == 1
+        assert study.main(["--no-estimate", "--profile", "ok", "--run-dir", str(run_dir)]) == 1
         assert str(a_file) in _error_line(capsys)
     assert a_file.read_text() == "not a folder"
     assert no_execution == []
@@ -268,7 +268,7 @@ def test_ctrl_c_in_the_study_is_one_line_and_exit_code_130(
     _study_whose_notebook_raises(sources, monkeypatch, KeyboardInterrupt())
     run_dir = tmp_path / "run"
     try:
-        code = study.main(["--profile", "ok", "--run-dir", str(run_dir)])
+        code = study.main(["--no-estimate", "--profile", "ok", "--run-dir", str(run_dir)])
     except KeyboardInterrupt:
         pytest.fail("KeyboardInterrupt went through main")
     assert code == 130
@@ -285,7 +285,7 @@ def test_a_kernel_that_dies_is_one_error_naming_the_notebook(
     # What nbclient's DeadKernelError is.
     _study_whose_notebook_raises(sources, monkeypatch, RuntimeError("Kernel died"))
     run_dir = tmp_path / "run"
-    assert study.main(["--profile", "ok", "--run-dir", str(run_dir)]) == 1
+    assert study.main(["--no-estimate", "--profile", "ok", "--run-dir", str(run_dir)]) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: a stopped: RuntimeError: Kernel died")
     assert "Traceback" not in error
@@ -541,8 +541,8 @@ def test_the_study_passes_the_settled_weights_to_the_notebooks(profiles, tmp_pat
     monkeypatch.setattr(study, "run_study",
                         lambda parameters, *args, **kwargs: given.append(parameters))
     for extra in ([], ["--set", "RESNET_WEIGHTS=imagenet"]):  # from the profile or --set
-        assert study.main(["--profile", "online", "--run-dir", str(tmp_path / "run"),
-                           *extra]) == 0
+        assert study.main(["--no-estimate", "--profile", "online",
+                           "--run-dir", str(tmp_path / "run"), *extra]) == 0
         assert given.pop() == {"RESNET_WEIGHTS": "none"}
         out = capsys.readouterr().out
         assert out.index("Profile online") < out.index("ImageNet weights cannot be had here")
@@ -555,7 +555,7 @@ def test_a_run_folder_inside_the_data_or_another_run_folder_is_refused_before_an
     data = tmp_path / "images"
     (data / "basophil").mkdir(parents=True)
     for run_dir in (data / "basophil" / "myrun", data):
-        assert study.main(["--profile", "ok", "--data-dir", str(data),
+        assert study.main(["--no-estimate", "--profile", "ok", "--data-dir", str(data),
                            "--run-dir", str(run_dir)]) == 1
         assert "lies inside the data folder" in _error_line(capsys)
     assert sorted(path.name for path in data.rglob("*")) == ["basophil"]  # nothing made
@@ -585,7 +585,7 @@ from pathlib import Path
 from helpers.tools import study
 study.NOTEBOOKS, study.NOTEBOOK_DIR = ("a",), Path(sys.argv[1])
 study.PROFILE_DIR = Path(sys.argv[2])
-sys.exit(study.main(["--profile", "ok", "--run-dir", sys.argv[3]]))
+sys.exit(study.main(["--no-estimate", "--profile", "ok", "--run-dir", sys.argv[3]]))
 """
 
 

@@ -363,6 +363,38 @@ def precision_figures(subset: pd.DataFrame, root: Path, runs: int, resnet_size: 
     return report
 
 
+def float32_figures(subset: pd.DataFrame, root: Path, runs: int) -> dict:
+    """float32 training images/s of the CNN and a fully trainable ResNet50 at 64 px, with and
+    without XLA (``jit_compile``), and each as a share of the float32 convolution rate: where
+    a machine without bfloat16 units stands (run it under ``ONEDNN_MAX_CPU_ISA=AVX2`` too)."""
+    import keras
+
+    from helpers.tools import notebooks
+
+    report = {"conv_gflops_float32": conv_flop_rate("float32") / 1e9}
+    images, labels = cached_arrays(subset, root, IMAGE_SIZE)
+    for model_name, build, count, batch_size in [
+            ("cnn", lambda: notebooks.baseline_cnn(IMAGE_SIZE, seed=0), len(images), BATCH_SIZE),
+            ("resnet50", lambda: trainable_resnet50(IMAGE_SIZE), min(256, len(images)), 32)]:
+        batches = in_memory_batches(images[:count], labels[:count], batch_size)
+        for jit_compile in (False, True):
+            model = build()
+            model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=jit_compile,
+                          loss="sparse_categorical_crossentropy")
+            fit_one_epoch(model, batches.take(2), 2 * batch_size)  # tracing apart
+            rates = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                fit_one_epoch(model, batches, count)
+                rates.append(count / (time.perf_counter() - started))
+            rate = statistics.median(rates)
+            report[f"{model_name}_jit_{str(jit_compile).lower()}"] = {
+                "images": count, "batch_size": batch_size, **summary(rates),
+                "flop_share": rate * 3 * forward_flops(model)
+                / (report["conv_gflops_float32"] * 1e9)}
+    return report
+
+
 def trainable_resnet50(image_size: int):
     """ResNet50 from random weights with every layer trainable (phase 2 at its widest)."""
     import keras
@@ -528,6 +560,13 @@ def format_table(report: dict) -> str:
         lines.append(f"memory cache at {size} px: {item['rss_growth_bytes'] / 2**20:,.0f} MiB "
                      f"for {item['images']} images ({item['growth_over_uint8']:.2f} x "
                      "images x size^2 x 3 bytes)")
+    float32 = report.get("float32")
+    if float32:
+        lines.append(f"float32 convolution rate {float32['conv_gflops_float32']:,.0f} GFLOP/s; "
+                     "training images/s (share of it):")
+        for key, item in float32.items():
+            if key != "conv_gflops_float32":
+                lines.append(f"  {key:<22}{item['median']:>8,.1f}  ({item['flop_share']:.2f})")
     return "\n".join(lines)
 
 
@@ -545,8 +584,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="image size of the ResNet50 precision figures (default 224)")
     parser.add_argument("--model", help="saved .keras model for the inference figure "
                         "(default: an untrained CNN; speed does not depend on weights)")
-    parser.add_argument("--only", choices=["precision"],
-                        help="measure only these figures (precision: bfloat16 against float32)")
+    parser.add_argument("--only", choices=["precision", "float32"],
+                        help="measure only these figures (precision: bfloat16 against float32; "
+                        "float32: its training rates, with and without XLA)")
     parser.add_argument("--layer-profile", action="store_true",
                         help="only print where the CNN's training step spends its time, per "
                         "layer, in float32 and bfloat16 (nothing else is measured)")
@@ -571,10 +611,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     report = {"machine": machine(), "batch_size": BATCH_SIZE, "image_size": IMAGE_SIZE}
-    if args.only == "precision":
+    if args.only:
         frame, root = usable_images(args.data_dir)
         subset = frame.groupby("label").head(args.images // 8).reset_index(drop=True)
-        report.update(precision_figures(subset, root, args.runs, args.resnet_size))
+        if args.only == "float32":
+            report["float32"] = float32_figures(subset, root, args.runs)
+        else:
+            report.update(precision_figures(subset, root, args.runs, args.resnet_size))
         return write_report(report, args.out)
     seconds, peak = in_fresh_process(_audit_and_split, args.data_dir)
     report.update(audit_split_seconds=seconds, audit_split_peak_rss_bytes=peak)

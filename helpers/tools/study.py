@@ -67,6 +67,7 @@ from papermill.engines import NBClientEngine, papermill_engines
 from helpers import files, liveprogress, progressbar, project, runfolder, runlock
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder, check_root
+from helpers.tools import estimate
 from helpers.tools import parameters as study_parameters
 from helpers.tools import progress as progress_view
 
@@ -790,6 +791,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override one parameter of the profile (repeatable)")
     parser.add_argument("--force", action="store_true", help="rerun every notebook")
+    parser.add_argument("--no-estimate", action="store_true",
+                        help="start without measuring the expected time of each notebook")
     args = parser.parse_args(argv)
     handled = (signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
     before = {number: signal.signal(number, _stop) for number in handled}
@@ -813,22 +816,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _study(args: argparse.Namespace) -> None:
-    """The study as the command line asks: run, then the comparison table and the report."""
-    parameters = load_profile(args.profile)
-    if args.data_dir:
-        parameters.update(DATA_SOURCE="local",
-                          DATA_DIR=str(Path(args.data_dir).expanduser().resolve()))
-    parameters.update(parse_override(text) for text in args.set)
+def configured_parameters(profile: str, data_dir: str | None, overrides: list[str]
+                          ) -> tuple[dict, dict]:
+    """(the profile's parameters with ``--data-dir`` and ``--set`` applied, the whole
+    configuration: those and every other declared parameter's default), judged now rather
+    than hours in: StudyError names each value the study would refuse."""
+    parameters = load_profile(profile)
+    if data_dir:
+        parameters.update(DATA_SOURCE="local", DATA_DIR=str(Path(data_dir).expanduser().resolve()))
+    parameters.update(parse_override(text) for text in overrides)
     # The module's NOTEBOOKS and NOTEBOOK_DIR as they are now, not when the defaults were made.
     declared = all_declared_parameters(NOTEBOOK_DIR, NOTEBOOKS)
     check_parameters(parameters, declared)
-    # The values of the whole configuration, judged now rather than hours in.
     configured = {name: default for name, (_, default) in declared.items()} | parameters
     refused = study_parameters.problems(configured)
     if refused:
         raise StudyError("Parameters the study would refuse later, refused now:\n  "
                          + "\n  ".join(refused))
+    return parameters, configured
+
+
+def _study(args: argparse.Namespace) -> None:
+    """The study as the command line asks: run, then the comparison table and the report."""
+    parameters, configured = configured_parameters(args.profile, args.data_dir, args.set)
+    declared = all_declared_parameters(NOTEBOOK_DIR, NOTEBOOKS)
     # A folder given here is relative to where you are; the default to the repository.
     run_dir = (str(Path(args.run_dir).expanduser().resolve()) if args.run_dir
                else f"runs/{args.profile}")
@@ -837,6 +848,8 @@ def _study(args: argparse.Namespace) -> None:
     runfolder.check_placement(project.resolve(run_dir),
                               project.resolve(parameters["DATA_DIR"]) if local else None)
     print(f"Profile {args.profile}, run folder {project.resolve(run_dir)}")
+    if not args.no_estimate:
+        print(estimate.estimate_in_subprocess(configured), flush=True)
     parameters = settle_weights(parameters, declared, RunFolder(project.resolve(run_dir)))
     run = RunFolder(project.resolve(run_dir))
     # The report too is written under the lock (run_study takes it again: a count).
