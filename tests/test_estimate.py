@@ -66,7 +66,7 @@ def test_the_counts_come_from_the_folder_the_drawn_images_or_the_published_size(
 
 def test_the_runner_prints_every_notebook_and_the_total_measured_here():
     _, parameters = study.configured_parameters("smoke", None, [])
-    text = estimate.estimate_in_subprocess(parameters)
+    text = study.estimate_in_subprocess(parameters)
     assert text.startswith("Expected time here (float32;"), text
     for name in study.NOTEBOOKS:
         assert f"  {name} " in text
@@ -76,6 +76,6 @@ def test_the_runner_prints_every_notebook_and_the_total_measured_here():
 def test_an_estimate_that_cannot_be_made_says_why_in_one_line_and_the_study_goes_on():
     _, parameters = study.configured_parameters("smoke", None, [])
     del parameters["CNN_IMAGE_SIZE"]
-    text = estimate.estimate_in_subprocess(parameters)
+    text = study.estimate_in_subprocess(parameters)
     assert text.startswith("No time estimate:") and "CNN_IMAGE_SIZE" in text
     assert "\n" not in text

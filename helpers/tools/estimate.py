@@ -6,8 +6,8 @@ A few timed training and prediction steps of notebook 3's CNN and of ResNet50 at
 profile's image sizes, batch sizes and precision (``measure_rates``, about a minute on 2 CPU
 cores: ResNet50's graphs take most of it), multiplied by the profile's counts of images,
 epochs, seeds and runs (``notebook_seconds``, arithmetic only). ``helpers.study`` prints it
-before the first notebook. Upper bounds where early stopping may end a run sooner; a
-download is not counted.
+before the first notebook, run in a process of its own. Upper bounds where early stopping
+may end a run sooner; a download is not counted.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -215,22 +214,6 @@ def estimate(parameters: dict) -> str:
     rates = measure_rates(parameters)
     counts = image_counts(parameters)
     return describe(parameters, notebook_seconds(parameters, counts, rates), rates, counts)
-
-
-def estimate_in_subprocess(parameters: dict, timeout: float = 600) -> str:
-    """``estimate`` in a process of its own (TensorFlow stays out of the runner), or one line
-    saying why there is none."""
-    command = [sys.executable, "-m", "helpers.tools.estimate", "--parameters-json",
-               json.dumps(parameters)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              cwd=project.ROOT)
-    except subprocess.TimeoutExpired:
-        return f"No time estimate: measuring took over {timeout:.0f} s."
-    if done.returncode:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        return f"No time estimate: {last}"
-    return done.stdout.strip()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -67,7 +68,6 @@ from papermill.engines import NBClientEngine, papermill_engines
 from helpers import files, liveprogress, progressbar, project, runfolder, runlock
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder, check_root
-from helpers.tools import estimate
 from helpers.tools import parameters as study_parameters
 from helpers.tools import progress as progress_view
 
@@ -779,6 +779,23 @@ def write_report(run: RunFolder, notebooks: tuple[str, ...] = NOTEBOOKS) -> Path
     return run.report
 
 
+def estimate_in_subprocess(parameters: dict, timeout: float = 600) -> str:
+    """``python -m helpers.tools.estimate``'s estimate of each notebook's time, measured in a
+    process of its own (TensorFlow stays out of the runner), or one line saying why there is
+    none."""
+    command = [sys.executable, "-m", "helpers.tools.estimate", "--parameters-json",
+               json.dumps(parameters)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              cwd=project.ROOT)
+    except subprocess.TimeoutExpired:
+        return f"No time estimate: measuring took over {timeout:.0f} s."
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"No time estimate: {last}"
+    return done.stdout.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit status: 1 on an error (one line, or the failing
     cell), 130 on Ctrl-C."""
@@ -849,7 +866,7 @@ def _study(args: argparse.Namespace) -> None:
                               project.resolve(parameters["DATA_DIR"]) if local else None)
     print(f"Profile {args.profile}, run folder {project.resolve(run_dir)}")
     if not args.no_estimate:
-        print(estimate.estimate_in_subprocess(configured), flush=True)
+        print(estimate_in_subprocess(configured), flush=True)
     parameters = settle_weights(parameters, declared, RunFolder(project.resolve(run_dir)))
     run = RunFolder(project.resolve(run_dir))
     # The report too is written under the lock (run_study takes it again: a count).
