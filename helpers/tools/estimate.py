@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from helpers import project
-from helpers.split import SPLIT_NAMES
+from helpers.split import SPLIT_FRACTIONS, SPLIT_NAMES
 
 # The dataset's size where it is not on this machine yet (Kaggle's PBC: 17,092 images).
 PBC_IMAGES = 17_092
@@ -43,15 +43,14 @@ def image_counts(parameters: dict) -> dict[str, int]:
     synthetic data, else the published dataset's size."""
     source = parameters.get("DATA_SOURCE")
     if source == "synthetic":
-        total = 8 * int(parameters.get("SYNTHETIC_IMAGES_PER_CLASS", 12))
+        total = 8 * int(parameters["SYNTHETIC_IMAGES_PER_CLASS"])
     elif source == "local" and parameters.get("DATA_DIR"):
         root = project.resolve(parameters["DATA_DIR"])
         total = sum(1 for path in root.rglob("*") if path.suffix.lower() in
                     (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"))
     else:
         total = PBC_IMAGES
-    fractions = parameters.get("SPLIT_FRACTIONS") or {"train": 0.7, "validation": 0.15,
-                                                      "test": 0.15}
+    fractions = parameters.get("SPLIT_FRACTIONS") or SPLIT_FRACTIONS
     return {"all": total, **{name: int(total * fractions[name]) for name in SPLIT_NAMES}}
 
 
@@ -92,19 +91,18 @@ def notebook_seconds(parameters: dict, counts: dict[str, int], rates: dict) -> d
     notebook_3 += scored * validation / cnn["predict"]
     seconds["03_train_cnn"] += notebook_3
     resnet_images = capped(p["RESNET_MAX_IMAGES"])
-    precise = 0 if p["RESNET_FREEZE_BATCHNORM"] else p.get("RESNET_PRECISE_BATCHNORM_IMAGES", 1024)
+    precise = 0 if p["RESNET_FREEZE_BATCHNORM"] else p["RESNET_PRECISE_BATCHNORM_IMAGES"]
     notebook_4 = (fit(resnet, resnet_images, p["RESNET_FROZEN_EPOCHS"], frozen=True)
                   + fit(resnet, resnet_images, p["RESNET_FINE_TUNE_EPOCHS"], precise)
                   + validation / resnet["predict"])
     mistakes = p["RESNET_MISTAKES"]
-    mistake_runs = 9 if mistakes == ["every"] else len(mistakes)
+    mistake_runs = 9 if mistakes == ["every"] else len(mistakes)  # notebook 4's MISTAKE_NAMES
     if mistake_runs:  # each: a phase 1 of its own (about half do) and the mistake's epochs
-        mistake_images = capped(p.get("RESNET_MISTAKES_MAX_IMAGES", 3000))
-        epochs = p.get("RESNET_MISTAKES_EPOCHS", 3)
-        notebook_4 += mistake_runs * (fit(resnet, mistake_images, epochs)
+        mistake_images = capped(p["RESNET_MISTAKES_MAX_IMAGES"])
+        notebook_4 += mistake_runs * (fit(resnet, mistake_images, p["RESNET_MISTAKES_EPOCHS"])
                                       + 0.5 * fit(resnet, mistake_images, 1, frozen=True))
     seconds["04_train_resnet50"] += notebook_4
-    views = 1 + (TTA_VIEWS if p.get("TTA") else 0)
+    views = 1 + (TTA_VIEWS if p["TTA"] else 0)
     seeds = p["CNN_SEEDS"]
     # The test split: each model with its views, the ensemble (every seed), each seed, and
     # the resolution check (each model at two resolutions, read from the files again).
@@ -128,7 +126,7 @@ def measure_rates(parameters: dict, images_timed: int = 1024) -> dict:
     from helpers import devices, models
     from helpers.tools import bench, notebooks
 
-    precision = devices.configure_precision(parameters.get("PRECISION", "auto"))
+    precision = devices.configure_precision(parameters["PRECISION"])
     rates: dict = {"precision": precision}
 
     def timed(build, size: int, batch: int, fine_tune_blocks: int | None = None,
