@@ -189,8 +189,7 @@ def measure_rates(parameters: dict, images_timed: int = 1024) -> dict:
     return rates
 
 
-def describe(parameters: dict, seconds: dict[str, float], rates: dict,
-             counts: dict[str, int]) -> str:
+def describe(seconds: dict[str, float], rates: dict, counts: dict[str, int]) -> str:
     """The estimate as the runner prints it: each notebook, the total, and the levers."""
     def minutes(value: float) -> str:
         return f"{value / 60:5.1f} min" if value >= 90 else f"{value:5.0f} s  "
@@ -211,7 +210,7 @@ def estimate(parameters: dict) -> str:
     """Measure here and describe: what the runner prints."""
     rates = measure_rates(parameters)
     counts = image_counts(parameters)
-    return describe(parameters, notebook_seconds(parameters, counts, rates), rates, counts)
+    return describe(notebook_seconds(parameters, counts, rates), rates, counts)
 
 
 def main(argv: list[str] | None = None) -> int:
