@@ -54,13 +54,18 @@ def choose_precision(gpu_compute_capabilities: list[tuple[int, int]],
     return "mixed_bfloat16" if cpu_bfloat16 else "float32"
 
 
-def configure_precision(requested: str = "auto") -> str:
-    """Set and return the global dtype policy chosen by ``choose_precision``."""
+def precision_here(requested: str = "auto") -> str:
+    """The dtype policy ``choose_precision`` picks for this machine's GPUs and CPU."""
     capabilities = [
         tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
         for gpu in tf.config.list_physical_devices("GPU")
     ]
-    policy = choose_precision(capabilities, cpu_supports_bfloat16(), requested)
+    return choose_precision(capabilities, cpu_supports_bfloat16(), requested)
+
+
+def configure_precision(requested: str = "auto") -> str:
+    """Set and return the global dtype policy chosen by ``choose_precision``."""
+    policy = precision_here(requested)
     keras.mixed_precision.set_global_policy(policy)
     return policy
 

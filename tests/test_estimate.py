@@ -1,6 +1,9 @@
-"""The runner's estimate of each notebook's time: the arithmetic, and the measurement."""
+"""The estimate of each notebook's time (helpers/tools/estimate.py, measure.py): the
+arithmetic, the measurement, the runner's and a notebook's own."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -13,8 +16,14 @@ RATES = {"precision": "float32", "decode": 1000.0, "audit": 3000.0,
 COUNTS = {"all": 10_000, "train": 7000, "validation": 1500, "test": 1500}
 
 
+@pytest.fixture(autouse=True)
+def bfloat16_machine(monkeypatch):
+    """The cpu profile as a machine with bfloat16 units runs it (its float32 section unused)."""
+    monkeypatch.setattr(study, "trains_in_float32_on_cpu", lambda precision: False)
+
+
 def configured(**changes) -> dict:
-    _, parameters = study.configured_parameters("cpu", None, [])
+    parameters = study.configured_parameters("cpu", None, []).configured
     return parameters | changes
 
 
@@ -65,17 +74,85 @@ def test_the_counts_come_from_the_folder_the_drawn_images_or_the_published_size(
 
 
 def test_the_runner_prints_every_notebook_and_the_total_measured_here():
-    _, parameters = study.configured_parameters("smoke", None, [])
-    text = study.estimate_in_subprocess(parameters)
+    parameters = study.configured_parameters("smoke", None, []).configured
+    text, seconds = estimate.in_subprocess(parameters)
     assert text.startswith("Expected time here (float32;"), text
     for name in study.NOTEBOOKS:
         assert f"  {name} " in text
-    assert "in all" in text and "Shorter:" in text
+    assert "in all" in text and "Shorter (--set NAME=VALUE" in text
+    # The seconds the notebooks' lines show beside their time: those printed, per notebook.
+    assert list(seconds) == list(study.NOTEBOOKS) and all(value > 0 for value in seconds.values())
+    printed = float(re.search(r"in all +([\d.]+) (s|min)", text).group(1))
+    total = sum(seconds.values())
+    assert printed == pytest.approx(total / 60 if total >= 90 else total, abs=0.5)
 
 
 def test_an_estimate_that_cannot_be_made_says_why_in_one_line_and_the_study_goes_on():
-    _, parameters = study.configured_parameters("smoke", None, [])
+    parameters = study.configured_parameters("smoke", None, []).configured
     del parameters["CNN_IMAGE_SIZE"]
-    text = study.estimate_in_subprocess(parameters)
+    text, seconds = estimate.in_subprocess(parameters)
     assert text.startswith("No time estimate:") and "CNN_IMAGE_SIZE" in text
+    assert seconds is None
     assert "\n" not in text
+
+
+def test_one_notebooks_estimate_needs_only_its_parameters_and_measures_only_its_model():
+    cnn_only = {name: value for name, value in configured().items()
+                if name.startswith("CNN_") or name == "PRECISION"}
+    seconds = estimate.notebook_seconds(cnn_only, COUNTS, {**RATES, "resnet50": None},
+                                        ("03_train_cnn",))
+    assert seconds == {"03_train_cnn": estimate.notebook_seconds(configured(), COUNTS,
+                                                                  RATES)["03_train_cnn"]}
+    # Measured in a process of its own, on the split's counts: the CNN alone, quickly.
+    smoke = study.configured_parameters("smoke", None, []).configured
+    cnn_only = {name: value for name, value in smoke.items()
+                if name.startswith("CNN_") or name == "PRECISION"}
+    text, seconds = estimate.in_subprocess(cnn_only, COUNTS, ("03_train_cnn",))
+    assert list(seconds or {}) == ["03_train_cnn"], text
+    assert "7,000 training, 1,500 validation" in text and "CNN" in text
+    assert "ResNet50" not in text and "CNN_SEEDS=1" in text and "TTA" not in text
+
+
+def test_a_split_is_counted_by_its_subsets(tmp_path):
+    import pandas as pd
+
+    subsets = ["train"] * 5 + ["validation"] * 2 + ["test"] * 3
+    pd.DataFrame({"path": [f"basophil/{number}.jpg" for number in range(10)],
+                  "label": "basophil", "sha256": [f"{number:064x}" for number in range(10)],
+                  "split": subsets}).to_csv(tmp_path / "split.csv", index=False)
+    assert estimate.split_counts(tmp_path / "split.csv") == {
+        "all": 10, "train": 5, "validation": 2, "test": 3}
+
+
+@pytest.mark.parametrize("name", ["03_train_cnn", "04_train_resnet50"])
+def test_in_colab_notebooks_3_and_4_print_their_own_estimate_after_their_parameters(
+        name, tmp_path, capsys):
+    """The notebook's own cells (setup's names, its parameters with the smoke profile's
+    values, then the cell after), run as Colab would: IS_COLAB true."""
+    import nbformat
+    import pandas as pd
+
+    from helpers import models, runtime
+    from helpers.tools import notebooks
+
+    split_csv = tmp_path / "data" / "split.csv"
+    split_csv.parent.mkdir()
+    pd.DataFrame({"path": [f"basophil/{number}.jpg" for number in range(20)],
+                  "label": "basophil", "sha256": [f"{number:064x}" for number in range(20)],
+                  "split": ["train"] * 14 + ["validation"] * 3 + ["test"] * 3}
+                 ).to_csv(split_csv, index=False)
+    cells = nbformat.read(notebooks.SOURCE_DIR / f"{name}.ipynb", as_version=4).cells
+    namespace = {"IS_COLAB": True, "estimate": estimate, "runtime": runtime, "models": models}
+    exec(cells[2].source, namespace)  # the parameters cell
+    smoke = study.load_profile("smoke")
+    namespace.update({key: value for key, value in smoke.items() if key in namespace},
+                     RUN_DIR=str(tmp_path))
+    exec(cells[3].source, namespace)
+    out = capsys.readouterr().out
+    assert out.startswith("Expected time here (float32; 14 training, 3 validation, 3 test"), out
+    assert f"  {name} " in out and "in all" in out
+    assert ("ResNet50" in out.splitlines()[0]) is (name == "04_train_resnet50")
+    # No split yet: said in one line, the notebook goes on to its own clear error.
+    split_csv.unlink()
+    exec(cells[3].source, namespace)
+    assert "No time estimate: no split at" in capsys.readouterr().out

@@ -108,7 +108,9 @@ def test_notebook_defaults_are_the_colab_profile():
 @pytest.mark.parametrize("profile", PROFILES)
 def test_profiles_only_override_declared_parameters_with_their_types(profile):
     assert {"colab", "cpu", "full", "smoke"} <= set(PROFILES)
-    study.check_parameters(study.load_profile(profile), study.all_declared_parameters())
+    declared = study.all_declared_parameters()
+    study.check_parameters(study.load_profile(profile), declared)
+    study.check_parameters(study.float32_cpu_values(profile), declared)
 
 
 def test_profile_choices():

@@ -24,8 +24,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from helpers import liveprogress, runfolder, runlock
 from helpers.runfolder import RunFolder
+from helpers.tools import estimate, study
 from helpers.tools import progress as progress_view
-from helpers.tools import study
 
 
 def _tiny_notebook(path, code, parameters='RUN_DIR: str = "x"  # run folder'):
@@ -357,6 +357,11 @@ def test_the_line_shows_the_cell_and_what_the_training_run_does():
         "[3/5] 03_train_cnn: 21/21 cells, 32:10")
     assert study.notebook_line("[3/5] 03_train_cnn", 21, 21, 1930) == (  # shutting down
         "[3/5] 03_train_cnn: 21/21 cells, 32:10")
+    # With the runner's estimate of the notebook: beside its time, and left at its end.
+    assert study.notebook_line("[3/5] 03_train_cnn", 16, 21, 394, expected=2388.4) == (
+        "[3/5] 03_train_cnn: cell 17/21, 06:34 of ~39:48")
+    assert study.final_line("[3/5] 03_train_cnn", 21, 21, 1930, expected=2388.4) == (
+        "[3/5] 03_train_cnn: 21/21 cells, 32:10 (expected ~39:48)")
     # Too wide: the step and elapsed time go first, then the end is cut.
     assert line(_progress(), width=80) == (
         "[3/5] 03_train_cnn: cell 17/21, 06:34 | cnn_seed43: epoch 5/15, ~04:20 left")
@@ -365,6 +370,23 @@ def test_the_line_shows_the_cell_and_what_the_training_run_does():
                      width=width)
         assert len(shown) <= width, (width, shown)
     assert line(_progress(), width=50) == "[3/5] 03_train_cnn: cell 17/21, 06:34 | cnn_see..."
+
+
+def test_each_notebook_line_shows_the_estimate_printed_before_the_first(
+        tmp_path, sources, profiles, monkeypatch, capsys):
+    _tiny_notebook(sources / "a.ipynb", "print('ran')")
+    monkeypatch.setattr(study, "NOTEBOOKS", ("a",))
+    monkeypatch.setattr(study, "NOTEBOOK_DIR", sources)
+    monkeypatch.setattr(estimate, "in_subprocess",
+                        lambda configured: ("Expected time here: a 72 s", {"a": 72.0}))
+    assert study.main(["--profile", "ok", "--run-dir", str(tmp_path / "run"),
+                       "--estimate-only"]) == 0
+    assert capsys.readouterr().out.endswith("Expected time here: a 72 s\n")  # and no more
+    assert not (tmp_path / "run").exists()
+    assert study.main(["--profile", "ok", "--run-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    final = re.search(r"\[1/1\] a: (\d+)/\1 cells, \d\d:\d\d \(expected ~01:12\)\n", out)
+    assert final and out.index("Expected time here: a 72 s") < final.start(), out
 
 
 def test_progress_missing_garbled_or_stale_is_not_shown(tmp_path):
@@ -546,6 +568,71 @@ def test_the_study_passes_the_settled_weights_to_the_notebooks(profiles, tmp_pat
         assert given.pop() == {"RESNET_WEIGHTS": "none"}
         out = capsys.readouterr().out
         assert out.index("Profile online") < out.index("ImageNet weights cannot be had here")
+
+
+# -- what a profile sets where training runs in float32 on the CPU ------------------------------
+
+FLOAT32_PROFILE = """CNN_EPOCHS: 15
+CNN_SEEDS: 3
+on_float32_cpu:
+  CNN_SEEDS: 2
+  CNN_DEMO_MAX_IMAGES: 3000
+"""
+
+
+@pytest.mark.parametrize("float32_cpu", [True, False])
+def test_a_profiles_float32_section_applies_only_where_training_runs_in_float32_on_the_cpu(
+        profiles, tmp_path, monkeypatch, capsys, float32_cpu):
+    (profiles / "machine.yaml").write_text(FLOAT32_PROFILE)
+    asked, given = [], []
+    monkeypatch.setattr(study, "trains_in_float32_on_cpu",
+                        lambda precision: asked.append(precision) or float32_cpu)
+    monkeypatch.setattr(study, "run_study",
+                        lambda parameters, *args, **kwargs: given.append(parameters))
+    assert study.main(["--no-estimate", "--profile", "machine", "--run-dir",
+                       str(tmp_path / "run"), "--set", "PRECISION=float32"]) == 0
+    assert asked == ["float32"]  # the precision --set gives, not the profile's default
+    expected = {"CNN_EPOCHS": 15, "CNN_SEEDS": 2 if float32_cpu else 3,
+                "PRECISION": "float32", "RESNET_WEIGHTS": "none"}
+    if float32_cpu:
+        expected["CNN_DEMO_MAX_IMAGES"] = 3000
+    assert given == [expected]
+    out = capsys.readouterr().out
+    said = "This machine trains in float32 on its CPU: profile machine sets CNN_SEEDS=2"
+    assert (said in out) is float32_cpu
+
+
+def test_set_overrides_a_float32_section_and_the_section_is_checked_as_parameters(
+        profiles, tmp_path, monkeypatch, capsys, no_execution):
+    (profiles / "machine.yaml").write_text(FLOAT32_PROFILE)
+    monkeypatch.setattr(study, "trains_in_float32_on_cpu", lambda precision: True)
+    configuration = study.configured_parameters("machine", None, ["CNN_SEEDS=4"])
+    assert configuration.parameters["CNN_SEEDS"] == 4
+    assert configuration.for_this_machine == {"CNN_DEMO_MAX_IMAGES": 3000}  # what it set
+    assert configuration.configured["CNN_DEMO_MAX_IMAGES"] == 3000
+    # A profile without the section never asks (a TensorFlow start saved).
+    monkeypatch.setattr(study, "trains_in_float32_on_cpu", lambda precision: 1 / 0)
+    assert study.configured_parameters("ok", None, []).for_this_machine == {}
+    assert "on_float32_cpu" not in study.load_profile("machine")
+    for section, problem in (("  CNN_SEEDZ: 2\n", "did you mean CNN_SEEDS?"),
+                             ("  CNN_SEEDS: two\n", "CNN_SEEDS must be of type int"),
+                             (" [CNN_SEEDS]\n", "on_float32_cpu must be lines of NAME: value")):
+        (profiles / "bad.yaml").write_text(f"on_float32_cpu:\n{section}")
+        assert study.main(["--no-estimate", "--profile", "bad",
+                           "--run-dir", str(tmp_path / "run")]) == 1
+        assert problem in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_whether_training_runs_in_float32_on_the_cpu_is_asked_as_the_notebooks_choose():
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU here: the notebooks train on it")
+    assert study.trains_in_float32_on_cpu("float32") is True
+    assert study.trains_in_float32_on_cpu("mixed_bfloat16") is False
+    with pytest.raises(study.StudyError, match="PRECISION float64.*ValueError"):
+        study.trains_in_float32_on_cpu("float64")
 
 
 # -- where a run folder may be ------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Run the whole study headless: the notebooks in order, with papermill, into a run folder.
 
     python -m helpers.study [--profile cpu] [--data-dir DIR] [--run-dir DIR] [--force]
-                            [--set NAME=VALUE ...]
+                            [--set NAME=VALUE ...] [--no-estimate | --estimate-only]
 
 Profiles are ``notebooks/profiles/NAME.yaml``, overrides of the notebooks' defaults (which
 are the ``colab`` profile, what "Run all" in Colab runs): ``smoke`` (synthetic data, a minute per
@@ -9,7 +9,10 @@ notebook: CI), ``cpu`` (the real data at 64 px on a 2-core machine, about an hou
 CPU has bfloat16 units; ResNet50 from ImageNet weights, or random init where they cannot be
 had, said before the first notebook),
 ``full`` (224 px on a GPU, ImageNet weights). The default is ``cpu``, which runs anywhere.
-``--data-dir`` uses a folder you have instead of downloading from Kaggle.
+``--data-dir`` uses a folder you have instead of downloading from Kaggle. A profile's
+``on_float32_cpu`` values replace its own where the notebooks would train in float32 on the
+CPU (said before the first notebook). Before the first notebook the runner prints each
+one's expected time here (``helpers.tools.estimate``; ``--estimate-only`` stops there).
 
 The executed notebooks go to ``RUN_DIR/notebooks/``. A notebook already completed with the
 same parameters and the same source is skipped (``--force`` reruns all), unless a file it wrote
@@ -19,16 +22,17 @@ first failing notebook, naming the cell and the error; the notebook as far as it
 ``notebooks/NAME.failed.ipynb``, and the ``NAME.ipynb`` of an earlier successful run stays.
 Ctrl-C stops it the same way (exit status 130); the same command resumes.
 
-Each notebook shows one line, redrawn in place on a terminal: the cell running and the time
-since the notebook started, and while a model trains, its run, epoch of epochs, step, time
-since its ``fit`` began and an estimate of the time left (``helpers.liveprogress``), cut to the
-terminal's width:
+Each notebook shows one line, redrawn in place on a terminal: the cell running, the time
+since the notebook started beside its expected time, and while a model trains, its run, epoch
+of epochs, step, time since its ``fit`` began and an estimate of the time left
+(``helpers.liveprogress``), cut to the terminal's width:
 
-    [3/5] 03_train_cnn: cell 26/31, 06:34 | cnn_seed43: epoch 5/15, step 120/187,
-        02:10 elapsed, ~04:20 left       (one line)
+    [3/5] 03_train_cnn: cell 26/31, 06:34 of ~39:48 | cnn_seed43: epoch 5/15,
+        step 120/187, 02:10 elapsed, ~04:20 left       (one line)
 
-When the notebook ends it leaves "[3/5] 03_train_cnn: 31/31 cells, 32:10". Where stdout is not
-a terminal (a log file, CI) nothing is redrawn: a line per epoch a run finishes, then that one.
+When the notebook ends it leaves "[3/5] 03_train_cnn: 31/31 cells, 32:10 (expected ~39:48)".
+Where stdout is not a terminal (a log file, CI) nothing is redrawn: a line per epoch a run
+finishes, then that one.
 
 The study holds the run folder's lock (``helpers.runlock``) from start to end and passes it to
 the kernels it starts, so their training writes under it; a second study on the same folder,
@@ -58,6 +62,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import nbformat
 import pandas as pd
@@ -68,6 +73,7 @@ from papermill.engines import NBClientEngine, papermill_engines
 from helpers import files, liveprogress, progressbar, project, runfolder, runlock
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder, check_root
+from helpers.tools import estimate
 from helpers.tools import parameters as study_parameters
 from helpers.tools import progress as progress_view
 
@@ -133,9 +139,14 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
-def load_profile(name: str) -> dict:
-    """The parameters of profile ``name`` (``notebooks/profiles/NAME.yaml``); StudyError
-    naming the file when it is not a YAML mapping of parameter names."""
+# A profile's mapping of values for a machine that trains in float32 on its CPU (no GPU, and
+# no bfloat16 units or PRECISION float32): they replace the profile's own there, before --set.
+FLOAT32_CPU_SECTION = "on_float32_cpu"
+
+
+def _read_profile(name: str) -> dict:
+    """Profile ``name`` as written (``notebooks/profiles/NAME.yaml``); StudyError naming the
+    file when it is not a YAML mapping of names."""
     known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):  # never a path out of the folder
         raise StudyError(f"--profile takes the name of a profile in {PROFILE_DIR} (known: "
@@ -155,7 +166,43 @@ def load_profile(name: str) -> dict:
     if not isinstance(profile, dict) or not all(isinstance(key, str) for key in profile):
         got = "names that are not text" if isinstance(profile, dict) else _what_it_is(profile)
         raise StudyError(f"{path} must be lines of NAME: value (a YAML mapping), not {got}")
+    section = profile.setdefault(FLOAT32_CPU_SECTION, {})
+    if section is None:  # written with nothing under it
+        section = profile[FLOAT32_CPU_SECTION] = {}
+    if not isinstance(section, dict) or not all(isinstance(key, str) for key in section):
+        raise StudyError(f"{path}: {FLOAT32_CPU_SECTION} must be lines of NAME: value "
+                         f"(a YAML mapping), not {_what_it_is(section)}")
     return profile
+
+
+def load_profile(name: str) -> dict:
+    """The parameters of profile ``name`` (``notebooks/profiles/NAME.yaml``) on any machine;
+    StudyError naming the file when it is not a YAML mapping of parameter names."""
+    return {key: value for key, value in _read_profile(name).items()
+            if key != FLOAT32_CPU_SECTION}
+
+
+def float32_cpu_values(name: str) -> dict:
+    """The values profile ``name`` sets where the notebooks train in float32 on a CPU
+    (its ``on_float32_cpu`` mapping; empty where it has none)."""
+    return dict(_read_profile(name).get(FLOAT32_CPU_SECTION, {}))
+
+
+def trains_in_float32_on_cpu(precision: str) -> bool:
+    """Whether the notebooks here would train in float32 on the CPU under PRECISION
+    ``precision``: asked of a Python that imports TensorFlow and chooses as they do
+    (``devices.precision_here``), a few seconds; StudyError when it cannot answer."""
+    code = ("import sys\nimport tensorflow as tf\nfrom helpers import devices\n"
+            "print(devices.precision_here(sys.argv[1]) == 'float32' "
+            "and not tf.config.list_physical_devices('GPU'))")
+    done = subprocess.run([sys.executable, "-c", code, precision], capture_output=True,
+                          text=True, cwd=project.ROOT)
+    answer = done.stdout.strip().splitlines()[-1:] if not done.returncode else []
+    if answer not in (["True"], ["False"]):
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise StudyError(f"Could not tell whether this machine trains in float32 on its CPU "
+                         f"(PRECISION {precision}): {last}")
+    return answer == ["True"]
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -374,18 +421,21 @@ def fit_width(line: str, width: int | None) -> str:
 
 def notebook_line(counter: str, done: int, total: int, elapsed: float,
                   progress: dict | None = None, now: float | None = None,
-                  width: int | None = None) -> str:
+                  width: int | None = None, expected: float | None = None) -> str:
     """The line of a notebook that runs: the cell running (``done`` cells of ``total`` are
-    done) and the time since it started, then what its training run does (``progress``, as
-    ``progress_view.read`` gives it, as of ``now``), within ``width`` characters:
+    done), the time since it started and the seconds the runner's estimate ``expected`` of
+    it, then what its training run does (``progress``, as ``progress_view.read`` gives it,
+    as of ``now``), within ``width`` characters:
 
-        [3/5] 03_train_cnn: cell 26/31, 06:34 | cnn_seed43: epoch 5/15, step 120/187,
-        02:10 elapsed, ~04:20 left
+        [3/5] 03_train_cnn: cell 26/31, 06:34 of ~39:48 | cnn_seed43: epoch 5/15,
+        step 120/187, 02:10 elapsed, ~04:20 left
 
     (one line). Where it is too wide the step and elapsed time go first, then its end."""
     if done >= total:  # the kernel shuts down
-        return fit_width(final_line(counter, done, total, elapsed), width)
+        return fit_width(final_line(counter, done, total, elapsed, expected), width)
     line = f"{counter}: cell {done + 1}/{total}, {progress_view.clock(elapsed)}"
+    if expected is not None:
+        line += f" of ~{progress_view.clock(expected)}"
     if progress is None:
         return fit_width(line, width)
     now = time.time() if now is None else now
@@ -395,9 +445,12 @@ def notebook_line(counter: str, done: int, total: int, elapsed: float,
     return fit_width(f"{line} | {progress_view.describe(progress, now, short=True)}", width)
 
 
-def final_line(counter: str, done: int, total: int, elapsed: float) -> str:
-    """The line a notebook leaves: "[3/5] 03_train_cnn: 31/31 cells, 32:10"."""
-    return f"{counter}: {done}/{total} cells, {progress_view.clock(elapsed)}"
+def final_line(counter: str, done: int, total: int, elapsed: float,
+               expected: float | None = None) -> str:
+    """The line a notebook leaves: "[3/5] 03_train_cnn: 31/31 cells, 32:10", and with the
+    estimate's seconds ``expected``, " (expected ~39:48)"."""
+    line = f"{counter}: {done}/{total} cells, {progress_view.clock(elapsed)}"
+    return line if expected is None else f"{line} (expected ~{progress_view.clock(expected)})"
 
 
 def _terminal_width() -> int:
@@ -419,8 +472,9 @@ class NotebookLine:
 
     def __init__(self, counter: str, progress_file: Path, stream=None, interval: float = 1.0,
                  clock: Callable[[], float] = time.time,
-                 width: Callable[[], int] = _terminal_width) -> None:
-        self.counter, self.progress_file = counter, Path(progress_file)
+                 width: Callable[[], int] = _terminal_width,
+                 expected: float | None = None) -> None:
+        self.counter, self.progress_file, self.expected = counter, Path(progress_file), expected
         self.stream = stream
         self.interval, self.clock, self.width = interval, clock, width
         self._cells: Callable[[], tuple[int, int, float | None]] = lambda: (0, 0, None)
@@ -472,7 +526,7 @@ class NotebookLine:
         if self._is_terminal():
             shown = progress if progress_view.is_current(progress, since, now) else None
             self._draw(notebook_line(self.counter, self._done, self._total, elapsed, shown,
-                                     now, self.width()))
+                                     now, self.width(), self.expected))
         # Not a terminal: every epoch a run finished in this notebook (the file is the
         # notebook's own), even where its cell ended before this tick looked.
         elif (progress_view.is_current(progress, self._started, now, include_ended=True)
@@ -481,7 +535,8 @@ class NotebookLine:
                     progress.get("completed"))
             if said != self._logged:
                 self._logged = said
-                line = notebook_line(self.counter, self._done, self._total, elapsed)
+                line = notebook_line(self.counter, self._done, self._total, elapsed,
+                                     expected=self.expected)
                 self._out().write(
                     f"{line} | {progress_view.describe_epochs_done(progress, now)}\n")
                 self._out().flush()
@@ -501,7 +556,7 @@ class NotebookLine:
             self._done, self._total, _ = self._cells()
         with self._lock:
             line = final_line(self.counter, self._done, self._total,
-                              self.clock() - self._started)
+                              self.clock() - self._started, self.expected)
             if self._is_terminal():
                 self._draw(line, end="\n")
             else:
@@ -551,13 +606,14 @@ papermill_engines.register(ENGINE, StudyEngine)
 
 def run_study(parameters: dict, run_dir: str, force: bool = False,
               notebooks: tuple[str, ...] = NOTEBOOKS, notebook_dir: Path = NOTEBOOK_DIR,
-              log=print) -> list[str]:
+              log=print, expected: dict[str, float] | None = None) -> list[str]:
     """Execute ``notebooks`` in order into ``RUN_DIR/notebooks``; returns those executed.
 
     Each notebook gets the profile's parameters it declares, with RUN_DIR set to
     ``run_dir`` (a relative one is relative to the repository root, in the notebooks too).
-    Each shows one line on stdout (``NotebookLine``: its cells, and what a training run in
-    it does); its kernel's stderr goes to
+    Each shows one line on stdout (``NotebookLine``: its cells, its time beside the seconds
+    ``expected`` of it by name, and what a training run in it does); its kernel's stderr
+    goes to
     ``RUN_DIR/logs/NAME.log``. The run folder's lock is held throughout (RunFolderBusyError
     when another process holds it). Raises StudyError at the first failure, and
     StudyInterrupted (a KeyboardInterrupt naming the notebook) on Ctrl-C.
@@ -575,7 +631,7 @@ def run_study(parameters: dict, run_dir: str, force: bool = False,
             counter = f"[{number}/{len(notebooks)}] {name}"
             try:
                 if _run_notebook(run, run_dir, notebook_dir / f"{name}.ipynb", parameters,
-                                 counter, rerun_rest, log):
+                                 counter, rerun_rest, log, (expected or {}).get(name)):
                     executed.append(name)
                     rerun_rest = True
             except KeyboardInterrupt as interrupt:
@@ -584,7 +640,7 @@ def run_study(parameters: dict, run_dir: str, force: bool = False,
 
 
 def _run_notebook(run: RunFolder, run_dir: str, source: Path, parameters: dict, counter: str,
-                  rerun: bool, log) -> bool:
+                  rerun: bool, log, expected: float | None = None) -> bool:
     """Execute one notebook of the study unless it is done (and ``rerun`` is false); whether
     it ran."""
     name = source.stem
@@ -607,14 +663,15 @@ def _run_notebook(run: RunFolder, run_dir: str, source: Path, parameters: dict, 
     earlier = {path for path in recorded_files(stored) if (run.root / path).exists()}
     files.write_json({"files": sorted(earlier)}, record_path)
     before = snapshot(run.root)
-    _execute(run, source, given, counter)
+    _execute(run, source, given, counter, expected)
     written = {path for path, status in snapshot(run.root).items()
                if before.get(path) != status}
     files.write_json(completion_record(source, given, written | earlier), record_path)
     return True
 
 
-def _execute(run: RunFolder, source: Path, given: dict, counter: str) -> None:
+def _execute(run: RunFolder, source: Path, given: dict, counter: str,
+             expected: float | None = None) -> None:
     """Execute ``source`` into ``notebooks/NAME.ipynb`` through a temporary file, so that a
     failed run leaves the completed notebook of an earlier one: the failed one goes to
     ``NAME.failed.ipynb``."""
@@ -639,7 +696,8 @@ def _execute(run: RunFolder, source: Path, given: dict, counter: str) -> None:
                     papermill.execute_notebook(str(source), str(running), parameters=given,
                                                cwd=str(project.ROOT), kernel_name="python3",
                                                progress_bar=False, engine_name=ENGINE,
-                                               study_line=NotebookLine(counter, progress_file))
+                                               study_line=NotebookLine(counter, progress_file,
+                                                                       expected=expected))
             remove_start_up_noise(running)
             os.replace(running, output)
         except BaseException:  # Ctrl-C included: no temporary file stays behind
@@ -779,23 +837,6 @@ def write_report(run: RunFolder, notebooks: tuple[str, ...] = NOTEBOOKS) -> Path
     return run.report
 
 
-def estimate_in_subprocess(parameters: dict, timeout: float = 600) -> str:
-    """``python -m helpers.tools.estimate``'s estimate of each notebook's time, measured in a
-    process of its own (TensorFlow stays out of the runner), or one line saying why there is
-    none."""
-    command = [sys.executable, "-m", "helpers.tools.estimate", "--parameters-json",
-               json.dumps(parameters)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              cwd=project.ROOT)
-    except subprocess.TimeoutExpired:
-        return f"No time estimate: measuring took over {timeout:.0f} s."
-    if done.returncode:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        return f"No time estimate: {last}"
-    return done.stdout.strip()
-
-
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit status: 1 on an error (one line, or the failing
     cell), 130 on Ctrl-C."""
@@ -810,6 +851,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rerun every notebook")
     parser.add_argument("--no-estimate", action="store_true",
                         help="start without measuring the expected time of each notebook")
+    parser.add_argument("--estimate-only", action="store_true",
+                        help="print the expected time of each notebook here, and stop")
     args = parser.parse_args(argv)
     handled = (signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
     before = {number: signal.signal(number, _stop) for number in handled}
@@ -833,29 +876,57 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class Configuration(NamedTuple):
+    """What ``configured_parameters`` settles: the parameters the notebooks are given, every
+    declared parameter's value, and the values this machine's section of the profile set."""
+    parameters: dict
+    configured: dict
+    for_this_machine: dict
+
+
 def configured_parameters(profile: str, data_dir: str | None, overrides: list[str]
-                          ) -> tuple[dict, dict]:
-    """(the profile's parameters with ``--data-dir`` and ``--set`` applied, the whole
-    configuration: those and every other declared parameter's default), judged now rather
-    than hours in: StudyError names each value the study would refuse."""
+                          ) -> Configuration:
+    """The profile's parameters with, in this order, its ``on_float32_cpu`` values where the
+    notebooks would train in float32 on this CPU, ``--data-dir`` and ``--set``; judged now
+    rather than hours in: StudyError names each value the study would refuse."""
     parameters = load_profile(profile)
     if data_dir:
         parameters.update(DATA_SOURCE="local", DATA_DIR=str(Path(data_dir).expanduser().resolve()))
-    parameters.update(parse_override(text) for text in overrides)
+    given = dict(parse_override(text) for text in overrides)
     # The module's NOTEBOOKS and NOTEBOOK_DIR as they are now, not when the defaults were made.
     declared = all_declared_parameters(NOTEBOOK_DIR, NOTEBOOKS)
-    check_parameters(parameters, declared)
+    machine = float32_cpu_values(profile)
+    check_parameters(machine, declared)
+    check_parameters(parameters | given, declared)
+    # What --set gives is final: a section's value it replaces was never chosen.
+    machine = {name: value for name, value in machine.items() if name not in given}
+    if machine:
+        precision = (parameters | given).get("PRECISION",
+                                             declared.get("PRECISION", (str, "auto"))[1])
+        if precision in study_parameters.PRECISIONS and trains_in_float32_on_cpu(precision):
+            parameters.update(machine)
+        else:
+            machine = {}
+    parameters.update(given)
     configured = {name: default for name, (_, default) in declared.items()} | parameters
     refused = study_parameters.problems(configured)
     if refused:
         raise StudyError("Parameters the study would refuse later, refused now:\n  "
                          + "\n  ".join(refused))
-    return parameters, configured
+    return Configuration(parameters, configured, machine)
+
+
+def for_this_machine_line(profile: str, machine: dict) -> str:
+    """One sentence on the values the profile sets for a float32 CPU, where they apply."""
+    values = ", ".join(f"{name}={json.dumps(value)}" for name, value in machine.items())
+    return (f"This machine trains in float32 on its CPU: profile {profile} sets {values} here "
+            f"(its {FLOAT32_CPU_SECTION} section says why; --set NAME=VALUE overrides).")
 
 
 def _study(args: argparse.Namespace) -> None:
     """The study as the command line asks: run, then the comparison table and the report."""
-    parameters, configured = configured_parameters(args.profile, args.data_dir, args.set)
+    parameters, configured, machine = configured_parameters(args.profile, args.data_dir,
+                                                            args.set)
     declared = all_declared_parameters(NOTEBOOK_DIR, NOTEBOOKS)
     # A folder given here is relative to where you are; the default to the repository.
     run_dir = (str(Path(args.run_dir).expanduser().resolve()) if args.run_dir
@@ -865,14 +936,20 @@ def _study(args: argparse.Namespace) -> None:
     runfolder.check_placement(project.resolve(run_dir),
                               project.resolve(parameters["DATA_DIR"]) if local else None)
     print(f"Profile {args.profile}, run folder {project.resolve(run_dir)}")
-    if not args.no_estimate:
-        print(estimate_in_subprocess(configured), flush=True)
+    if machine:
+        print(for_this_machine_line(args.profile, machine))
+    expected = None
+    if args.estimate_only or not args.no_estimate:
+        text, expected = estimate.in_subprocess(configured)
+        print(text, flush=True)
+        if args.estimate_only:
+            return
     parameters = settle_weights(parameters, declared, RunFolder(project.resolve(run_dir)))
     run = RunFolder(project.resolve(run_dir))
     # The report too is written under the lock (run_study takes it again: a count).
     with runlock.held(run.root, f"python -m helpers.study into {run.root}"):
         run_study(parameters, run_dir, force=args.force, notebooks=NOTEBOOKS,
-                  notebook_dir=NOTEBOOK_DIR)
+                  notebook_dir=NOTEBOOK_DIR, expected=expected)
         if run.comparison_table.exists():
             with pd.option_context("display.width", 200, "display.max_columns", 20):
                 print("\n" + pd.read_csv(run.comparison_table, index_col="model").T.to_string())
