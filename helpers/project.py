@@ -16,6 +16,8 @@ BRANCH = "main"
 COLAB_CHECKOUT = "/content/blood-cell-study"
 
 ROOT = Path(__file__).resolve().parents[1]
+# The study's notebooks in the order they run (notebooks/NAME.ipynb).
+NOTEBOOKS = ("01_data", "02_explore", "03_train_cnn", "04_train_resnet50", "05_compare")
 
 
 def resolve(path: str | os.PathLike) -> Path:

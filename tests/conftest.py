@@ -71,7 +71,7 @@ def pytest_collection_finish(session):
 
     notebook_items = [item for item in session.items if _is_notebook(item)]
     session.config.stash[NBVAL_RUNS_STUDY] = len(notebook_items) > 0 and {
-        item.path.stem for item in notebook_items} == set(notebooks.study.NOTEBOOKS)
+        item.path.stem for item in notebook_items} == set(project.NOTEBOOKS)
     if notebook_items:
         shutil.rmtree(project.resolve(notebooks.CHECKED_RUN_DIR), ignore_errors=True)
 

@@ -148,11 +148,58 @@ def test_in_colab_notebooks_3_and_4_print_their_own_estimate_after_their_paramet
     namespace.update({key: value for key, value in smoke.items() if key in namespace},
                      RUN_DIR=str(tmp_path))
     exec(cells[3].source, namespace)
-    out = capsys.readouterr().out
-    assert out.startswith("Expected time here (float32; 14 training, 3 validation, 3 test"), out
-    assert f"  {name} " in out and "in all" in out
-    assert ("ResNet50" in out.splitlines()[0]) is (name == "04_train_resnet50")
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith("Timing a few training steps here"), said
+    assert said[1].startswith("Expected time here (float32; 14 training, 3 validation, 3 test")
+    assert said[2].startswith(f"  {name} ") and "in all" not in "\n".join(said)  # one notebook
+    assert ("ResNet50" in said[1]) is (name == "04_train_resnet50")
     # No split yet: said in one line, the notebook goes on to its own clear error.
     split_csv.unlink()
     exec(cells[3].source, namespace)
     assert "No time estimate: no split at" in capsys.readouterr().out
+
+
+def test_the_levers_named_are_those_not_already_pulled():
+    seconds = {"03_train_cnn": 60.0, "04_train_resnet50": 60.0, "05_compare": 60.0}
+    pulled = estimate.describe(seconds, RATES, COUNTS, configured(
+        CNN_SEEDS=1, RESNET_MISTAKES=[], TTA=False, CNN_BATCHNORM_DEMO=True))
+    assert "Shorter (--set NAME=VALUE, or the parameters cell): CNN_EPOCHS, " \
+        "CNN_BATCHNORM_DEMO=false, RESNET_FINE_TUNE_EPOCHS, RESNET_MAX_IMAGES, or a GPU." in pulled
+    untouched = estimate.describe(seconds, RATES, COUNTS, configured(
+        CNN_SEEDS=3, RESNET_MISTAKES=["all"], TTA=True))
+    for lever in ("CNN_SEEDS=1", "RESNET_MISTAKES=[]", "TTA=false"):
+        assert lever in untouched
+    assert "in all" in untouched
+
+
+def test_the_measurement_runs_where_papermill_is_missing_as_in_colab():
+    """Colab has no papermill: measuring notebook 3's CNN must not import the runner."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers import project
+
+    smoke = study.configured_parameters("smoke", None, []).configured
+    code = ("import sys\nsys.modules['papermill'] = None\nsys.modules['nbval'] = None\n"
+            "from helpers.tools import measure\n"
+            "sys.exit(measure.main(['--notebooks', '03_train_cnn']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          input=json.dumps({"parameters": smoke, "counts": COUNTS}),
+                          cwd=project.ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list(json.loads(done.stdout.splitlines()[-1])["seconds"]) == ["03_train_cnn"]
+
+
+def test_parameters_json_cannot_hold_are_left_out_not_a_failure():
+    from pathlib import Path
+
+    loop: list = []
+    loop.append(loop)
+    smoke = study.configured_parameters("smoke", None, []).configured
+    cnn_only = {name: value for name, value in smoke.items()
+                if name.startswith("CNN_") or name == "PRECISION"}
+    text, seconds = estimate.in_subprocess(
+        {**cnn_only, "REPOSITORY": Path("/content"), "LOOP": loop, "MAPPING": {1: object()}},
+        COUNTS, ("03_train_cnn",))
+    assert seconds is not None and list(seconds) == ["03_train_cnn"], text

@@ -19,6 +19,9 @@ def _defaults() -> dict:
 @pytest.mark.parametrize("profile", ["colab", "smoke", "cpu", "full"])
 def test_every_profile_is_accepted(profile):
     assert parameters.problems(_defaults() | study.load_profile(profile)) == []
+    # On a machine that trains in float32 on its CPU too.
+    assert parameters.problems(_defaults() | study.load_profile(profile)
+                               | study.float32_cpu_values(profile)) == []
 
 
 @pytest.mark.parametrize("name, value, says", [

@@ -614,8 +614,7 @@ def test_set_overrides_a_float32_section_and_the_section_is_checked_as_parameter
     monkeypatch.setattr(study, "trains_in_float32_on_cpu", lambda precision: 1 / 0)
     assert study.configured_parameters("ok", None, []).for_this_machine == {}
     assert "on_float32_cpu" not in study.load_profile("machine")
-    for section, problem in (("  CNN_SEEDZ: 2\n", "did you mean CNN_SEEDS?"),
-                             ("  CNN_SEEDS: two\n", "CNN_SEEDS must be of type int"),
+    for section, problem in (("  CNN_SEEDS: two\n", "CNN_SEEDS must be of type int"),
                              (" [CNN_SEEDS]\n", "on_float32_cpu must be lines of NAME: value")):
         (profiles / "bad.yaml").write_text(f"on_float32_cpu:\n{section}")
         assert study.main(["--no-estimate", "--profile", "bad",
@@ -624,11 +623,60 @@ def test_set_overrides_a_float32_section_and_the_section_is_checked_as_parameter
     assert not (tmp_path / "run").exists()
 
 
+def test_a_float32_section_is_checked_on_every_machine_before_tensorflow_starts(
+        profiles, tmp_path, monkeypatch, capsys, no_execution):
+    monkeypatch.setattr(study, "trains_in_float32_on_cpu", lambda precision: 1 / 0)
+    cases = (("  CNN_SEEDS: 0\n", "CNN_SEEDS must be 1 or more"),  # though unused here
+             ("  DATA_DIR: /elsewhere\n", "sets DATA_DIR, which it may not"),
+             ("  PRECISION: float32\n", "sets PRECISION, which it may not"),
+             ("  CNN_SEEDZ: 2\n", "did you mean CNN_SEEDS?"))
+    for section, problem in cases:
+        (profiles / "bad.yaml").write_text(f"on_float32_cpu:\n{section}")
+        assert study.main(["--no-estimate", "--profile", "bad",
+                           "--run-dir", str(tmp_path / "run")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err
+        assert problem in err and f"{profiles / 'bad.yaml'}, on_float32_cpu" in err, err
+    # A value the study refuses anyway is refused before the machine is asked.
+    (profiles / "machine.yaml").write_text(FLOAT32_PROFILE)
+    assert study.main(["--no-estimate", "--profile", "machine", "--set", "CNN_EPOCHS=0",
+                       "--run-dir", str(tmp_path / "run")]) == 1
+    assert "CNN_EPOCHS" in capsys.readouterr().err
+
+
+def test_the_data_folder_given_wins_over_nothing_in_a_section_and_set_wins_over_all(
+        profiles, tmp_path, monkeypatch):
+    (profiles / "machine.yaml").write_text(FLOAT32_PROFILE)
+    monkeypatch.setattr(study, "trains_in_float32_on_cpu", lambda precision: True)
+    configuration = study.configured_parameters(
+        "machine", str(tmp_path), ["CNN_SEEDS=5", "CNN_DEMO_MAX_IMAGES=7"])
+    assert configuration.for_this_machine == {}  # every value of it overridden: none used
+    assert configuration.parameters == {"CNN_EPOCHS": 15, "CNN_SEEDS": 5,
+                                        "CNN_DEMO_MAX_IMAGES": 7, "DATA_SOURCE": "local",
+                                        "DATA_DIR": str(tmp_path.resolve())}
+    (profiles / "empty.yaml").write_text("CNN_SEEDS: 3\non_float32_cpu:\n")
+    assert study.configured_parameters("empty", None, []).parameters == {"CNN_SEEDS": 3}
+
+
+def test_estimate_only_prints_the_estimate_or_fails_without_one(
+        profiles, tmp_path, monkeypatch, capsys, no_execution):
+    monkeypatch.setattr(estimate, "in_subprocess",
+                        lambda configured: ("No time estimate: no TensorFlow here", None))
+    assert study.main(["--profile", "ok", "--estimate-only", "--run-dir", str(tmp_path)]) == 1
+    assert "No time estimate: no TensorFlow here" in _error_line(capsys)
+    with pytest.raises(SystemExit):  # one or the other
+        study.main(["--profile", "ok", "--estimate-only", "--no-estimate"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_whether_training_runs_in_float32_on_the_cpu_is_asked_as_the_notebooks_choose():
     import tensorflow as tf
 
+    from helpers import devices
+
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU here: the notebooks train on it")
+    assert study.trains_in_float32_on_cpu("auto") is not devices.cpu_supports_bfloat16()
     assert study.trains_in_float32_on_cpu("float32") is True
     assert study.trains_in_float32_on_cpu("mixed_bfloat16") is False
     with pytest.raises(study.StudyError, match="PRECISION float64.*ValueError"):

@@ -19,15 +19,15 @@ from pathlib import Path
 
 from helpers import project, split
 
-NOTEBOOKS = ("01_data", "02_explore", "03_train_cnn", "04_train_resnet50", "05_compare")
 # The models whose steps each notebook's time needs measured.
 MODELS_OF = {"03_train_cnn": ("cnn",), "04_train_resnet50": ("resnet50",),
              "05_compare": ("cnn", "resnet50")}
 # The dataset's size where it is not on this machine yet (Kaggle's PBC: 17,092 images).
 PBC_IMAGES = 17_092
 # Seconds each notebook spends besides its models' steps (kernel start, imports, tables,
-# figures), measured with the smoke profile on 2 cores.
-NOTEBOOK_OVERHEAD = {"01_data": 4.0, "02_explore": 5.0, "03_train_cnn": 8.0,
+# figures), measured with the smoke profile on 2 cores; notebooks 1 and 2, mostly a kernel's
+# start, from two real-data cpu runs (8-9 s and 9-10 s in all; docs/performance.md).
+NOTEBOOK_OVERHEAD = {"01_data": 7.0, "02_explore": 8.0, "03_train_cnn": 8.0,
                      "04_train_resnet50": 8.0, "05_compare": 15.0}
 # Files per second where the folder is not at hand to measure (a Kaggle download): the audit
 # (its hash and header check, on every core) and a full decode, 2-core figures of
@@ -61,7 +61,7 @@ def image_counts(parameters: dict) -> dict[str, int]:
 
 
 def notebook_seconds(parameters: dict, counts: dict[str, int], rates: dict,
-                     notebooks: tuple[str, ...] = NOTEBOOKS) -> dict[str, float]:
+                     notebooks: tuple[str, ...] = project.NOTEBOOKS) -> dict[str, float]:
     """Seconds of each of ``notebooks`` from the profile's ``parameters`` (those the
     notebooks declare), the split's ``counts`` and the measured ``rates``
     (``measure.measure_rates``, with the models ``MODELS_OF`` names); arithmetic only."""
@@ -129,8 +129,10 @@ def notebook_seconds(parameters: dict, counts: dict[str, int], rates: dict,
     return seconds
 
 
-def describe(seconds: dict[str, float], rates: dict, counts: dict[str, int]) -> str:
-    """The estimate as the runner prints it: each notebook, the total, and the levers."""
+def describe(seconds: dict[str, float], rates: dict, counts: dict[str, int],
+             parameters: dict | None = None) -> str:
+    """The estimate as printed: each notebook, the total where there are several, and the
+    levers that shorten them (those ``parameters`` already pull left out)."""
     def minutes(value: float) -> str:
         return f"{value / 60:5.1f} min" if value >= 90 else f"{value:5.0f} s  "
 
@@ -141,13 +143,23 @@ def describe(seconds: dict[str, float], rates: dict, counts: dict[str, int]) -> 
              f"{counts['validation']:,} validation, {counts['test']:,} test images"
              + (f"; training images/s: {rates_said}" if rates_said else "") + "):"]
     lines += [f"  {name:<18} {minutes(value)}" for name, value in seconds.items()]
-    lines.append(f"  {'in all':<18} {minutes(sum(seconds.values()))}  (upper bound: early "
-                 "stopping may end runs sooner; a download is not counted)")
-    levers = [lever for name in seconds for lever in LEVERS.get(name, ())]
+    bound = "upper bound: early stopping may end runs sooner; a download is not counted"
+    if len(seconds) > 1:
+        lines.append(f"  {'in all':<18} {minutes(sum(seconds.values()))}  ({bound})")
+    else:
+        lines.append(f"  ({bound})")
+    levers = [lever for name in seconds for lever in LEVERS.get(name, ())
+              if not _in_effect(lever, parameters or {})]
     if levers:
         lines.append(f"Shorter (--set NAME=VALUE, or the parameters cell): {', '.join(levers)}"
                      ", or a GPU.")
     return "\n".join(lines)
+
+
+def _in_effect(lever: str, parameters: dict) -> bool:
+    """Whether ``parameters`` already set lever NAME=VALUE (VALUE as JSON)."""
+    name, separator, value = lever.partition("=")
+    return bool(separator) and name in parameters and parameters[name] == json.loads(value)
 
 
 def split_counts(split_csv: Path) -> dict[str, int]:
@@ -157,23 +169,32 @@ def split_counts(split_csv: Path) -> dict[str, int]:
             **{name: int(counts.get(name, 0)) for name in split.SPLIT_NAMES}}
 
 
+def _as_json(value: object) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):  # a path, an object, a cycle
+        return False
+    return True
+
+
 def in_subprocess(parameters: dict, counts: dict[str, int] | None = None,
-                  notebooks: tuple[str, ...] = NOTEBOOKS, timeout: float = 600
+                  notebooks: tuple[str, ...] = project.NOTEBOOKS, timeout: float = 600
                   ) -> tuple[str, dict[str, float] | None]:
     """The estimate of ``notebooks`` for the declared ``parameters`` (and the split's
     ``counts`` where one exists, else ``image_counts``), measured by ``python -m
     helpers.tools.measure`` in a process of its own: (what to print, the seconds of each
-    notebook), or (one line saying why there is none, None)."""
-    # default=str: a notebook's values include paths.
-    command = [sys.executable, "-m", "helpers.tools.measure", "--parameters-json",
-               json.dumps(parameters, default=str), "--notebooks", ",".join(notebooks)]
-    if counts is not None:
-        command += ["--counts-json", json.dumps(counts)]
+    notebook), or (one line saying why there is none, None). Values JSON cannot hold are
+    left out (no parameter is one)."""
+    given = {"parameters": {name: value for name, value in parameters.items()
+                            if _as_json(value)}, "counts": counts}
+    command = [sys.executable, "-m", "helpers.tools.measure", "--notebooks", ",".join(notebooks)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              cwd=project.ROOT)
+        done = subprocess.run(command, input=json.dumps(given), capture_output=True, text=True,
+                              timeout=timeout, cwd=project.ROOT)
     except subprocess.TimeoutExpired:
         return f"No time estimate: measuring took over {timeout:.0f} s.", None
+    except OSError as error:
+        return f"No time estimate: {error}", None
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         return f"No time estimate: {last}", None
@@ -185,12 +206,15 @@ def in_subprocess(parameters: dict, counts: dict[str, int] | None = None,
         return "No time estimate: the estimate's answer was not understood.", None
 
 
-def for_notebook(name: str, split_csv: Path, namespace: dict) -> str:
-    """Notebook NAME's estimate on the runtime at hand, as the runner prints it: from its
-    parameters (the UPPER_CASE names of ``namespace``, the notebook's globals) and the
+def print_for_notebook(name: str, split_csv: Path, namespace: dict) -> None:
+    """Print notebook NAME's estimate on the runtime at hand, as the runner prints it: from
+    its parameters (the UPPER_CASE names of ``namespace``, the notebook's globals) and the
     split's counts, measured in a process of its own (the kernel's models and memory are
     left alone); or one line saying why there is none."""
     if not Path(split_csv).exists():
-        return f"No time estimate: no split at {split_csv} yet (notebook 01 makes it)."
+        print(f"No time estimate: no split at {split_csv} yet (notebook 01 makes it).")
+        return
+    print("Timing a few training steps here for this notebook's expected time "
+          "(about a minute)...", flush=True)
     parameters = {key: value for key, value in namespace.items() if key.isupper()}
-    return in_subprocess(parameters, split_counts(split_csv), (name,))[0]
+    print(in_subprocess(parameters, split_counts(split_csv), (name,))[0])

@@ -1,10 +1,10 @@
 """The timed steps behind ``helpers.tools.estimate``: run by ``estimate.in_subprocess``.
 
-    python -m helpers.tools.measure --parameters-json JSON [--counts-json JSON]
-                                    [--notebooks 03_train_cnn,...]
+    python -m helpers.tools.measure [--notebooks 03_train_cnn,...] < GIVEN.json
 
-prints one line of JSON: the estimate's text and the seconds of each notebook named. Its
-own process, so that TensorFlow, the models it builds and their memory leave with it.
+reads {"parameters": {...}, "counts": {...} or null} on stdin and prints one line of JSON:
+the estimate's text and the seconds of each notebook named. Its own process, so that
+TensorFlow, the models it builds and their memory leave with it.
 """
 
 from __future__ import annotations
@@ -105,26 +105,23 @@ def measure_rates(parameters: dict, timed_models: tuple[str, ...] = ("cnn", "res
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.tools.measure", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parameters-json", required=True,
-                        help="the declared parameters, as JSON")
-    parser.add_argument("--counts-json", help="images per subset of the split, as JSON")
-    parser.add_argument("--notebooks", default=",".join(estimate.NOTEBOOKS),
+    parser.add_argument("--notebooks", default=",".join(project.NOTEBOOKS),
                         help="the notebooks to estimate, comma-separated")
     args = parser.parse_args(argv)
-    parameters = json.loads(args.parameters_json)
     notebooks = tuple(args.notebooks.split(","))
-    unknown = sorted(set(notebooks) - set(estimate.NOTEBOOKS))
+    unknown = sorted(set(notebooks) - set(project.NOTEBOOKS))
     if unknown:
-        parser.error(f"no notebook {unknown}; choose among {', '.join(estimate.NOTEBOOKS)}")
+        parser.error(f"no notebook {unknown}; choose among {', '.join(project.NOTEBOOKS)}")
+    given = json.load(sys.stdin)
+    parameters = given["parameters"]
+    counts = given.get("counts") or estimate.image_counts(parameters)
     timed_models = tuple(model for model in ("cnn", "resnet50")
                          if any(model in estimate.MODELS_OF.get(name, ()) for name in notebooks))
-    counts = (json.loads(args.counts_json) if args.counts_json
-              else estimate.image_counts(parameters))
     rates = measure_rates(parameters, timed_models)
     seconds = estimate.notebook_seconds(parameters, counts, rates, notebooks)
-    print(json.dumps({"text": estimate.describe(seconds, rates, counts), "seconds": seconds}))
+    print(json.dumps({"text": estimate.describe(seconds, rates, counts, parameters),
+                      "seconds": seconds}))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,6 @@ import nbformat
 
 from helpers import project
 from helpers.runfolder import RunFolder
-from helpers.tools import study
 
 if TYPE_CHECKING:  # Keras loads only where a model is built
     import keras
@@ -50,7 +49,7 @@ def colab_url(notebook: str | os.PathLike) -> str:
 
 def source_paths() -> list[Path]:
     """The study's notebooks in order."""
-    return [SOURCE_DIR / f"{name}.ipynb" for name in study.NOTEBOOKS]
+    return [SOURCE_DIR / f"{name}.ipynb" for name in project.NOTEBOOKS]
 
 
 def relative(path: Path) -> str:
@@ -191,6 +190,10 @@ def baseline_cnn(image_size: int, widths: tuple[int, ...] = (32, 64, 128, 256),
 
 def refresh() -> None:
     """Run the smoke study in CHECKED_RUN_DIR and store the executed copies for nbval."""
+    # Here, not at the top: the runner needs papermill, which Colab lacks, and Colab's
+    # notebooks build the CNN through this module (helpers.tools.measure).
+    from helpers.tools import study
+
     run_dir = project.resolve(CHECKED_RUN_DIR)
     shutil.rmtree(run_dir, ignore_errors=True)
     study.run_study(study.load_profile("smoke"), CHECKED_RUN_DIR, force=True)

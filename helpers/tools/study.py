@@ -77,7 +77,7 @@ from helpers.tools import estimate
 from helpers.tools import parameters as study_parameters
 from helpers.tools import progress as progress_view
 
-NOTEBOOKS = ("01_data", "02_explore", "03_train_cnn", "04_train_resnet50", "05_compare")
+NOTEBOOKS = project.NOTEBOOKS
 NOTEBOOK_DIR = project.ROOT / "notebooks"
 PROFILE_DIR = NOTEBOOK_DIR / "profiles"
 DEFAULT_PROFILE = "cpu"
@@ -191,12 +191,18 @@ def float32_cpu_values(name: str) -> dict:
 def trains_in_float32_on_cpu(precision: str) -> bool:
     """Whether the notebooks here would train in float32 on the CPU under PRECISION
     ``precision``: asked of a Python that imports TensorFlow and chooses as they do
-    (``devices.precision_here``), a few seconds; StudyError when it cannot answer."""
+    (``devices.precision_here``), a few seconds; StudyError when it cannot answer. A
+    mixed precision asked for on a CPU without its units is not float32: what was asked for
+    runs, section or not."""
     code = ("import sys\nimport tensorflow as tf\nfrom helpers import devices\n"
             "print(devices.precision_here(sys.argv[1]) == 'float32' "
             "and not tf.config.list_physical_devices('GPU'))")
-    done = subprocess.run([sys.executable, "-c", code, precision], capture_output=True,
-                          text=True, cwd=project.ROOT)
+    try:
+        done = subprocess.run([sys.executable, "-c", code, precision], capture_output=True,
+                              text=True, cwd=project.ROOT, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise StudyError("Could not tell whether this machine trains in float32 on its CPU: "
+                         "starting TensorFlow took over 300 s") from None
     answer = done.stdout.strip().splitlines()[-1:] if not done.returncode else []
     if answer not in (["True"], ["False"]):
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
@@ -849,10 +855,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override one parameter of the profile (repeatable)")
     parser.add_argument("--force", action="store_true", help="rerun every notebook")
-    parser.add_argument("--no-estimate", action="store_true",
-                        help="start without measuring the expected time of each notebook")
-    parser.add_argument("--estimate-only", action="store_true",
-                        help="print the expected time of each notebook here, and stop")
+    estimating = parser.add_mutually_exclusive_group()
+    estimating.add_argument("--no-estimate", action="store_true",
+                            help="start without measuring the expected time of each notebook")
+    estimating.add_argument("--estimate-only", action="store_true",
+                            help="print the expected time of each notebook here, and stop")
     args = parser.parse_args(argv)
     handled = (signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
     before = {number: signal.signal(number, _stop) for number in handled}
@@ -884,36 +891,55 @@ class Configuration(NamedTuple):
     for_this_machine: dict
 
 
+# What a profile's on_float32_cpu section may not set: the precision that decides whether it
+# applies, and where the data are.
+NOT_BY_MACHINE = ("PRECISION", "DATA_SOURCE", "DATA_DIR")
+
+
+def _refuse(problems: list[str], where: str = "") -> None:
+    if problems:
+        raise StudyError(f"Parameters the study would refuse later, refused now{where}:\n  "
+                         + "\n  ".join(problems))
+
+
 def configured_parameters(profile: str, data_dir: str | None, overrides: list[str]
                           ) -> Configuration:
     """The profile's parameters with, in this order, its ``on_float32_cpu`` values where the
     notebooks would train in float32 on this CPU, ``--data-dir`` and ``--set``; judged now
-    rather than hours in: StudyError names each value the study would refuse."""
+    rather than hours in, and before any TensorFlow starts: StudyError names each value the
+    study would refuse, the section's included on every machine."""
     parameters = load_profile(profile)
-    if data_dir:
-        parameters.update(DATA_SOURCE="local", DATA_DIR=str(Path(data_dir).expanduser().resolve()))
+    section = float32_cpu_values(profile)
+    location = ({"DATA_SOURCE": "local", "DATA_DIR": str(Path(data_dir).expanduser().resolve())}
+                if data_dir else {})
     given = dict(parse_override(text) for text in overrides)
     # The module's NOTEBOOKS and NOTEBOOK_DIR as they are now, not when the defaults were made.
     declared = all_declared_parameters(NOTEBOOK_DIR, NOTEBOOKS)
-    machine = float32_cpu_values(profile)
-    check_parameters(machine, declared)
-    check_parameters(parameters | given, declared)
+    where = f"{PROFILE_DIR / f'{profile}.yaml'}, {FLOAT32_CPU_SECTION}"
+    fixed = sorted(set(section) & set(NOT_BY_MACHINE))
+    if fixed:
+        raise StudyError(f"{where}: sets {', '.join(fixed)}, which it may not (the section "
+                         "applies by precision, and the data are the same on every machine)")
+    try:
+        check_parameters(section, declared)
+    except StudyError as error:
+        raise StudyError(f"{where}: {error}") from None
+    check_parameters(parameters | location | given, declared)
+    defaults = {name: default for name, (_, default) in declared.items()}
     # What --set gives is final: a section's value it replaces was never chosen.
-    machine = {name: value for name, value in machine.items() if name not in given}
-    if machine:
-        precision = (parameters | given).get("PRECISION",
-                                             declared.get("PRECISION", (str, "auto"))[1])
-        if precision in study_parameters.PRECISIONS and trains_in_float32_on_cpu(precision):
-            parameters.update(machine)
+    section = {name: value for name, value in section.items() if name not in given}
+    _refuse(study_parameters.problems(defaults | parameters | location | given))
+    if section:
+        _refuse(study_parameters.problems(defaults | parameters | section | location | given),
+                f" (with {where}, as on a machine that trains in float32 on its CPU)")
+        precision = (defaults | parameters | given).get("PRECISION", "auto")
+        if trains_in_float32_on_cpu(precision):
+            parameters.update(section)
         else:
-            machine = {}
+            section = {}
+    parameters.update(location)
     parameters.update(given)
-    configured = {name: default for name, (_, default) in declared.items()} | parameters
-    refused = study_parameters.problems(configured)
-    if refused:
-        raise StudyError("Parameters the study would refuse later, refused now:\n  "
-                         + "\n  ".join(refused))
-    return Configuration(parameters, configured, machine)
+    return Configuration(parameters, defaults | parameters, section)
 
 
 def for_this_machine_line(profile: str, machine: dict) -> str:
@@ -941,9 +967,12 @@ def _study(args: argparse.Namespace) -> None:
     expected = None
     if args.estimate_only or not args.no_estimate:
         text, expected = estimate.in_subprocess(configured)
-        print(text, flush=True)
         if args.estimate_only:
+            if expected is None:
+                raise StudyError(text)
+            print(text, flush=True)
             return
+        print(text, flush=True)
     parameters = settle_weights(parameters, declared, RunFolder(project.resolve(run_dir)))
     run = RunFolder(project.resolve(run_dir))
     # The report too is written under the lock (run_study takes it again: a count).
