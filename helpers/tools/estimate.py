@@ -6,8 +6,10 @@ profile's image sizes, batch sizes and precision (``helpers.tools.measure``, abo
 epochs, seeds and runs (``notebook_seconds``, arithmetic only). The measuring runs in a process
 of its own (``in_subprocess``), so neither the runner nor a notebook's kernel holds its
 models: ``helpers.study`` prints the estimate before the first notebook (``--estimate-only``:
-and stops), and in Colab notebooks 3 and 4 print their own. Upper bounds where early stopping
-may end a run sooner; a download is not counted.
+and stops), and in Colab notebooks 3 and 4 print their own. Not a bound either way: the two
+full cpu studies measured took 16-17% longer in notebook 3 (a per-step cost outside the timed
+steps, docs/performance.md), and early stopping may end a run sooner; a download is not
+counted.
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ def describe(seconds: dict[str, float], rates: dict, counts: dict[str, int],
              f"{counts['validation']:,} validation, {counts['test']:,} test images"
              + (f"; training images/s: {rates_said}" if rates_said else "") + "):"]
     lines += [f"  {name:<18} {minutes(value)}" for name, value in seconds.items()]
-    bound = "upper bound: early stopping may end runs sooner; a download is not counted"
+    bound = ("full studies measured took up to 17% longer; early stopping may end runs "
+             "sooner; a download is not counted")
     if len(seconds) > 1:
         lines.append(f"  {'in all':<18} {minutes(sum(seconds.values()))}  ({bound})")
     else:
