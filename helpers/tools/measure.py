@@ -54,7 +54,7 @@ def measure_rates(parameters: dict, timed_models: tuple[str, ...] = ("cnn", "res
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         images = np.random.default_rng(0).uniform(0, 255, (batch * steps, size, size, 3))
         labels = np.arange(batch * steps) % 8
-        data = tf.data.Dataset.from_tensor_slices((images.astype("float32"), labels)).batch(batch)
+        data = bench.in_memory_batches(images.astype("float32"), labels, batch)
         started = time.perf_counter()
         model.fit(data.take(2), validation_data=data.take(1), epochs=1, verbose=0)
         first = time.perf_counter() - started

@@ -908,8 +908,8 @@ def configured_parameters(profile: str, data_dir: str | None, overrides: list[st
     notebooks would train in float32 on this CPU, ``--data-dir`` and ``--set``; judged now
     rather than hours in, and before any TensorFlow starts: StudyError names each value the
     study would refuse, the section's included on every machine."""
-    parameters = load_profile(profile)
-    section = float32_cpu_values(profile)
+    parameters = _read_profile(profile)  # read once: the parameters, then the section
+    section = dict(parameters.pop(FLOAT32_CPU_SECTION, {}))
     location = ({"DATA_SOURCE": "local", "DATA_DIR": str(Path(data_dir).expanduser().resolve())}
                 if data_dir else {})
     given = dict(parse_override(text) for text in overrides)
