@@ -120,12 +120,19 @@ def notebook_seconds(parameters: dict, counts: dict[str, int], rates: dict,
         seconds["04_train_resnet50"] += notebook_4
     if "05_compare" in seconds:
         views = 1 + (TTA_VIEWS if p["TTA"] else 0)
-        seeds = p["CNN_SEEDS"]
-        # The test split: each model with its views, the ensemble (every seed), each seed, and
-        # the resolution check (each model at two resolutions, read from the files again).
-        notebook_5 = (test * views + (seeds if seeds > 1 else 0) * 2 * test) / cnn["predict"]
-        notebook_5 += test * views / resnet["predict"]
-        notebook_5 += 2 * test * (1 / cnn["predict"] + 1 / resnet["predict"]) + 4 * test / decode
+        ensemble = p["CNN_SEEDS"] if p["CNN_SEEDS"] > 1 else 0  # networks of the seed ensemble
+        # Networks run per image: each model on validation (its temperature) and on test with
+        # its views; each seed on test (their spread); the ensemble on validation and test;
+        # the resolution check, every model and the ensemble at two resolutions.
+        cnn_passes = (validation + test * views + ensemble * test
+                      + ensemble * (validation + test) + 2 * test * (1 + ensemble))
+        resnet_passes = validation + test * views + 2 * test
+        # Every prediction reads its split's files again: validation and test per model (its
+        # views decoded once), each seed, the ensemble twice, and the two resolutions.
+        file_passes = (2 * validation + 4 * test + ensemble * test
+                       + (validation + test if ensemble else 0) + 2 * test)
+        notebook_5 = (cnn_passes / cnn["predict"] + resnet_passes / resnet["predict"]
+                      + file_passes / decode)
         notebook_5 += cnn["overhead"] / 2 + resnet["overhead"] / 2  # the predict graphs
         seconds["05_compare"] += notebook_5
     return seconds
