@@ -13,7 +13,7 @@ DATA_DIR ?=
 
 .PHONY: venv test test-colab-versions lint study notebooks clean
 
-$(STAMP): requirements.txt requirements/study.txt requirements/dev.txt
+$(STAMP): requirements.txt requirements/study.txt requirements/cluster.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
@@ -43,7 +43,8 @@ test: lint
 # The whole suite with the package versions of Google Colab's runtime
 # (.ci/colab-constraints.txt), in its own virtualenv.
 COLAB_VENV ?= .venv-colab
-$(COLAB_VENV)/.installed: requirements.txt requirements/study.txt requirements/dev.txt .ci/colab-constraints.txt
+$(COLAB_VENV)/.installed: requirements.txt requirements/study.txt requirements/cluster.txt \
+		requirements/dev.txt .ci/colab-constraints.txt
 	$(PYTHON) -m venv $(COLAB_VENV)
 	$(COLAB_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(COLAB_VENV)/bin/python -m pip install --quiet -r requirements.txt -c .ci/colab-constraints.txt

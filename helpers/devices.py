@@ -3,10 +3,13 @@ policy that speeds training up here without costing accuracy, and seeding."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import keras
 import tensorflow as tf
+
+from helpers import cluster, keras_fixes
 
 
 def choose_strategy_kind(n_gpus: int) -> str:
@@ -79,9 +82,20 @@ def device_names() -> list[str]:
     return names
 
 
+def cpu_threads() -> int:
+    """The threads TensorFlow's CPU ops use in this process: a sum split over other threads
+    adds in another order, so a run records it (a worker of ``CLUSTER = "local:2"`` on 2
+    cores has 1, a kernel 2: same recipe, figures that differ by rounding)."""
+    configured = tf.config.threading.get_intra_op_parallelism_threads()
+    variable = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
+    return configured or (int(variable) if variable.isdigit() and int(variable) > 0
+                          else cluster.cores())
+
+
 def set_seed(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and TensorFlow; with ``deterministic``, make TF ops deterministic
     (slower on GPUs, and some ops raise)."""
     keras.utils.set_random_seed(seed)
+    keras_fixes.own_default_seeds(seed)  # no other thread's draws change the initial weights
     if deterministic:
         tf.config.experimental.enable_op_determinism()

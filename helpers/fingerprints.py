@@ -29,18 +29,36 @@ def git_commit(folder: str | os.PathLike = Path(__file__).parent) -> str:
         return "unknown"
 
 
+# Keras numbers what it names itself within a process (input_layer_1, adam_w_1...), in the
+# names and in every reference to them (a model's input_layers, a tensor's keras_history): a
+# model's numbers depend on what the process built before it, so a run trained on a cluster's
+# worker would not match one of the kernel. Dropped wherever they appear.
+_NUMBERED = re.compile(r'"([^"]*?)_\d+"')
+# Before references were covered: only the "name" fields (fingerprints recorded until 2026-12).
+_NUMBERED_NAME = re.compile(r'("name": "[^"]*?)_\d+"')
+
+
 def recipe_fingerprint(model: keras.Model, *settings) -> str:
     """A hash of the model's and optimizer's configurations and ``settings``, the same in
-    every session (Keras's own numbering of names is dropped)."""
+    every process whatever it built before (Keras's own numbering of names is dropped)."""
+    return hashlib.sha256(_NUMBERED.sub(r'"\1"', _recipe_text(model, settings))
+                          .encode()).hexdigest()
+
+
+def earlier_fingerprint(model: keras.Model, *settings) -> str:
+    """``recipe_fingerprint`` as runs recorded it before 2026-12 (numbers dropped from names
+    only), so that their finished runs are still kept."""
+    return hashlib.sha256(_NUMBERED_NAME.sub(r'\1"', _recipe_text(model, settings))
+                          .encode()).hexdigest()
+
+
+def _recipe_text(model: keras.Model, settings: tuple) -> str:
     # A model never compiled (an ensemble) has no optimizer attribute.
     optimizer = getattr(model, "optimizer", None)
     optimizer = _as_keras_schedule(optimizer.get_config()) if optimizer is not None else {}
     loss = getattr(model, "loss", None)
-    text = json.dumps([model.get_config(), optimizer, loss, *settings], sort_keys=True,
+    return json.dumps([model.get_config(), optimizer, loss, *settings], sort_keys=True,
                       default=str)
-    # Keras numbers what it names itself within a session (input_layer_1, adam_w_1...).
-    text = re.sub(r'("name": "[^"]*?)_\d+"', r'\1"', text)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _as_keras_schedule(config):

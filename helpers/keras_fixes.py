@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import random
+
 import tensorflow as tf
 from keras import ops
 from keras.optimizers import LossScaleOptimizer
@@ -53,3 +55,21 @@ def apply() -> None:
         return
     setattr(_replica_safe_tf_apply, _PATCHED, True)
     LossScaleOptimizer._tf_apply = _replica_safe_tf_apply
+
+
+def own_default_seeds(seed: int) -> None:
+    """Give Keras a Python generator of its own for the seeds of unseeded initializers,
+    seeded with ``seed``.
+
+    Keras (3.0 to at least 3.15) draws each such seed from Python's shared ``random`` when the
+    layer is built. Any other thread that draws from it meanwhile, such as a Dask worker's
+    event loop (``tests/test_cluster.py``), changes every initial weight after it: the same
+    seed gave another model on a worker than in a kernel. Raises RuntimeError on a Keras
+    without that generator, rather than train irreproducibly.
+    """
+    from keras.src.random import seed_generator
+
+    if not hasattr(seed_generator, "python_random"):
+        raise RuntimeError("This Keras draws its default seeds in a way helpers.keras_fixes "
+                           "does not know; pin keras<=3.15 or update own_default_seeds.")
+    seed_generator.python_random = random.Random(seed)

@@ -150,6 +150,11 @@ class RunFolder:
         """Where run NAME trains until it finishes (``training.TrainingRun``)."""
         return self.root / "work" / name
 
+    def training_lock(self, name: str) -> Path:
+        """The folder of run NAME's own lock (``locks/NAME/.lock``, ``helpers.runlock``),
+        held while it trains, in a kernel or on a cluster's worker."""
+        return self.root / "locks" / name
+
     def run_record(self, name: str) -> Path:
         return self.root / "config" / f"{name}.json"
 

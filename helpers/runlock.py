@@ -260,6 +260,37 @@ def token(root: str | os.PathLike) -> str | None:
     return entry[0] if entry else None
 
 
+def holder_token(root: str | os.PathLike) -> str | None:
+    """The token of the lock this process writes ``root`` under: its own, or its parent's
+    (LOCK_VARIABLE); None when it holds none."""
+    root = Path(root).resolve()
+    if root not in _held:
+        return None
+    inherited = os.environ.get(LOCK_VARIABLE)
+    if _held[root][0] is None and inherited:
+        return inherited
+    return _held[root][0]
+
+
+@contextlib.contextmanager
+def acting_for(root: str | os.PathLike, holder: str | None) -> Iterator[None]:
+    """Write ``root`` under the lock whose token is ``holder``, held by another process (the
+    notebook that sent this process a training): RunFolderBusyError when that lock is gone or
+    now another's, so a worker never writes a folder its sender no longer holds."""
+    root = Path(root).resolve()
+    found = _read_holder(lock_path(root))
+    if holder is None or found is None or found.get("token") != holder:
+        now = describe(found) if found else "no lock"
+        raise RunFolderBusyError(
+            f"The lock of {root} is no longer the one held by the notebook that sent this "
+            f"training (now: {now}): nothing written. Run that notebook again.")
+    _held.setdefault(root, [None, 0])[1] += 1
+    try:
+        yield
+    finally:
+        release(root)
+
+
 @contextlib.contextmanager
 def held(root: str | os.PathLike, purpose: str) -> Iterator[None]:
     """The lock of ``root`` for the duration of a ``with`` block."""

@@ -34,11 +34,12 @@ from helpers import (
 from helpers.callbacks import EPOCH_RANDOMNESS, TrainingDivergedError
 
 # The names marked F401 are what notebooks 3 and 4 call through this module.
+from helpers.cluster import TrainingTaskError, train_each  # noqa: F401
 from helpers.ensemble import load_members as load_ensemble_members  # noqa: F401
 from helpers.ensemble import save as save_ensemble  # noqa: F401
 from helpers.ensemble import set_aside as set_aside_ensemble  # noqa: F401
 from helpers.files import file_sha256  # noqa: F401
-from helpers.fingerprints import git_commit, recipe_fingerprint
+from helpers.fingerprints import earlier_fingerprint, git_commit, recipe_fingerprint
 from helpers.histories import batchnorm_probe_table, dynamics_table  # noqa: F401
 from helpers.mistakes import mistakes_table, mistakes_text, near_the_reference  # noqa: F401
 from helpers.publish import keep_best_run  # noqa: F401
@@ -94,6 +95,7 @@ def _environment() -> dict:
     return {"versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                          "keras": keras.__version__, "numpy": np.__version__},
             "platform": platform.platform(), "devices": devices.device_names(),
+            "cpu_threads": devices.cpu_threads(),
             "git_commit": git_commit()}
 
 
@@ -105,6 +107,11 @@ def _validation_scores(model: keras.Model, validation_data: tf.data.Dataset) -> 
     predicted = np.argmax(probabilities, axis=1)
     return {"n_images": int(len(true)), "accuracy": metrics.accuracy(true, predicted),
             "macro_f1": metrics.macro_f1(true, predicted)}
+
+
+def _release_locks(run: RunFolder, name: str) -> None:
+    runlock.release(run.training_lock(name))
+    runlock.release(run.root)
 
 
 def _normalized(data: dict) -> dict:
@@ -127,9 +134,16 @@ class TrainingRun:
         self.work = WorkFolder(run, name)
         self.split_frame, self.data_root = run.load_split()  # no split: refused, no lock taken
         self.split_sha256 = files.file_sha256(run.split_csv)
-        # Held until ``finish``, or until the run is dropped (a failed run replaced in a kernel).
+        # Held until ``finish``, or until the run is dropped (a failed run replaced in a kernel):
+        # the run folder's (or, on a cluster's worker, the sending notebook's, see
+        # helpers.cluster), then this run's own, so two processes never train one run.
         runlock.acquire(run.root, f"training {name}")
-        self._release_lock = weakref.finalize(self, runlock.release, run.root)
+        try:
+            runlock.acquire(run.training_lock(name), f"training {name}")
+        except BaseException:
+            runlock.release(run.root)
+            raise
+        self._release_lock = weakref.finalize(self, _release_locks, run, name)
         runfolder.mark(run.root)
         try:
             self._start(precision)
@@ -252,20 +266,22 @@ class TrainingRun:
             raise ValueError(f"later_parameters names no parameter of the run: {sorted(unknown)}")
         parameters = {name: value for name, value in self.parameters.items()
                       if name not in later_parameters}
-        fingerprint = recipe_fingerprint(model, parameters, self.seed, self.deterministic,
-                                         self.data_settings, self.split_sha256,
-                                         EPOCH_RANDOMNESS)
+        settings = (parameters, self.seed, self.deterministic, self.data_settings,
+                    self.split_sha256, EPOCH_RANDOMNESS)
+        fingerprint = recipe_fingerprint(model, *settings)
+        # What a run recorded before 2026-12 for this recipe counts as the same.
+        same_recipe = {fingerprint, earlier_fingerprint(model, *settings)}
         self.fingerprints[key] = fingerprint
         if not self._training and work.exists() and work.trained_anything():
             recorded = work.fingerprints().get(key)
-            if recorded is not None and recorded != fingerprint:
+            if recorded is not None and recorded not in same_recipe:
                 print(f"{self.name}: the recipe of {_phase_text(phase)} changed since it "
                       "started: it trains again from its start.")
                 work.discard_phase(phase)
             elif recorded is not None and phase is not None and phase in work.finished_phases():
                 return False  # finished in the work folder; a later phase resumes
         elif not self._training and publish.finished_fingerprints(
-                self.run, self.name).get(key) == fingerprint and (
+                self.run, self.name).get(key) in same_recipe and (
                 phase is None or phase in self.run.finished_phases(self.name)):
             if phase is not None:
                 self._kept_phases.append(phase)

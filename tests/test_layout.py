@@ -123,7 +123,7 @@ def _third_party_imports(source: str) -> set[str]:
 
 def _declared() -> set[str]:
     names = set()
-    for path in ("requirements/study.txt", "requirements/dev.txt"):
+    for path in ("requirements/study.txt", "requirements/cluster.txt", "requirements/dev.txt"):
         for line in (REPOSITORY / path).read_text().splitlines():
             if line.strip() and not line.startswith(("#", "-r")):
                 names.add(re.split(r"[<>=!~\[ ;#]", line.strip(), maxsplit=1)[0].lower())

@@ -16,10 +16,11 @@ def _requirement_names(path: str) -> set[str]:
             for line in lines if line.strip() and not line.startswith(("#", "-r"))}
 
 
-def test_requirements_txt_is_the_study_and_the_tools():
+def test_requirements_txt_is_the_study_dask_and_the_tools():
     lines = [line for line in (REPOSITORY / "requirements.txt").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
-    assert lines == ["-r requirements/study.txt", "-r requirements/dev.txt"]
+    assert lines == ["-r requirements/study.txt", "-r requirements/cluster.txt",
+                     "-r requirements/dev.txt"]
 
 
 def test_colab_installs_no_development_tools_and_keeps_its_own_builds():
@@ -64,7 +65,10 @@ def test_ci_runs_the_readme_test_command():
 NOT_PARAMETERS = {"KAGGLE_USERNAME", "KAGGLE_KEY", "TF_ENABLE_ONEDNN_OPTS",
                   "TF_CPP_MIN_LOG_LEVEL", "BLOOD_CELLS_HEADLESS", "BLOOD_CELL_STUDY_LOCK",
                   "BLOOD_CELLS_PROGRESS_FILE", "KERAS_HOME",
-                  "DS_000001", "UPPER_CASE", "IMAGE_OR_DIR", "OUT_DIR", "IS_COLAB"}
+                  "DS_000001", "UPPER_CASE", "IMAGE_OR_DIR", "OUT_DIR", "IS_COLAB",
+                  # Environment variables of a local cluster's workers (helpers/cluster.py).
+                  "CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH", "TF_NUM_INTEROP_THREADS",
+                  "TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"}
 
 
 def _message_texts(path) -> list[str]:

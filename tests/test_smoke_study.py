@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import ensemble, fingerprints, inference, models
+from helpers import cluster, ensemble, fingerprints, inference, models
 from helpers.labels import CLASS_NAMES
+from helpers.runfolder import RunFolder
 from helpers.tools import study
 from tests import reads
 from tests.conftest import TEST_IMAGES_READ
@@ -394,3 +395,41 @@ def test_the_run_folders_records_name_it_by_relative_paths_only(smoke_run):
             assert root not in text, path
             checked += 1
     assert checked > 20
+
+
+def test_on_a_local_cluster_the_study_trains_the_same_runs(smoke_run, tmp_path):
+    """Notebooks 3 and 4 with CLUSTER = "local:2" (their runs trained at once on two worker
+    processes) end with the runs, recipes and labels of the sequential study nbval ran. Each
+    worker has 1 CPU thread where the kernel had every core, so the figures differ by
+    rounding (tests/test_cluster.py compares equal threads exactly): within a tolerance."""
+    pytest.importorskip("distributed")
+    clustered = RunFolder(tmp_path / "run")
+    executed = study.run_study({**SMOKE, "CLUSTER": "local:2"}, str(clustered.root),
+                               notebooks=("01_data", "03_train_cnn", "04_train_resnet50"),
+                               log=lambda message: None)
+    assert executed == ["01_data", "03_train_cnn", "04_train_resnet50"]
+    assert clustered.split_csv.read_bytes() == smoke_run.split_csv.read_bytes()
+    names = smoke_run.history_names()
+    assert clustered.history_names() == names and len(names) > 10  # strategies, seeds, mistakes
+    assert ({path.name for path in (clustered.root / "models").iterdir()}
+            == {path.name for path in (smoke_run.root / "models").iterdir()})
+    threads = set()
+    for name in names:
+        mine, theirs = clustered.read_run_record(name), smoke_run.read_run_record(name)
+        for key in ("label", "seed", "data", "split_sha256", "precision"):
+            assert mine[key] == theirs[key], (name, key)
+        # A mistake that starts from another run's phase 1 records that model's sha256, whose
+        # weights differ by rounding; every other part of the recipe is the same.
+        start = {key: mine["parameters"].pop(key, None) for key in ("start_sha256",)}
+        theirs["parameters"].pop("start_sha256", None)
+        assert mine["parameters"] == theirs["parameters"], name
+        if start["start_sha256"] is None:
+            assert mine["fingerprints"] == theirs["fingerprints"], name
+        threads.add(mine["cpu_threads"])
+        history, sequential = clustered.read_history(name), smoke_run.read_history(name)
+        assert history["epoch"].tolist() == sequential["epoch"].tolist(), name
+        # 2 epochs on 96 images amplify rounding: measured within 6% of the sequential loss.
+        np.testing.assert_allclose(history["loss"], sequential["loss"], rtol=0.15,
+                                   err_msg=name)
+    # Trained on the workers (the kernel's ResNet50 recipe aside), not in the kernel.
+    assert threads == {max(1, cluster.cores() // 2), cluster.cores()}

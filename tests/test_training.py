@@ -3,6 +3,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -904,3 +905,42 @@ def test_the_kept_run_is_chosen_by_the_metrics_the_notebook_names(tmp_path):
             path.write_text(json.dumps({"name": name}) if path.suffix == ".json" else name)
     assert publish.keep_best_run(run, list(scores), "kept", by=("accuracy", "macro_f1")) == "b"
     assert publish.keep_best_run(run, list(scores), "kept", by=("macro_f1",)) == "c"
+
+
+def test_another_threads_draws_leave_the_initial_weights_alone():
+    """Keras seeds each unseeded initializer from Python's ``random``, which other threads
+    (a Dask worker's event loop) draw from too: ``keras_fixes.own_default_seeds``."""
+    def initial_weights(draw_between: bool) -> list:
+        devices.set_seed(7)
+        if draw_between:
+            random.random()  # as another thread may, at any moment
+        return notebooks.baseline_cnn(16, widths=(4, 8), seed=7).get_weights()
+
+    for plain, drawn in zip(initial_weights(False), initial_weights(True), strict=True):
+        np.testing.assert_array_equal(plain, drawn)
+
+
+def test_a_recipe_has_one_fingerprint_whatever_the_process_built_before():
+    """Keras numbers the names it gives in a process (input_layer_1...), references included
+    (notebook 4's ResNet50 has an unnamed input): a run trained on a cluster's worker matches
+    the kernel's (helpers/cluster.py)."""
+    def compiled() -> keras.Model:
+        inputs = keras.Input((8,))  # named by Keras, as keras.applications' inputs are
+        model = keras.Model(inputs, keras.layers.Dense(2, name="probabilities")(inputs))
+        model.compile(optimizer=keras.optimizers.AdamW(1e-3),
+                      loss="sparse_categorical_crossentropy")
+        return model
+
+    keras.backend.clear_session()
+    first, second = compiled(), compiled()
+    assert '"input_layers": ["input_layer_1"' in json.dumps(second.get_config())
+    assert fingerprints.recipe_fingerprint(first) == fingerprints.recipe_fingerprint(second)
+    assert fingerprints.earlier_fingerprint(first) != fingerprints.earlier_fingerprint(second)
+
+
+def test_runs_recorded_with_the_earlier_fingerprint_are_still_kept(run, monkeypatch):
+    with monkeypatch.context() as earlier_code:
+        earlier_code.setattr(training, "recipe_fingerprint", lambda *_: "as recorded before")
+        assert _run_once(run)[0] is False  # trained, its fingerprint recorded the earlier way
+    monkeypatch.setattr(training, "earlier_fingerprint", lambda *_: "as recorded before")
+    assert _run_once(run)[0] is True

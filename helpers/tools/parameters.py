@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from helpers.cluster import address_problem
 from helpers.split import fractions_problem
 
 # Choices of the parameters that name one; kept equal to the notebooks by tests.
@@ -68,6 +69,7 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "DATA_SOURCE": _one_of(DATA_SOURCES),
     "MEDMNIST_SIZE": _one_of(MEDMNIST_SIZES),
     "PRECISION": _one_of(PRECISIONS),
+    "CLUSTER": address_problem,
     "SPLIT_FRACTIONS": fractions_problem,
     "SPLIT_SEED": _at_least(0),
     "SEED": _at_least(0),
