@@ -187,7 +187,7 @@ def train_each(run: RunFolder, function: Callable, calls: dict[str, dict],
     printed is printed here as it ends. When some fail, the others still finish (and are
     kept), then TrainingTaskError names every failed one with its worker's error.
     """
-    if not cluster:
+    if not cluster or not calls:  # nothing to send: no cluster started for it
         return {key: function(key, **arguments) for key, arguments in calls.items()}
     dask_client = client(cluster)
     with runlock.held(run.root, f"trainings on {cluster}"):

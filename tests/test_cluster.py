@@ -59,6 +59,11 @@ def test_local_workers_each_get_one_gpu_and_share_one_only_when_fewer():
     assert cluster.local_worker_environment(4, gpus=2)["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
 
 
+def test_nothing_to_train_starts_no_cluster(tmp_path):
+    assert cluster.train_each(RunFolder(tmp_path), tiny_training, {}, "local:3") == {}
+    assert "local:3" not in cluster._clients
+
+
 @pytest.fixture()
 def run(synthetic_source, tmp_path) -> RunFolder:
     root, _ = synthetic_source
