@@ -193,10 +193,10 @@ def train_each(run: RunFolder, function: Callable, calls: dict[str, dict],
     with runlock.held(run.root, f"trainings on {cluster}"):
         holder = runlock.holder_token(run.root)
         batch = uuid.uuid4().hex[:8]  # task keys unique to this call: nothing is reused
-        futures = {key: dask_client.submit(_run_task, function, key, arguments,
-                                           str(Path(run.root).resolve()), holder,
+        root, resources = str(Path(run.root).resolve()), _resources(dask_client)
+        futures = {key: dask_client.submit(_run_task, function, key, arguments, root, holder,
                                            key=f"{key}-{batch}", pure=False,
-                                           resources=_resources(dask_client))
+                                           resources=resources)
                    for key, arguments in calls.items()}
         results, failures = {}, []
         for key, future in futures.items():

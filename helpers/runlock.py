@@ -263,13 +263,9 @@ def token(root: str | os.PathLike) -> str | None:
 def holder_token(root: str | os.PathLike) -> str | None:
     """The token of the lock this process writes ``root`` under: its own, or its parent's
     (LOCK_VARIABLE); None when it holds none."""
-    root = Path(root).resolve()
-    if root not in _held:
+    if Path(root).resolve() not in _held:
         return None
-    inherited = os.environ.get(LOCK_VARIABLE)
-    if _held[root][0] is None and inherited:
-        return inherited
-    return _held[root][0]
+    return token(root) or os.environ.get(LOCK_VARIABLE)
 
 
 @contextlib.contextmanager
