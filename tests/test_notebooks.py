@@ -258,6 +258,11 @@ def test_study_command_rejects_unknown_profiles_and_bad_overrides(capsys):
     assert study.main(["--profile", "smoke", "--set", "RUN_DIR=elsewhere"]) == 1
     assert "--run-dir" in capsys.readouterr().err
     assert yaml.safe_load("[a, b]") == study.parse_override("X=[a, b]")[1]
+    # An empty value is the empty text (CLUSTER="" trains in the kernel), never None.
+    assert study.parse_override("CLUSTER=") == ("CLUSTER", "")
+    study.check_parameters({"CLUSTER": ""}, study.all_declared_parameters())
+    assert study.main(["--profile", "smoke", "--set", "CNN_EPOCHS="]) == 1
+    assert "CNN_EPOCHS must be of type int, got ''" in capsys.readouterr().err
 
 
 # Figures the notebooks' text may state: facts of the published dataset and the literature,

@@ -212,12 +212,15 @@ def trains_in_float32_on_cpu(precision: str) -> bool:
 
 
 def parse_override(text: str) -> tuple[str, object]:
-    """``NAME=VALUE`` with VALUE read as YAML (numbers, true/false, lists, strings)."""
+    """``NAME=VALUE`` with VALUE read as YAML (numbers, true/false, lists, strings); an
+    empty VALUE is the empty text (``--set CLUSTER=``), since no parameter takes None."""
     name, separator, value = text.partition("=")
     if not separator or not name.isupper():
         raise StudyError(f"--set takes NAME=VALUE with an UPPER_CASE name, got {text!r}")
     if name == "RUN_DIR":
         raise StudyError("The run folder is given with --run-dir, not --set RUN_DIR.")
+    if not value.strip():
+        return name, ""
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as error:
