@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from helpers import files, models, progressbar  # noqa: F401 (models registers the custom layers)
+from helpers import files, models, pipeline, progressbar  # noqa: F401 (models: custom layers)
 from helpers.errors import DataError
 from helpers.images import RESIZE_METHODS, check_crop_fraction, decode_and_resize
 from helpers.labels import CLASS_NAMES
@@ -241,7 +241,8 @@ def image_dataset(paths: Sequence[str | os.PathLike], loaded: LoadedModel,
                                                loaded.resize_method, loaded.crop_fraction),
                              tf.float32),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return (dataset.batch(batch_size).with_options(pipeline.dataset_options(deterministic=True))
+            .prefetch(tf.data.AUTOTUNE))
 
 
 def dihedral_views(images: tf.Tensor) -> list[tf.Tensor]:

@@ -38,6 +38,18 @@ def _shuffle_per_pass(dataset: tf.data.Dataset, size: int, seed: int,
         tf.data.experimental.assert_cardinality(size))
 
 
+def dataset_options(deterministic: bool) -> tf.data.Options:
+    """The options of every dataset the study iterates: ``deterministic`` order, and where no
+    GPU is seen, no autotuning. On 2 CPU cores its optimizing thread held each iterator's end
+    until its next wake-up, which padded a 20 s CNN epoch to 40 (docs/performance.md);
+    without it, ``AUTOTUNE`` maps still run on every core."""
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    if not tf.config.list_logical_devices("GPU"):  # GPUs: not measured, TensorFlow's default
+        options.autotune.enabled = False
+    return options
+
+
 def _cache_file(cache_dir: Path, frame: pd.DataFrame, subset: str, processing: str) -> str:
     """A cache file name unique to the images and their processing: no stale cache is read."""
     fingerprint = hashlib.sha256(
@@ -101,6 +113,4 @@ def make_dataset(split: pd.DataFrame, data_root: str | os.PathLike, subset: str,
     dataset = dataset.map(lambda images, batch_labels: (tf.cast(images, tf.float32),
                                                         batch_labels),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    options = tf.data.Options()
-    options.deterministic = deterministic
-    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return dataset.with_options(dataset_options(deterministic)).prefetch(tf.data.AUTOTUNE)

@@ -256,7 +256,10 @@ def built_in(policy: str, build: Callable):
 def in_memory_batches(images: np.ndarray, labels: np.ndarray, batch_size: int = BATCH_SIZE):
     import tensorflow as tf
 
+    from helpers import pipeline  # the study's options: timed as the study trains
+
     return (tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+            .with_options(pipeline.dataset_options(deterministic=True))
             .prefetch(tf.data.AUTOTUNE))
 
 
