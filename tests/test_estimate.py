@@ -10,8 +10,9 @@ import pytest
 from helpers.tools import estimate, study
 
 RATES = {"precision": "float32", "decode": 1000.0, "audit": 3000.0,
-         "cnn": {"train": 100.0, "predict": 400.0, "build": 1.0, "save": 0.5, "overhead": 5.0},
-         "resnet50": {"train": 20.0, "predict": 80.0, "build": 2.0,
+         "cnn": {"train": 100.0, "predict": 400.0, "infer": 500.0, "build": 1.0, "save": 0.5,
+                 "overhead": 5.0},
+         "resnet50": {"train": 20.0, "predict": 80.0, "infer": 100.0, "build": 2.0,
                       "save": 1.5, "overhead": 30.0}}
 COUNTS = {"all": 10_000, "train": 7000, "validation": 1500, "test": 1500}
 
@@ -58,7 +59,8 @@ def test_a_slower_training_step_lengthens_only_the_notebook_that_trains_with_it(
 def test_test_time_augmentation_adds_eight_views_of_the_test_split_for_both_models():
     off = estimate.notebook_seconds(configured(TTA=False), COUNTS, RATES)
     on = estimate.notebook_seconds(configured(TTA=True), COUNTS, RATES)
-    assert on["05_compare"] - off["05_compare"] == pytest.approx(8 * 1500 / 400 + 8 * 1500 / 80)
+    # At notebook 5's rate (its traced forward pass), not Keras's predict loop's.
+    assert on["05_compare"] - off["05_compare"] == pytest.approx(8 * 1500 / 500 + 8 * 1500 / 100)
 
 
 def test_the_counts_come_from_the_folder_the_drawn_images_or_the_published_size(tmp_path):
@@ -157,6 +159,43 @@ def test_in_colab_notebooks_3_and_4_print_their_own_estimate_after_their_paramet
     split_csv.unlink()
     exec(cells[3].source, namespace)
     assert "No time estimate: no split at" in capsys.readouterr().out
+
+
+def test_a_local_cluster_shares_the_cores_or_gives_each_training_a_gpu():
+    assert estimate.cluster_shares("", cores=2) == (1, 1.0)
+    # Each worker keeps its share of the cores, alone or not; more workers than cores share.
+    assert estimate.cluster_shares("local:2", cores=2) == (2, 2.0)
+    assert estimate.cluster_shares("local:3", cores=8) == (3, 4.0)
+    assert estimate.cluster_shares("local:4", cores=2) == (4, 4.0)
+    assert estimate.cluster_shares("local:4", gpus=2, cores=2) == (2, 1.0)
+    assert estimate.cluster_shares("tcp://scheduler:8786") is None
+    # The longest first to the least busy slot; one alone on a worker is slower.
+    assert estimate.at_once([10.0, 10.0, 10.0], (2, 2.0)) == 40.0
+    assert estimate.at_once([30.0, 10.0, 10.0, 10.0], (2, 1.0)) == 30.0
+    assert estimate.at_once([10.0], (2, 2.0)) == 20.0 and estimate.at_once([], (2, 2.0)) == 0.0
+
+
+def test_trainings_sent_together_are_counted_at_once_under_a_local_cluster():
+    alone = configured(CNN_SEEDS=3, CNN_BATCHNORM_DEMO=False, RESNET_MISTAKES=["all"])
+    here = estimate.notebook_seconds(alone, COUNTS, RATES)
+    gpus = estimate.notebook_seconds(alone | {"CLUSTER": "local:4"}, COUNTS,
+                                     {**RATES, "gpus": 4})
+    seed = cnn_fit_seconds(7000, alone["CNN_EPOCHS"], alone["CNN_PRECISE_BATCHNORM_IMAGES"])
+    # Three seeds on four GPUs take one seed's time; the single strategy takes its own.
+    assert here["03_train_cnn"] - gpus["03_train_cnn"] == pytest.approx(2 * seed)
+    assert here["04_train_resnet50"] == gpus["04_train_resnet50"]  # one mistake: alone anyway
+    assert here["05_compare"] == gpus["05_compare"]  # the kernel's own work
+    # A scheduler's workers are not timed here: counted as here, and said so.
+    assert estimate.notebook_seconds(alone | {"CLUSTER": "tcp://host:8786"}, COUNTS,
+                                     RATES) == here
+    said = estimate.describe(here, RATES, COUNTS, alone | {"CLUSTER": "tcp://host:8786"})
+    assert "CLUSTER=tcp://host:8786: counted as if trained here" in said
+    said = estimate.describe(gpus, {**RATES, "gpus": 4}, COUNTS, alone | {"CLUSTER": "local:4"})
+    assert "counted 4 at once, each 1.0x as long as alone here (a GPU each)" in said
+    # Several GPUs and no cluster: the estimate points to one training per GPU.
+    said = estimate.describe(here, {**RATES, "gpus": 4}, COUNTS, alone)
+    assert "4 GPUs here: CLUSTER=local:4 trains the independent runs at once" in said
+    assert "GPUs here" not in estimate.describe(here, RATES, COUNTS, alone)
 
 
 def test_the_levers_named_are_those_not_already_pulled():

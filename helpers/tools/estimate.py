@@ -9,7 +9,8 @@ models: ``helpers.study`` prints the estimate before the first notebook (``--est
 and stops), and in Colab notebooks 3 and 4 print their own. Not a bound either way: the two
 full cpu studies measured took 16-17% longer in notebook 3 (a per-step cost outside the timed
 steps, docs/performance.md), and early stopping may end a run sooner; a download is not
-counted.
+counted. Under ``CLUSTER = "local:N"`` the trainings a notebook sends together are counted
+at once (``cluster_shares``, ``at_once``); a scheduler's workers are not timed from here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import project, split
+from helpers import cluster, project, split
 
 # The models whose steps each notebook's time needs measured.
 MODELS_OF = {"03_train_cnn": ("cnn",), "04_train_resnet50": ("resnet50",),
@@ -62,6 +63,35 @@ def image_counts(parameters: dict) -> dict[str, int]:
     return {"all": total, **{name: int(total * fractions[name]) for name in split.SPLIT_NAMES}}
 
 
+def cluster_shares(value: str, gpus: int = 0, cores: int | None = None
+                   ) -> tuple[int, float] | None:
+    """Under CLUSTER ``value`` here: how many trainings run at once, and how many times
+    longer each takes than alone in the kernel; None for a scheduler's address (its workers
+    are not timed here). A local cluster gives each worker a GPU of its own where there are GPUs,
+    else an equal share of the cores, which it keeps when it trains alone
+    (``cluster.local_worker_environment``)."""
+    if not value:
+        return 1, 1.0
+    if not value.startswith(cluster.LOCAL):
+        return None
+    workers, cores = int(value.removeprefix(cluster.LOCAL)), cores or cluster.cores()
+    if gpus:
+        return min(workers, gpus), 1.0
+    threads = max(1, cores // workers)
+    # A worker alone has its threads' share of the cores; more workers than cores share them.
+    return workers, max(cores / threads, float(workers))
+
+
+def at_once(seconds: list[float], shares: tuple[int, float] | None) -> float:
+    """Seconds of independent trainings (``seconds`` each, alone in the kernel) sent
+    together by ``training.train_each``: the longest first to the least busy slot."""
+    slots, slower = shares or (1, 1.0)
+    busy = [0.0] * slots
+    for one in sorted(seconds, reverse=True):
+        busy[busy.index(min(busy))] += one * slower
+    return max(busy, default=0.0)
+
+
 def notebook_seconds(parameters: dict, counts: dict[str, int], rates: dict,
                      notebooks: tuple[str, ...] = project.NOTEBOOKS) -> dict[str, float]:
     """Seconds of each of ``notebooks`` from the profile's ``parameters`` (those the
@@ -86,6 +116,9 @@ def notebook_seconds(parameters: dict, counts: dict[str, int], rates: dict,
     def capped(limit: int) -> int:
         return min(limit, train) if limit else train
 
+    # Trainings sent together run at once where CLUSTER is set (``at_once``).
+    shares = cluster_shares(p.get("CLUSTER", ""), rates.get("gpus", 0))
+
     seconds = {name: NOTEBOOK_OVERHEAD[name] for name in notebooks}
     if "01_data" in seconds:
         seconds["01_data"] += counts["all"] / rates["audit"]
@@ -94,12 +127,14 @@ def notebook_seconds(parameters: dict, counts: dict[str, int], rates: dict,
                                   / decode)
     if "03_train_cnn" in seconds:
         precise = p["CNN_PRECISE_BATCHNORM_IMAGES"]
-        notebook_3 = sum(fit(cnn, capped(p["CNN_COMPARE_MAX_IMAGES"]), p["CNN_COMPARE_EPOCHS"],
-                             precise) for _ in p["CNN_LR_STRATEGIES"])
-        if p["CNN_BATCHNORM_DEMO"]:
-            notebook_3 += fit(cnn, capped(p["CNN_DEMO_MAX_IMAGES"]), p["CNN_DEMO_EPOCHS"],
-                              precise)
-        notebook_3 += p["CNN_SEEDS"] * fit(cnn, train, p["CNN_EPOCHS"], precise)
+        # Three sends of train_each: the strategies, the demonstration, the seeds.
+        notebook_3 = (at_once([fit(cnn, capped(p["CNN_COMPARE_MAX_IMAGES"]),
+                                   p["CNN_COMPARE_EPOCHS"], precise)] * len(p["CNN_LR_STRATEGIES"]),
+                              shares)
+                      + at_once([fit(cnn, capped(p["CNN_DEMO_MAX_IMAGES"]), p["CNN_DEMO_EPOCHS"],
+                                     precise)] * bool(p["CNN_BATCHNORM_DEMO"]), shares)
+                      + at_once([fit(cnn, train, p["CNN_EPOCHS"], precise)] * p["CNN_SEEDS"],
+                                shares))
         # Each run's validation predictions, then the ensemble's (every seed on each image).
         scored = (len(p["CNN_LR_STRATEGIES"]) + bool(p["CNN_BATCHNORM_DEMO"])
                   + p["CNN_SEEDS"] * (2 if p["CNN_SEEDS"] > 1 else 1))
@@ -114,9 +149,11 @@ def notebook_seconds(parameters: dict, counts: dict[str, int], rates: dict,
         mistake_runs = 9 if mistakes == ["every"] else len(mistakes)  # notebook 4's MISTAKE_NAMES
         if mistake_runs:  # each: a phase 1 of its own (about half do) and the mistake's epochs
             mistake_images = capped(p["RESNET_MISTAKES_MAX_IMAGES"])
-            notebook_4 += mistake_runs * (
-                fit(resnet, mistake_images, p["RESNET_MISTAKES_EPOCHS"])
-                + 0.5 * fit(resnet, mistake_images, 1, frozen=True))
+            mistake = (fit(resnet, mistake_images, p["RESNET_MISTAKES_EPOCHS"])
+                       + 0.5 * fit(resnet, mistake_images, 1, frozen=True))
+            # The first alone (the others start from its phase 1), then the others together.
+            notebook_4 += at_once([mistake], shares) + at_once([mistake] * (mistake_runs - 1),
+                                                               shares)
         seconds["04_train_resnet50"] += notebook_4
     if "05_compare" in seconds:
         views = 1 + (TTA_VIEWS if p["TTA"] else 0)
@@ -131,7 +168,7 @@ def notebook_seconds(parameters: dict, counts: dict[str, int], rates: dict,
         # views decoded once), each seed, the ensemble twice, and the two resolutions.
         file_passes = (2 * validation + 4 * test + ensemble * test
                        + (validation + test if ensemble else 0) + 2 * test)
-        notebook_5 = (cnn_passes / cnn["predict"] + resnet_passes / resnet["predict"]
+        notebook_5 = (cnn_passes / cnn["infer"] + resnet_passes / resnet["infer"]
                       + file_passes / decode)
         notebook_5 += cnn["overhead"] / 2 + resnet["overhead"] / 2  # the predict graphs
         seconds["05_compare"] += notebook_5
@@ -158,6 +195,21 @@ def describe(seconds: dict[str, float], rates: dict, counts: dict[str, int],
         lines.append(f"  {'in all':<18} {minutes(sum(seconds.values()))}  ({bound})")
     else:
         lines.append(f"  ({bound})")
+    value = (parameters or {}).get("CLUSTER", "")
+    shares = cluster_shares(value, rates.get("gpus", 0)) if value else None
+    if value and shares is None:
+        lines.append(f"CLUSTER={value}: counted as if trained here, one after another; the "
+                     "scheduler's workers are not timed from here.")
+    elif value:
+        lines.append(f"CLUSTER={value}: trainings sent together counted {shares[0]} at once, "
+                     f"each {shares[1]:.1f}x as long as alone here ("
+                     + ("a GPU each)." if rates.get("gpus") else
+                        "a share of the cores each; on 2 cores local:2 measured up to 25% "
+                        "longer than that, docs/cluster.md)."))
+    elif rates.get("gpus", 0) > 1 and {"03_train_cnn", "04_train_resnet50"} & set(seconds):
+        lines.append(f"{rates['gpus']} GPUs here: CLUSTER=local:{rates['gpus']} trains the "
+                     "independent runs at once, one GPU each, instead of each over all of "
+                     "them (docs/cluster.md).")
     levers = [lever for name in seconds for lever in LEVERS.get(name, ())
               if not _in_effect(lever, parameters or {})]
     if levers:

@@ -31,11 +31,12 @@ def measure_rates(parameters: dict, timed_models: tuple[str, ...] = ("cnn", "res
     import numpy as np
     import tensorflow as tf
 
-    from helpers import devices, models
+    from helpers import devices, inference, models
     from helpers.tools import bench, notebooks
 
     precision = devices.configure_precision(parameters["PRECISION"])
-    rates: dict = {"precision": precision}
+    rates: dict = {"precision": precision,  # GPUs: what a local cluster shares out
+                   "gpus": len(tf.config.list_physical_devices("GPU"))}
 
     def timed(build, size: int, batch: int, fine_tune_blocks: int | None = None,
               images_timed: int = images_timed) -> dict:
@@ -65,11 +66,21 @@ def measure_rates(parameters: dict, timed_models: tuple[str, ...] = ("cnn", "res
         started = time.perf_counter()
         model.predict(images, batch_size=batch, verbose=0)
         predict = (time.perf_counter() - started) / len(images)
+        # Notebook 5 predicts through one traced forward pass per batch
+        # (``inference.LoadedModel.step``), without Keras's predict loop around it.
+        forward = tf.function(lambda batch_images: model(batch_images, training=False))
+        tensors, size = tf.constant(images, tf.float32), inference.PREDICT_BATCH_SIZE
+        forward(tensors[:size])  # its graph apart
+        started = time.perf_counter()
+        for start in range(0, len(images) - size + 1, size):
+            forward(tensors[start:start + size]).numpy()
+        infer = (time.perf_counter() - started) / (len(images) // size * size)
         with tempfile.TemporaryDirectory() as folder:
             started = time.perf_counter()
             model.save(Path(folder) / "model.keras")
             saved = time.perf_counter() - started
-        return {"train": batch / step, "predict": 1 / predict, "build": built, "save": saved,
+        return {"train": batch / step, "predict": 1 / predict, "infer": 1 / infer,
+                "build": built, "save": saved,
                 "overhead": max(0.0, first - 2 * step - batch * predict)}
 
     if "cnn" in timed_models:
