@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import cluster, data, runlock, training
+from helpers import cluster, data, project, runlock, training
 from helpers.runfolder import RunFolder
 from helpers.tools import notebooks, parameters
 
@@ -223,3 +223,25 @@ def test_a_worker_killed_mid_training_resumes_from_its_backup(run, tmp_path, loc
     assert "Epoch 1/3" not in printed and "Epoch 2/3" in printed
     assert run.read_history("tiny_a")["epoch"].tolist() == [0, 1, 2]
     _assert_same_runs(run, straight, ["tiny_a"])
+
+
+def test_the_replicas_bench_times_each_way_of_training_on_several_devices(tmp_path):
+    """helpers/tools/bench_replicas.py, as a user runs it: two simulated devices (logical
+    CPU devices, worker processes), tiny trainings; each way timed and written."""
+    out = tmp_path / "replicas.json"
+    done = subprocess.run([sys.executable, "-m", "helpers.tools.bench_replicas", "--out",
+                           str(out), "--devices", "2", "--images", "128", "--epochs", "1",
+                           "--image-size", "32"], capture_output=True, text=True,
+                          cwd=project.ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for way in ("one_device_in_turn_seconds", "mirrored_in_turn_seconds",
+                "tasks_at_once_seconds"):
+        assert report[way] > 0 and f"{report[way]:7.1f} s" in done.stdout
+    assert len(report["tasks_each_seconds"]) == 2 and report["devices"] == 2
+    # A bad output path is refused before the minutes of work, in one line.
+    refused = subprocess.run([sys.executable, "-m", "helpers.tools.bench_replicas", "--out",
+                              str(tmp_path)], capture_output=True, text=True,
+                             cwd=project.ROOT, timeout=120)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: ")
+
