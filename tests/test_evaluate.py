@@ -98,6 +98,9 @@ def test_inference_prepares_images_as_training_did(saved_model, synthetic_source
         [root / path for path in sorted(rows["path"])], loaded)))
     np.testing.assert_array_equal(training_images.numpy(), inference_images.numpy())
     assert inference_images.shape == (3, 16, 16, 3)
+    # With the training pipeline's options: in order, and no autotuning without a GPU.
+    options = inference.image_dataset([root / rows["path"][0]], loaded).options()
+    assert options.deterministic is True and options.autotune.enabled is False
 
 
 def test_predict_keeps_a_row_for_every_file(saved_model, synthetic_source, tmp_path):

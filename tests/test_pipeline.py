@@ -31,6 +31,21 @@ def test_batches_have_the_right_shape_dtype_range_and_labels(synthetic_source, s
     assert labels.tolist() == [CLASS_NAMES.index(label) for label in frame["label"]]
 
 
+def test_without_a_gpu_the_datasets_are_not_autotuned(synthetic_source, synthetic_split,
+                                                      monkeypatch):
+    """On CPU cores tf.data's autotuning held each epoch's end until its optimizing thread
+    woke (docs/performance.md); where a GPU is seen, TensorFlow's default stays."""
+    root, _ = synthetic_source
+    for shuffle in (True, False):
+        options = pipeline.make_dataset(synthetic_split, root, "train", image_size=16,
+                                        batch_size=5, shuffle=shuffle, cache=None).options()
+        assert options.autotune.enabled is False
+        assert options.deterministic is (not shuffle)  # shuffled data: any order of decoding
+    monkeypatch.setattr(tf.config, "list_logical_devices",
+                        lambda kind=None: ["/device:GPU:0"] if kind == "GPU" else [])
+    assert pipeline.dataset_options(deterministic=True).autotune.enabled is None
+
+
 @pytest.mark.parametrize("name, mode, fmt", [
     ("gray.jpg", "L", "JPEG"), ("rgba.png", "RGBA", "PNG"), ("rgb.bmp", "RGB", "BMP"),
     ("palette.png", "P", "PNG"),
