@@ -117,13 +117,15 @@ def _measure_and_write(args: argparse.Namespace) -> int:
     report = measure(args.devices, args.images, args.epochs, args.image_size)
     files.write_json(report, args.out)
     in_turn, mirrored = report["one_device_in_turn_seconds"], report["mirrored_in_turn_seconds"]
+    ways = {"one device, one after another": in_turn,
+            "MirroredStrategy, one after another": mirrored,
+            f"tasks of local:{args.devices}, at once": report["tasks_at_once_seconds"]}
     print(f"{args.devices} trainings of {args.images} images x {args.epochs} epochs "
-          f"({report['cores']} cores):\n"
-          f"  one device, one after another      {in_turn:7.1f} s\n"
-          f"  MirroredStrategy, one after another {mirrored:7.1f} s\n"
-          f"  tasks of local:{args.devices}, at once        "
-          f"{report['tasks_at_once_seconds']:7.1f} s  (cluster start "
-          f"{report['cluster_start_seconds']:.1f} s not counted)\nWrote {args.out}")
+          f"({report['cores']} cores):")
+    for way, seconds in ways.items():
+        print(f"  {way:<36} {seconds:7.1f} s")
+    print(f"  (the cluster's start, {report['cluster_start_seconds']:.1f} s, not counted)\n"
+          f"Wrote {args.out}")
     return 0
 
 
