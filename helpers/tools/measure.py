@@ -69,7 +69,8 @@ def measure_rates(parameters: dict, timed_models: tuple[str, ...] = ("cnn", "res
         # Notebook 5 predicts through one traced forward pass per batch
         # (``inference.LoadedModel.step``), without Keras's predict loop around it.
         forward = tf.function(lambda batch_images: model(batch_images, training=False))
-        tensors, size = tf.constant(images, tf.float32), inference.PREDICT_BATCH_SIZE
+        tensors = tf.constant(images, tf.float32)
+        size = min(inference.PREDICT_BATCH_SIZE, len(images))
         forward(tensors[:size])  # its graph apart
         started = time.perf_counter()
         for start in range(0, len(images) - size + 1, size):
