@@ -6,11 +6,11 @@ profile's image sizes, batch sizes and precision (``helpers.tools.measure``, abo
 epochs, seeds and runs (``notebook_seconds``, arithmetic only). The measuring runs in a process
 of its own (``in_subprocess``), so neither the runner nor a notebook's kernel holds its
 models: ``helpers.study`` prints the estimate before the first notebook (``--estimate-only``:
-and stops), and in Colab notebooks 3 and 4 print their own. Not a bound either way: the two
-full cpu studies measured took 16-17% longer in notebook 3 (a per-step cost outside the timed
-steps, docs/performance.md), and early stopping may end a run sooner; a download is not
-counted. Under ``CLUSTER = "local:N"`` the trainings a notebook sends together are counted
-at once (``cluster_shares``, ``at_once``); a scheduler's workers are not timed from here.
+and stops), and in Colab notebooks 3 and 4 print their own. Not a bound either way: the
+last full cpu study came within 8% in each notebook, earlier ones took up to 17% longer
+(docs/performance.md), and early stopping may end a run sooner; a download is not counted.
+Under ``CLUSTER = "local:N"`` the trainings a notebook sends together are counted at once
+(``cluster_shares``, ``at_once``); a scheduler's workers are not timed from here.
 """
 
 from __future__ import annotations
