@@ -121,23 +121,28 @@ def _list_files(data_root: Path) -> list[tuple[Path, str, str, str]]:
     return listed
 
 
+def inspect_files(paths: list[Path], workers: int | None = None,
+                  progress: bool = False) -> list[dict]:
+    """``inspect_file`` of each of ``paths``, in order, on ``workers`` threads (default: one
+    per core): hashlib and TensorFlow release the GIL."""
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        results = pool.map(inspect_file, paths)
+        if progress:
+            results = progressbar.track(results, len(paths), "audit", "file")
+        return list(results)
+
+
 def audit(data_root: str | os.PathLike, workers: int | None = None,
           progress: bool = False) -> AuditResult:
-    """Index every file under ``data_root`` (the folder holding the class folders).
-
-    Runs on ``workers`` threads (default: one per core): hashlib and TensorFlow release the GIL.
-    """
+    """Index every file under ``data_root`` (the folder holding the class folders), on
+    ``workers`` threads (``inspect_files``)."""
     data_root = Path(data_root)
     listed = _list_files(data_root)
-    workers = workers or os.cpu_count() or 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(inspect_file, [path for path, _, _, _ in listed])
-        if progress:
-            results = progressbar.track(results, len(listed), "audit", "file")
-        rows = [
-            {"path": relative, "folder": folder, "label": label, **result}
-            for (_, relative, folder, label), result in zip(listed, results, strict=True)
-        ]
+    results = inspect_files([path for path, _, _, _ in listed], workers, progress)
+    rows = [
+        {"path": relative, "folder": folder, "label": label, **result}
+        for (_, relative, folder, label), result in zip(listed, results, strict=True)
+    ]
     for row, (path, _, _, _) in zip(rows, listed, strict=True):
         if not row["problem"] and not files.is_utf8_name(path.relative_to(data_root)):
             row.update(problem=NOT_UTF8, decodable=False)  # a folder on its way is not UTF-8
