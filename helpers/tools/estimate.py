@@ -204,7 +204,7 @@ def describe(seconds: dict[str, float], rates: dict, counts: dict[str, int],
         lines.append(f"CLUSTER={value}: trainings sent together counted {shares[0]} at once, "
                      f"each {shares[1]:.1f}x as long as alone here ("
                      + ("a GPU each)." if rates.get("gpus") else
-                        "a share of the cores each; on 2 cores local:2 measured up to 25% "
+                        "a share of the cores each; on 2 cores local:2 measured up to 35% "
                         "longer than that, docs/cluster.md)."))
     elif rates.get("gpus", 0) > 1 and {"03_train_cnn", "04_train_resnet50"} & set(seconds):
         lines.append(f"{rates['gpus']} GPUs here: CLUSTER=local:{rates['gpus']} trains the "
