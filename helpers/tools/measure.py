@@ -121,7 +121,6 @@ def file_rates(data_dir: Path, size: int, sample: int = 200) -> dict[str, float]
     return {"audit": audit_rate, "decode": len(paths) / (time.perf_counter() - started)}
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.tools.measure", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
