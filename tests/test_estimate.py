@@ -4,10 +4,12 @@ arithmetic, the measurement, the runner's and a notebook's own."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 
-from helpers.tools import estimate, study
+from helpers.tools import estimate, measure, study
 
 RATES = {"precision": "float32", "decode": 1000.0, "audit": 3000.0,
          "cnn": {"train": 100.0, "predict": 400.0, "infer": 500.0, "build": 1.0, "save": 0.5,
@@ -54,6 +56,30 @@ def test_a_slower_training_step_lengthens_only_the_notebook_that_trains_with_it(
     assert slower["04_train_resnet50"] - base["04_train_resnet50"] == pytest.approx(
         epochs * (7000 / 10.0 - 7000 / 20.0))
     assert all(slower[name] == base[name] for name in base if name != "04_train_resnet50")
+
+
+def test_a_slower_core_lengthens_each_notebook_outside_its_models_in_proportion():
+    here = {**RATES, "startup": estimate.REFERENCE_STARTUP}
+    base = estimate.notebook_seconds(configured(), COUNTS, here)
+    slower = estimate.notebook_seconds(configured(), COUNTS,
+                                       {**here, "startup": 2 * estimate.REFERENCE_STARTUP})
+    assert {name: slower[name] - base[name] for name in base} == pytest.approx(
+        estimate.NOTEBOOK_OVERHEAD)
+
+
+def test_the_one_core_start_is_timed_on_a_fresh_python_importing_the_notebooks_modules(
+        monkeypatch):
+    commands, run = [], subprocess.run
+
+    def importing_checked(command, **options):
+        commands.append(command)
+        checked = ("; import sys; assert {'tensorflow', 'keras', 'pandas', 'matplotlib.pyplot',"
+                   " 'seaborn'} <= set(sys.modules)")
+        return run([*command[:-1], command[-1] + checked], **options)
+
+    monkeypatch.setattr(measure.subprocess, "run", importing_checked)
+    assert measure.startup_seconds() > 0
+    assert len(commands) == 1 and commands[0][:2] == [sys.executable, "-c"]
 
 
 def test_test_time_augmentation_adds_eight_views_of_the_test_split_for_both_models():
@@ -253,7 +279,6 @@ def test_the_audit_rate_is_what_its_threads_reach_on_files_of_every_class(tmp_pa
 
     from helpers import audit, synthetic
     from helpers.labels import CLASS_NAMES
-    from helpers.tools import measure
 
     synthetic.make_synthetic_dataset(tmp_path / "data", images_per_class=6, image_size=24,
                                      quirks=False)

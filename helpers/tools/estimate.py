@@ -27,11 +27,14 @@ MODELS_OF = {"03_train_cnn": ("cnn",), "04_train_resnet50": ("resnet50",),
              "05_compare": ("cnn", "resnet50")}
 # The dataset's size where it is not on this machine yet (Kaggle's PBC: 17,092 images).
 PBC_IMAGES = 17_092
-# Seconds each notebook spends besides its models' steps (kernel start, imports, tables,
-# figures), measured with the smoke profile on 2 cores; notebooks 1 and 2, mostly a kernel's
-# start, from two real-data cpu runs (8-9 s and 9-10 s in all; docs/performance.md).
-NOTEBOOK_OVERHEAD = {"01_data": 7.0, "02_explore": 8.0, "03_train_cnn": 8.0,
+# Seconds each notebook spends besides its models' steps and its files (kernel start, imports,
+# tables, figures) where a fresh Python imports the notebooks' modules in REFERENCE_STARTUP
+# seconds; elsewhere in proportion to the time measured there (``measure.startup_seconds``),
+# since all of it runs on one core. Notebooks 1 and 2 from the real-data cpu run on the AMD
+# EPYC (Zen 5) VM that measured REFERENCE_STARTUP; 3 to 5 from the smoke profile on 2 cores.
+NOTEBOOK_OVERHEAD = {"01_data": 6.0, "02_explore": 9.5, "03_train_cnn": 8.0,
                      "04_train_resnet50": 8.0, "05_compare": 15.0}
+REFERENCE_STARTUP = 4.3
 # Files per second where the folder is not at hand to measure (a Kaggle download): the audit
 # (its hash and header check, on every core) and a full decode, 2-core figures of
 # docs/performance.md.
@@ -119,7 +122,9 @@ def notebook_seconds(parameters: dict, counts: dict[str, int], rates: dict,
     # Trainings sent together run at once where CLUSTER is set (``at_once``).
     shares = cluster_shares(p.get("CLUSTER", ""), rates.get("gpus", 0))
 
-    seconds = {name: NOTEBOOK_OVERHEAD[name] for name in notebooks}
+    # Kernel starts, imports and figures run as fast as one core here (``REFERENCE_STARTUP``).
+    one_core = rates.get("startup", REFERENCE_STARTUP) / REFERENCE_STARTUP
+    seconds = {name: NOTEBOOK_OVERHEAD[name] * one_core for name in notebooks}
     if "01_data" in seconds:
         seconds["01_data"] += counts["all"] / rates["audit"]
     if "02_explore" in seconds:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -92,11 +93,23 @@ def measure_rates(parameters: dict, timed_models: tuple[str, ...] = ("cnn", "res
         rates["resnet50"] = timed(lambda: bench.trainable_resnet50(resnet_size), resnet_size,
                                   parameters["RESNET_BATCH_SIZE"],
                                   parameters["RESNET_FINE_TUNE_BLOCKS"], images_timed // 4)
+    rates["startup"] = startup_seconds()
     rates["audit"], rates["decode"] = estimate.DEFAULT_AUDIT_RATE, estimate.DEFAULT_DECODE_RATE
     if parameters.get("DATA_SOURCE") == "local" and parameters.get("DATA_DIR"):
         size = parameters.get("CNN_IMAGE_SIZE") or parameters.get("RESNET_IMAGE_SIZE") or 64
         rates.update(file_rates(project.resolve(parameters["DATA_DIR"]), size))
     return rates
+
+
+def startup_seconds() -> float:
+    """Seconds a fresh Python takes to import what every notebook's setup cell imports
+    (TensorFlow, Keras, pandas, matplotlib and seaborn, through ``helpers.plots`` and
+    ``helpers.runtime``), its files as warm as a kernel finds them after the notebook before:
+    the one-core speed that sets a notebook's time outside its models and files."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import helpers.plots, helpers.runtime"],
+                   cwd=project.ROOT, capture_output=True, check=True)
+    return time.perf_counter() - started
 
 
 def file_rates(data_dir: Path, size: int, sample: int = 200) -> dict[str, float]:
