@@ -362,6 +362,10 @@ def test_the_line_shows_the_cell_and_what_the_training_run_does():
         "[3/5] 03_train_cnn: cell 17/21, 06:34 of ~39:48")
     assert study.final_line("[3/5] 03_train_cnn", 21, 21, 1930, expected=2388.4) == (
         "[3/5] 03_train_cnn: 21/21 cells, 32:10 (expected ~39:48)")
+    # The expected time rounded, as the estimate printed before the first notebook ("12 s").
+    assert study.final_line("[1/5] 01_data", 12, 12, 10.2, expected=11.6) == (
+        "[1/5] 01_data: 12/12 cells, 00:10 (expected ~00:12)")
+    assert study.notebook_line("[1/5] 01_data", 3, 12, 4.9, expected=11.6).endswith("of ~00:12")
     # Too wide: the step and elapsed time go first, then the end is cut.
     assert line(_progress(), width=80) == (
         "[3/5] 03_train_cnn: cell 17/21, 06:34 | cnn_seed43: epoch 5/15, ~04:20 left")
