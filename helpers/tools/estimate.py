@@ -6,8 +6,10 @@ profile's image sizes, batch sizes and precision (``helpers.tools.measure``, abo
 epochs, seeds and runs (``notebook_seconds``, arithmetic only). The measuring runs in a process
 of its own (``in_subprocess``), so neither the runner nor a notebook's kernel holds its
 models: ``helpers.study`` prints the estimate before the first notebook (``--estimate-only``:
-and stops), and in Colab notebooks 3 and 4 print their own. Not a bound either way: the
-last full cpu study came within 8% in each notebook, earlier ones took up to 17% longer
+and stops), and in Colab notebooks 3 and 4 print their own. A notebook's kernel start,
+imports and figures are scaled by this machine's speed on one core
+(``measure.startup_seconds``). Not a bound either way: the last two full cpu studies came
+within 13% in each notebook of a minute or more, earlier ones took up to 17% longer
 (docs/performance.md), and early stopping may end a run sooner; a download is not counted.
 Under ``CLUSTER = "local:N"`` the trainings a notebook sends together are counted at once
 (``cluster_shares``, ``at_once``); a scheduler's workers are not timed from here.
