@@ -78,8 +78,22 @@ def test_the_one_core_start_is_timed_on_a_fresh_python_importing_the_notebooks_m
         return run([*command[:-1], command[-1] + checked], **options)
 
     monkeypatch.setattr(measure.subprocess, "run", importing_checked)
-    assert measure.startup_seconds() > 0
+    assert measure.startup_seconds() > 0  # None had the imports or the check failed
     assert len(commands) == 1 and commands[0][:2] == [sys.executable, "-c"]
+
+
+@pytest.mark.parametrize("failure", ["exit status 1", "hangs"])
+def test_a_start_up_that_cannot_be_timed_counts_the_reference_machines(monkeypatch, failure):
+    def failing(command, **options):
+        if failure == "hangs":
+            raise subprocess.TimeoutExpired(command, options["timeout"])
+        return subprocess.CompletedProcess(command, 1, b"", b"ImportError")
+
+    monkeypatch.setattr(measure.subprocess, "run", failing)
+    assert measure.startup_seconds() is None
+    # measure_rates then leaves it out, and the estimate counts REFERENCE_STARTUP's seconds.
+    assert estimate.notebook_seconds(configured(), COUNTS, RATES) == estimate.notebook_seconds(
+        configured(), COUNTS, {**RATES, "startup": estimate.REFERENCE_STARTUP})
 
 
 def test_test_time_augmentation_adds_eight_views_of_the_test_split_for_both_models():
@@ -105,6 +119,7 @@ def test_the_runner_prints_every_notebook_and_the_total_measured_here():
     parameters = study.configured_parameters("smoke", None, []).configured
     text, seconds = estimate.in_subprocess(parameters)
     assert text.startswith("Expected time here (float32;"), text
+    assert re.search(r"; a kernel's imports \d+\.\d s\):", text), text  # timed, and shown
     for name in study.NOTEBOOKS:
         assert f"  {name} " in text
     assert "in all" in text and "Shorter (--set NAME=VALUE" in text

@@ -34,7 +34,8 @@ PBC_IMAGES = 17_092
 # seconds; elsewhere in proportion to the time measured there (``measure.startup_seconds``),
 # since all of it runs on one core. Notebooks 1 and 2: their time outside the audit and the
 # colour statistics in a real-data cpu run on the AMD EPYC (Zen 5) VM that measured
-# REFERENCE_STARTUP, the kernels' imports warm; 3 to 5 from the smoke profile on 2 cores.
+# REFERENCE_STARTUP, the kernels' imports warm. Notebooks 3 to 5: from the smoke profile on
+# 2 cores of an earlier EPYC whose start-up was not measured, scaled alike.
 NOTEBOOK_OVERHEAD = {"01_data": 4.5, "02_explore": 9.8, "03_train_cnn": 8.0,
                      "04_train_resnet50": 8.0, "05_compare": 15.0}
 REFERENCE_STARTUP = 4.3
@@ -195,7 +196,9 @@ def describe(seconds: dict[str, float], rates: dict, counts: dict[str, int],
                            if model in rates)
     lines = [f"Expected time here ({rates['precision']}; {counts['train']:,} training, "
              f"{counts['validation']:,} validation, {counts['test']:,} test images"
-             + (f"; training images/s: {rates_said}" if rates_said else "") + "):"]
+             + (f"; training images/s: {rates_said}" if rates_said else "")
+             + (f"; a kernel's imports {rates['startup']:.1f} s" if "startup" in rates else "")
+             + "):"]
     lines += [f"  {name:<18} {minutes(value)}" for name, value in seconds.items()]
     bound = ("full studies measured took up to 17% longer; early stopping may end runs "
              "sooner; a download is not counted")

@@ -93,7 +93,9 @@ def measure_rates(parameters: dict, timed_models: tuple[str, ...] = ("cnn", "res
         rates["resnet50"] = timed(lambda: bench.trainable_resnet50(resnet_size), resnet_size,
                                   parameters["RESNET_BATCH_SIZE"],
                                   parameters["RESNET_FINE_TUNE_BLOCKS"], images_timed // 4)
-    rates["startup"] = startup_seconds()
+    startup = startup_seconds()
+    if startup is not None:  # else the estimate counts the reference machine's start-up
+        rates["startup"] = startup
     rates["audit"], rates["decode"] = estimate.DEFAULT_AUDIT_RATE, estimate.DEFAULT_DECODE_RATE
     if parameters.get("DATA_SOURCE") == "local" and parameters.get("DATA_DIR"):
         size = parameters.get("CNN_IMAGE_SIZE") or parameters.get("RESNET_IMAGE_SIZE") or 64
@@ -101,15 +103,21 @@ def measure_rates(parameters: dict, timed_models: tuple[str, ...] = ("cnn", "res
     return rates
 
 
-def startup_seconds() -> float:
+def startup_seconds(timeout: float = 120) -> float | None:
     """Seconds a fresh Python takes to import what every notebook's setup cell imports
     (TensorFlow, Keras, pandas, matplotlib and seaborn, through ``helpers.plots`` and
-    ``helpers.runtime``), its files as warm as a kernel finds them after the notebook before:
-    the one-core speed that sets a notebook's time outside its models and files."""
+    ``helpers.runtime``), their files warm as the kernels after the first find them: the
+    one-core speed that sets a notebook's time outside its models and files. None where that
+    Python fails or takes over ``timeout`` seconds."""
+    from helpers import plots, runtime  # noqa: F401 - read once here, so the files are warm
+
+    command = [sys.executable, "-c", "import helpers.plots, helpers.runtime"]
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import helpers.plots, helpers.runtime"],
-                   cwd=project.ROOT, capture_output=True, check=True)
-    return time.perf_counter() - started
+    try:
+        done = subprocess.run(command, cwd=project.ROOT, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    return None if done.returncode else time.perf_counter() - started
 
 
 def file_rates(data_dir: Path, size: int, sample: int = 200) -> dict[str, float]:
