@@ -78,7 +78,7 @@ def test_the_one_core_start_is_timed_on_a_fresh_python_importing_the_notebooks_m
         return run([*command[:-1], command[-1] + checked], **options)
 
     monkeypatch.setattr(measure.subprocess, "run", importing_checked)
-    assert measure.startup_seconds() > 0  # None had the imports or the check failed
+    assert measure.startup_seconds() > 0  # None if the imports or the check had failed
     assert len(commands) == 1 and commands[0][:2] == [sys.executable, "-c"]
 
 
