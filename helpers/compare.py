@@ -142,9 +142,11 @@ def comparison_table(reports: dict[str, dict], costs: dict[str, dict],
         if "tta" in report:
             row["test accuracy with TTA"] = report["tta"]["accuracy"]
         spread = (seeds or {}).get(label)
+        # Every model has a count (a model trained once: 1), so that the column read back
+        # from comparison.csv is whole numbers, never 3.0000 beside an empty cell.
+        row["seeds"] = len(spread) if spread is not None else 1
         if spread is not None and len(spread) > 1:
             row.update({
-                "seeds": str(len(spread)),  # a count, not a score to print as 3.0000
                 "test accuracy over seeds (mean ± sd)": mean_and_sd(spread["test accuracy"]),
                 "macro-F1 over seeds (mean ± sd)": mean_and_sd(spread["test macro-F1"]),
                 # The recipe's cost: every seed was trained, not only the one kept.
@@ -180,7 +182,7 @@ def phase_dynamics(run: RunFolder, name: str, threshold: float = CONVERGENCE_ACC
         return dynamics_frame({label: _counted_from(row, first)})
     rows = {}
     for phase, part in ((f"{label}: phase 1 (frozen base)", epochs.iloc[:boundary]),
-                        (f"{label}: phase 2 (fine-tuned)", epochs.iloc[boundary:])):
+                        (f"{label}: phase 2 (base unfrozen)", epochs.iloc[boundary:])):
         first = int(part.index[0])
         row = _counted_from(learning_dynamics(part.reset_index(drop=True), threshold), first)
         if row["minutes_to_threshold"] is not None:  # minutes of the whole run, as epochs
@@ -272,7 +274,7 @@ def training_budget(run: RunFolder, name: str, loaded: inference.LoadedModel,
         "input (pixels)": f"{loaded.image_size}x{loaded.image_size}",
         "crop fraction": float(loaded.crop_fraction),
         "training images": int(record["data"]["training_images"]),
-        "epochs (frozen + fine-tuned)" if "+" in epochs else "epochs": epochs,
+        "epochs (frozen + unfrozen)" if "+" in epochs else "epochs": epochs,
         "seeds trained": max(1, len(candidates)),
         "minutes (kept run)": minutes,
         "minutes (final runs, all seeds)": all_minutes,
@@ -289,7 +291,7 @@ def budget_table(budgets: dict[str, dict]) -> pd.DataFrame:
     if len(epochs) > 1:  # one model trained in two phases: one column for both
         table["epochs"] = table[epochs].bfill(axis=1).iloc[:, 0]
         table = table.drop(columns=[column for column in epochs if column != "epochs"])
-        table = table.rename(columns={"epochs": "epochs (frozen + fine-tuned where two)"})
+        table = table.rename(columns={"epochs": "epochs (frozen + unfrozen where two)"})
     for column in ("minutes (kept run)", "minutes (final runs, all seeds)"):
         table[column] = table[column].map(lambda minutes: f"{minutes:.1f}")
     table["crop fraction"] = table["crop fraction"].map(lambda fraction: f"{fraction:g}")
@@ -365,6 +367,7 @@ def kept_checkpoints_by_phase(run: RunFolder, name: str) -> dict[str, float] | N
     boundary = run.phase_boundary(name)
     if not boundary or boundary >= len(epochs):
         return None
-    frozen, tuned = epochs.iloc[:boundary], epochs.iloc[boundary:]
-    return {"phase 1 (frozen base)": float(frozen["val_accuracy"].loc[frozen["val_loss"].idxmin()]),
-            "phase 2 (fine-tuned)": float(tuned["val_accuracy"].loc[tuned["val_loss"].idxmin()])}
+    phases = {"phase 1 (frozen base)": epochs.iloc[:boundary],
+              "phase 2 (base unfrozen)": epochs.iloc[boundary:]}
+    return {phase: float(part["val_accuracy"].loc[part["val_loss"].idxmin()])
+            for phase, part in phases.items()}

@@ -30,7 +30,7 @@ def plot_training_curves(histories: dict[str, pd.DataFrame],
                          title: str | None = None) -> plt.Figure:
     """Loss, accuracy (training dashed, validation solid) and learning rate per epoch.
 
-    ``phase_boundaries`` maps a label to the epoch where fine-tuning began, drawn as a line.
+    ``phase_boundaries`` maps a label to the epoch where the base was unfrozen, drawn as a line.
     """
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     for (label, history), color in zip(histories.items(), plt.cm.tab10.colors, strict=False):

@@ -142,7 +142,7 @@ class RunFolder:
         return files.read_json(self.phases(name), {})
 
     def phase_boundary(self, name: str) -> int | None:
-        """Epochs of the first of two phases (where fine-tuning starts), or None."""
+        """Epochs of the first of two phases (phase 2 unfreezes the base), or None."""
         finished = list(self.finished_phases(name).values())
         return finished[0] if finished else None
 
