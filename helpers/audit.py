@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from helpers import files, progressbar
-from helpers.labels import CLASS_NAMES
+from helpers.labels import CLASS_NAMES, PUBLISHED_IMAGES, PUBLISHED_SIZE
 from helpers.locate import class_folders
 
 # The formats the study uses (images.decode_rgb decodes them); anything else is reported.
@@ -260,3 +260,16 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{title}: {len(items) if items else 'none'}")
         lines += listing(items)
     return "\n".join(lines)
+
+
+def compared_with_published(summary: dict) -> str:
+    """The usable images' count and most common size beside the published dataset's, and
+    what a smaller copy means for the results."""
+    size = next(iter(summary["sizes"]), "none")
+    text = (f"This run was given {summary['n_images']:,} usable images, most of them {size} "
+            f"px; the published dataset has {PUBLISHED_IMAGES:,} of {PUBLISHED_SIZE} px.")
+    if size not in (PUBLISHED_SIZE, "none"):
+        text += (" Images of another size are not those the published figures were measured "
+                 "on: notebook 5's resolution check says how much the models' answers "
+                 "depend on the size.")
+    return text

@@ -18,6 +18,7 @@ CLASS_NAMES: tuple[str, ...] = (
 
 # The published dataset (Acevedo et al., 2020): what notebook 1 compares a download with.
 PUBLISHED_IMAGES = 17_092
+PUBLISHED_SIZE = "360x363"  # width x height in pixels, as the audit writes sizes
 
 # Spellings seen in other copies of the dataset (the Mendeley original, BloodMNIST's label text).
 _ALIASES = {

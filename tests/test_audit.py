@@ -142,3 +142,13 @@ def test_a_decompression_bomb_is_reported_not_raised(synthetic_data, monkeypatch
     assert summary["n_images"] == 0 and summary["corrupt"]
     assert all("too large to decode safely" in summary["problems"][path]
                for path in summary["corrupt"] if path.endswith(".jpg"))
+
+
+def test_the_published_comparison_names_count_and_size_and_flags_another_size():
+    published = {"n_images": 17_092, "sizes": {"360x363": 17_000, "359x360": 92}}
+    text = audit.compared_with_published(published)
+    assert text == ("This run was given 17,092 usable images, most of them 360x363 px; the "
+                    "published dataset has 17,092 of 360x363 px.")
+    half = audit.compared_with_published({"n_images": 14_533, "sizes": {"180x182": 14_533}})
+    assert "most of them 180x182 px" in half and "resolution check" in half
+    assert "resolution check" not in audit.compared_with_published({"n_images": 0, "sizes": {}})
