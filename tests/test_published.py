@@ -28,3 +28,16 @@ def test_each_published_row_has_a_figure_per_resolution_or_one_on_the_originals(
     probe = table[table["weights, training"] == "ImageNet, frozen, linear head"]
     assert probe["64 px"].tolist() == [67.15]
     assert all(f"[{number}]" in published.CITATIONS for number in (1, 2, 3))
+
+
+def test_notebook_4_quotes_the_published_range_of_fine_tuned_imagenet_models():
+    import nbformat
+
+    from tests.conftest import REPOSITORY
+
+    at_224 = [row[3][-1] for row in published.PUBLISHED if "fine-tuned" in row[2]]
+    originals = max(row[3] for row in published.ORIGINALS if "fine-tuned" in row[2])
+    quoted = (f"{min(at_224):.1f}-{max(at_224):.1f}% on BloodMNIST (these images at "
+              f"{published.RESOLUTIONS[-1]} px) and {originals:.1f}%")
+    notebook = nbformat.read(REPOSITORY / "notebooks" / "04_train_resnet50.ipynb", as_version=4)
+    assert quoted in " ".join(notebook.cells[0].source.split())
