@@ -75,11 +75,27 @@ def test_a_missing_image_and_an_added_one_are_named_but_added_non_images_are_not
     (root / "monocyte" / "notes.txt").write_text("not an image")
     (root / "monocyte" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     (root / "readme.jpg").write_bytes(kept_image.read_bytes())  # outside the class folders
+    (root / "extra").mkdir()  # a folder that is no class: the audit never uses it
+    (root / "extra" / "spare.jpg").write_bytes(kept_image.read_bytes())
     message = _refusal(run)
     assert "1 image file(s) missing" in message and removed in message
     assert "1 image file(s) added" in message and "monocyte/scanned later.png" in message
-    for ignored in ("notes.txt", ".DS_Store", "readme.jpg"):
+    for ignored in ("notes.txt", ".DS_Store", "readme.jpg", "spare.jpg"):
         assert ignored not in message
+
+
+def test_a_changed_image_is_refused_on_every_load_not_only_the_first(prepared):
+    # The record of sizes and times is refreshed only when every differing file hashed the
+    # same: a refusal that refreshed it would let the next load pass on a stat alone.
+    run, root = prepared
+    frame, _ = run.load_split()
+    image = frame.iloc[0]
+    other = frame[frame["label"] != image["label"]].iloc[0]
+    touched = root / frame.iloc[1]["path"]  # same bytes, new time: on its own, accepted
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    shutil.copyfile(root / other["path"], root / image["path"])
+    for _ in range(2):
+        assert "1 image file(s) changed" in _refusal(run)
 
 
 def test_a_moved_data_folder_is_named_then_found_again_by_preparing_with_its_new_place(
@@ -107,6 +123,15 @@ def test_a_moved_run_folder_holding_synthetic_images_keeps_working(tmp_path):
     os.replace(run.root, moved.root)
     moved_frame, data_root = moved.load_split()
     assert data_root == moved.synthetic_data and moved_frame.equals(frame)
+
+
+def test_a_copied_run_folder_reads_its_own_images_not_the_originals(tmp_path):
+    run = RunFolder(tmp_path / "first")
+    preparation.prepare("synthetic", run.root, synthetic_images_per_class=3)
+    copy = RunFolder(tmp_path / "copy")
+    shutil.copytree(run.root, copy.root)  # the original stays where it was
+    _, data_root = copy.load_split()
+    assert data_root == copy.synthetic_data
 
 
 def test_a_split_without_a_record_of_its_files_hashes_them_once(prepared):

@@ -198,3 +198,24 @@ def test_preparing_a_run_folder_inside_the_data_folder_is_refused_before_anythin
                       "--run-dir", str(run_dir)]) == 1
     assert "lies inside the data folder" in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("change, expected", [
+    # One content under two names, one in train and one in test: a test image trained on.
+    (lambda rows: rows.assign(sha256=[rows["sha256"].iloc[0]] * 2 + rows["sha256"][2:].tolist()),
+     "same content in 1 more row"),
+    # A subset name no reader asks for: its images would silently be in no subset.
+    (lambda rows: rows.assign(split=["tst"] + rows["split"][1:].tolist()),
+     r"unknown split names \['tst'\]"),
+])
+def test_a_split_file_with_a_repeated_content_or_an_unknown_subset_is_refused(
+        tmp_path, change, expected):
+    rows = pd.DataFrame({"path": ["ig/a.jpg", "ig/b.jpg", "ig/c.jpg"],
+                         "label": ["ig"] * 3, "sha256": ["1" * 64, "2" * 64, "3" * 64],
+                         "split": ["train", "test", "validation"]})
+    split_csv = tmp_path / "split.csv"
+    rows.to_csv(split_csv, index=False)
+    assert len(split.read_split(split_csv)) == 3  # as written: accepted
+    change(rows).to_csv(split_csv, index=False)
+    with pytest.raises(StaleSplitError, match=expected):
+        split.read_split(split_csv)
