@@ -157,7 +157,7 @@ def test_batchnorm_probe_table_counts_update_steps_and_the_share_absorbed():
 
 
 def test_the_best_seed_on_validation_is_kept_and_the_spread_covers_every_seed(scored_run):
-    run, _, report = scored_run
+    run, loaded, report = scored_run
     # Three "seed runs": differently initialised untrained CNNs, each with the files a
     # finished TrainingRun leaves, and validation accuracies that make the second the best.
     names = ["cnn_seed1", "cnn_seed2", "cnn_seed3"]
@@ -169,7 +169,8 @@ def test_the_best_seed_on_validation_is_kept_and_the_spread_covers_every_seed(sc
         run.history(name).parent.mkdir(exist_ok=True)
         HISTORY.assign(epoch_seconds=60.0 * seed).to_csv(run.history(name), index=False)
         run.run_record(name).parent.mkdir(exist_ok=True)
-        run.run_record(name).write_text(json.dumps({"name": name, "seed": seed}))
+        run.run_record(name).write_text(json.dumps({"name": name, "seed": seed,
+                                                    "data": {"training_images": 66}}))
         run.validation_metrics(name).parent.mkdir(exist_ok=True)
         run.validation_metrics(name).write_text(json.dumps(
             {"n_images": 10, "accuracy": accuracy, "macro_f1": accuracy}))
@@ -203,6 +204,27 @@ def test_the_best_seed_on_validation_is_kept_and_the_spread_covers_every_seed(sc
     assert row["seeds"] == 3
     mean, sd = spread["test accuracy"].mean(), spread["test accuracy"].std(ddof=1)
     assert row["test accuracy over seeds (mean ± sd)"] == f"{mean:.4f} ± {sd:.4f}"
+
+    # The kept model's budget counts every seed trained and their minutes; a seed alone, one.
+    kept_budget = compare.training_budget(run, kept_as, inference.load_model(run.model(kept_as)))
+    assert kept_budget["seeds trained"] == 3 and kept_budget["training images"] == 66
+    assert kept_budget["minutes (kept run)"] == pytest.approx(8.0)
+    assert kept_budget["minutes (final runs, all seeds)"] == pytest.approx(24.0)
+    alone = compare.training_budget(run, "cnn_seed1", inference.load_model(run.model("cnn_seed1")))
+    assert alone["seeds trained"] == 1 and alone["minutes (final runs, all seeds)"] == 4.0
+
+    # Each seed against another model, on the same test images in the same order.
+    test = pd.read_csv(run.predictions("cnn", "test"))
+    y_true = scoring.true_indices(test, loaded.class_names)
+    other = scoring.probabilities_of(test, loaded.class_names).argmax(axis=1)
+    differences = compare.seed_differences(run, names, y_true, other, loaded.class_names)
+    for name in names:
+        assert differences.loc[name, "accuracy difference"] == pytest.approx(
+            spread.loc[name, "test accuracy"] - metrics.accuracy(y_true, other))
+    shuffled = np.roll(y_true, 1)
+    assert shuffled.tolist() != y_true.tolist()
+    with pytest.raises(DataError, match="not of the same images, in the same order"):
+        compare.seed_differences(run, names, shuffled, other, loaded.class_names)
 
 
 def test_confused_pairs_count_both_directions_and_rank_by_all_models():
@@ -370,6 +392,35 @@ def test_the_conclusion_follows_the_numbers():
     assert "3 seeds" in text and "-0.0300 ± 0.0100" in text
 
 
+@pytest.mark.parametrize("row, values, said", [
+    ("epochs (frozen + unfrozen where two)", ["15", "1 + 3"], "epochs"),
+    ("training images", ["10,160", "5,000"], "training images"),
+    ("seeds trained", ["3", "1"], "seeds"),
+])
+def test_models_trained_on_other_terms_get_no_bare_winner(row, values, said):
+    labels = ("CNN", "ResNet50, random init")
+    equal = BUDGETS.assign(CNN=BUDGETS["ResNet50, random init"])
+    same = equal.copy()
+    same.loc[row] = [values[0], values[0]]
+    assert "**CNN is more accurate than" in verdict.conclusion(
+        DIFFERENCE, labels, MCNEMAR, PAIRS, same)
+    unequal = equal.copy()
+    unequal.loc[row] = values
+    text = verdict.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, unequal)
+    assert f"unequal terms ({said})" in text and "more accurate" not in text
+    assert verdict.caveats(unequal)["CNN"] == [f"unequal terms ({said})"]
+
+
+def test_an_interval_touching_zero_or_a_p_of_exactly_0_05_is_no_clear_verdict():
+    labels = ("CNN", "ResNet50, random init")
+    equal = BUDGETS.assign(CNN=BUDGETS["ResNet50, random init"])
+    touching = {**DIFFERENCE, "accuracy": {**DIFFERENCE["accuracy"], "ci95": [0.0, 0.08]}}
+    text = verdict.conclusion(touching, labels, MCNEMAR, PAIRS, equal)
+    assert "**the difference is borderline**: the interval includes zero" in text
+    text = verdict.conclusion(DIFFERENCE, labels, {**MCNEMAR, "p_value": 0.05}, PAIRS, equal)
+    assert "**the difference is borderline**" in text and "is not below 0.05" in text
+
+
 def test_caveats_mark_the_rows_of_the_comparison_table():
     unequal = BUDGETS.copy()
     unequal.loc["converged", "CNN"] = "no: 1 epoch, too few to tell"
@@ -425,6 +476,8 @@ def test_convergence_is_judged_by_the_last_epochs_gain_in_validation_accuracy():
     assert compare.convergence(history([0.6, 0.5])) == "no: 2 epochs, too few to tell"
     assert compare.convergence(history([0.7])) == "no: 1 epoch, too few to tell"
     assert compare.convergence(history([0.5, 0.6, 0.6]), window=1) == "yes"
+    # A rise of exactly the gain is not "less than" it (values exact in binary).
+    assert compare.convergence(history([0.25, 0.25, 0.5, 0.5]), gain=0.25).startswith("no: ")
 
 
 def test_initial_weights_are_read_from_the_run_record():

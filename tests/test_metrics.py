@@ -90,11 +90,26 @@ def test_with_intervals_adds_accuracy_and_macro_f1_intervals():
     assert report["macro_f1_ci95"][0] <= report["macro_f1_ci95"][1]
 
 
+def test_the_macro_f1_interval_averages_every_resample_over_the_same_classes():
+    # One image of class c, always wrong. A resample without it (about a third of them)
+    # still averages over a, b and c (F1 of c: 0); averaged over a and b only it would score
+    # 1.0, and the interval would reach far above every score the full test set can give.
+    y_true = np.array([0] * 25 + [1] * 24 + [2])
+    y_pred = np.array([0] * 25 + [1] * 24 + [0])
+    report = metrics.with_intervals(
+        metrics.classification_metrics(y_true, confident(y_pred), CLASSES), y_true, y_pred,
+        n_resamples=500)
+    assert report["macro_f1"] == pytest.approx(0.6601, abs=1e-4)
+    assert report["macro_f1_ci95"][1] == pytest.approx(2 / 3)
+
+
 def test_ece_is_zero_when_confidence_matches_accuracy():
     # Ten images at confidence 0.8, eight of them right.
     y_true = np.array([0] * 8 + [1] * 2)
     probabilities = confident(np.zeros(10, dtype=int), top=0.8)
     assert metrics.expected_calibration_error(y_true, probabilities) == pytest.approx(0)
+    # A confidence on a bin's upper edge is in that bin: 0.8 in (0.7, 0.8], of ten.
+    assert metrics.reliability_table(y_true, probabilities, n_bins=10)["count"][7] == 10
 
 
 def test_ece_measures_overconfidence():
