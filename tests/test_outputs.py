@@ -132,6 +132,16 @@ def test_each_write_has_a_temporary_file_of_its_own(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["a.json", "copy.png", "image.png"]
     # Written files get the usual permissions, not a temporary file's 0600.
     assert (out.stat().st_mode & 0o777) == (0o666 & ~files._UMASK)
+    # A file written again keeps the permissions its owner gave it.
+    out.chmod(0o600)
+    files.write_json({"n": 3}, out)
+    assert (out.stat().st_mode & 0o777) == 0o600 and files.read_json(out) == {"n": 3}
+
+
+def test_reading_a_missing_json_file_fails_unless_a_default_is_given(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        files.read_json(tmp_path / "gone.json")
+    assert files.read_json(tmp_path / "gone.json", default=None) is None
 
 
 def test_a_command_may_write_its_own_output_again(synthetic_source, tmp_path):

@@ -131,3 +131,56 @@ def test_a_run_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(runlock.tempfile, "mkstemp", read_only)
     with pytest.raises(DataError, match="Cannot write in the run"):
         runlock.acquire(tmp_path / "run", "a study")
+
+
+def test_a_lock_acquired_twice_stays_until_its_last_release(tmp_path):
+    runlock.acquire(tmp_path, "a study")
+    runlock.acquire(tmp_path, "a notebook of it")
+    runlock.release(tmp_path)
+    assert runlock.lock_path(tmp_path).exists()  # the outer holder still writes
+    runlock.release(tmp_path)
+    assert not runlock.lock_path(tmp_path).exists()
+
+
+def test_a_release_leaves_a_lock_taken_over_before_the_heartbeat_noticed(tmp_path):
+    with runlock.held(tmp_path, "a study"):
+        _write_lock(tmp_path, pid=123, host="elsewhere")  # token "theirs", just now
+    assert json.loads(runlock.lock_path(tmp_path).read_text())["token"] == "theirs"
+
+
+def test_a_wrong_inherited_token_does_not_count_as_the_parents_lock(tmp_path, monkeypatch):
+    _write_lock(tmp_path, pid=os.getppid(), host=socket.gethostname())  # alive, token "theirs"
+    monkeypatch.setenv(runlock.LOCK_VARIABLE, "not-theirs")
+    with pytest.raises(runlock.RunFolderBusyError, match=f"process {os.getppid()}"):
+        runlock.acquire(tmp_path, "a kernel")
+    monkeypatch.setenv(runlock.LOCK_VARIABLE, "theirs")
+    runlock.acquire(tmp_path, "a kernel")  # the parent's: counted, never removed by the child
+    runlock.release(tmp_path)
+    assert json.loads(runlock.lock_path(tmp_path).read_text())["token"] == "theirs"
+
+
+def test_a_worker_writes_only_under_the_lock_its_sender_still_holds(tmp_path):
+    with runlock.held(tmp_path, "a notebook"):
+        sender = runlock.token(tmp_path)
+        with (pytest.raises(runlock.RunFolderBusyError, match="no longer the one held"),
+              runlock.acting_for(tmp_path, "another-token")):
+            pass
+    _write_lock(tmp_path, pid=123, host="elsewhere")  # the sender's lock is gone, another's
+    with (pytest.raises(runlock.RunFolderBusyError, match="process 123 on elsewhere"),
+          runlock.acting_for(tmp_path, sender)):
+        pass
+
+
+def test_another_hosts_lock_silent_for_less_than_the_stale_time_is_refused(tmp_path):
+    # Silent for longer than a heartbeat but not yet stale: a machine slow to refresh is live.
+    _write_lock(tmp_path, pid=123, host="colab-vm", age_seconds=runlock.STALE_AFTER_SECONDS - 60)
+    with pytest.raises(runlock.RunFolderBusyError, match="process 123 on colab-vm"):
+        runlock.acquire(tmp_path, "a study")
+
+
+def test_a_process_of_another_user_counts_as_alive(monkeypatch):
+    def not_permitted(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(runlock.os, "kill", not_permitted)
+    assert runlock._alive(4242)
