@@ -125,6 +125,17 @@ def test_a_moved_run_folder_holding_synthetic_images_keeps_working(tmp_path):
     assert data_root == moved.synthetic_data and moved_frame.equals(frame)
 
 
+def test_the_split_fractions_given_to_prepare_are_the_splits(synthetic_data, tmp_path):
+    root, _ = synthetic_data
+    run = RunFolder(tmp_path / "halves")
+    fractions = {"train": 0.5, "validation": 0.25, "test": 0.25}
+    preparation.prepare("local", run.root, data_dir=root, fractions=fractions)
+    frame, _ = run.load_split()
+    shares = frame["split"].value_counts(normalize=True)
+    assert shares["train"] == pytest.approx(0.5, abs=0.05)
+    assert shares["test"] == pytest.approx(0.25, abs=0.05)
+
+
 def test_a_copied_run_folder_reads_its_own_images_not_the_originals(tmp_path):
     run = RunFolder(tmp_path / "first")
     preparation.prepare("synthetic", run.root, synthetic_images_per_class=3)

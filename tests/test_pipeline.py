@@ -140,3 +140,17 @@ def test_training_order_works_after_a_global_seed_of_zero(synthetic_source, synt
     keras.utils.set_random_seed(0)
     dataset = pipeline.make_dataset(synthetic_split, root, "train", image_size=16, batch_size=8)
     assert len(_collect(dataset)[1]) == (synthetic_split["split"] == "train").sum()
+
+
+def test_the_cache_file_names_the_images_content_and_the_sample_follows_the_seed(tmp_path):
+    frame = pd.DataFrame({"path": [f"ig/{i}.jpg" for i in range(20)],
+                          "label": ["ig"] * 20, "sha256": [f"{i:064x}" for i in range(20)],
+                          "split": ["train"] * 20})
+    name = pipeline._cache_file(tmp_path, frame, "train", "64px")
+    assert pipeline._cache_file(tmp_path, frame.copy(), "train", "64px") == name
+    # An image replaced under the same name: another cache, never the old images' one.
+    replaced = frame.assign(sha256=["f" * 64] + frame["sha256"][1:].tolist())
+    assert pipeline._cache_file(tmp_path, replaced, "train", "64px") != name
+    first, other = (set(pipeline.sample_training(frame, 5, seed)["path"]) for seed in (1, 2))
+    assert len(first) == 5 and first != other
+    assert set(pipeline.sample_training(frame, 5, 1)["path"]) == first

@@ -700,6 +700,27 @@ def test_a_finished_run_of_the_same_recipe_is_kept_and_another_recipe_trains(run
     assert run.model("tiny").read_bytes() != model_bytes
 
 
+def test_a_finished_run_trains_again_on_a_new_split(run):
+    # Its model may have trained on images the new split puts in validation or test.
+    assert _run_once(run)[0] is False
+    assert _run_once(run)[0] is True
+    rows = pd.read_csv(run.split_csv, dtype=str, keep_default_na=False)
+    label = rows["label"].iloc[0]
+    train = rows.index[(rows["label"] == label) & (rows["split"] == "train")][0]
+    validation = rows.index[(rows["label"] == label) & (rows["split"] == "validation")][0]
+    rows.loc[[train, validation], "split"] = ["validation", "train"]  # same counts
+    rows.to_csv(run.split_csv, index=False, lineterminator="\n")
+    assert _run_once(run)[0] is False
+
+
+def test_a_changed_loss_is_another_recipe():
+    model = _compiled_with(1e-3)
+    fingerprint = fingerprints.recipe_fingerprint(model)
+    model.compile(optimizer=model.optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=1))
+    assert fingerprints.recipe_fingerprint(model) != fingerprint
+
+
 def test_a_run_of_other_epoch_randomness_is_trained_again(run, monkeypatch):
     """Runs trained before EpochSeeds' keys changed drew other augmentation: not the same
     recipe, so not kept as one."""
