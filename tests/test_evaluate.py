@@ -243,3 +243,12 @@ def test_a_damaged_sidecar_is_a_clear_error(saved_model, synthetic_source, tmp_p
     assert evaluate.main([str(model), str(root)]) == 1
     error = capsys.readouterr().err
     assert message in error and "cnn.json" in error
+
+
+def test_the_predictions_frame_gives_each_images_top_probability_as_its_confidence():
+    probabilities = np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]])
+    frame = scoring.predictions_frame(["x.jpg", "y.jpg"], ["b", "a"], probabilities,
+                                      ("a", "b", "c"))
+    assert frame["predicted"].tolist() == ["b", "a"]
+    assert frame["confidence"].tolist() == [0.7, 0.6]
+    assert frame["p_c"].tolist() == [0.2, 0.1]

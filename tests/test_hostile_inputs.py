@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -152,6 +153,24 @@ def test_a_model_whose_outputs_are_not_probabilities_is_refused(synthetic_source
     assert predict.main([str(path), str(root / "basophil")]) == 1
     assert "not class probabilities" in capsys.readouterr().err
     with pytest.raises(inference.ModelFileError, match="softmax"):
+        inference.load_model(path)
+
+
+def test_sigmoid_rows_and_more_outputs_than_classes_are_refused(tmp_path):
+    # Each value in [0, 1] but rows not summing to 1: a sigmoid head, not class probabilities.
+    sigmoid = np.full((2, len(CLASS_NAMES)), 0.5)
+    with pytest.raises(inference.ModelFileError, match="rows summing to 4"):
+        inference.check_probabilities(sigmoid, tmp_path / "sigmoid.keras")
+    inference.check_probabilities(np.full((2, len(CLASS_NAMES)), 1 / len(CLASS_NAMES)),
+                                  tmp_path / "softmax.keras")
+    inputs = keras.Input((16, 16, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    outputs = keras.layers.Dense(len(CLASS_NAMES) + 1, activation="softmax")(pooled)
+    path = tmp_path / "nine.keras"
+    keras.Model(inputs, outputs).save(path)
+    inference.write_sidecar(path, label="Nine outputs", image_size=16,
+                            resize_method="bilinear", crop_fraction=1.0)
+    with pytest.raises(inference.ModelFileError, match="9 outputs but"):
         inference.load_model(path)
 
 
