@@ -104,3 +104,34 @@ def test_the_command_needs_a_model_and_a_folder_and_names_what_is_wrong(tmp_path
     assert resolution.main([str(tmp_path / "none.keras"), str(tmp_path / "data"),
                             "--run", str(tmp_path / "no-run")]) == 1
     assert "No split" in capsys.readouterr().err
+
+
+def test_the_check_scores_each_model_on_the_originals_and_on_their_half_copies(tmp_path,
+                                                                              monkeypatch):
+    from types import SimpleNamespace
+
+    paths = []
+    for index in range(4):
+        path = tmp_path / f"a{index}.jpg"
+        path.write_bytes(_jpeg(200, 202))
+        paths.append(str(path))
+    images = pd.DataFrame({"path": paths, "label": ["a"] * 4, "sha256": list("wxyz"),
+                           "split": ["train", "train", "test", "validation"]})
+
+    def width(path) -> int:
+        with Image.open(path) as image:
+            return image.size[0]
+
+    def by_width(loaded, files, progress):  # right at full size, wrong at half
+        return np.eye(2)[[0 if width(path) > 150 else 1 for path in files]]
+
+    monkeypatch.setattr(half_resolution.inference, "predict_probabilities", by_width)
+    model = SimpleNamespace(class_names=("a", "b"), label="Sized", path=tmp_path / "m.keras")
+    table = half_resolution.resolution_check([model], images, root=tmp_path)
+    assert table["images"].tolist() == ["all images", "not trained on"]
+    assert table["n_images"].tolist() == [4, 2]
+    assert table["original"].tolist() == ["200x202"] * 2
+    assert table["half"].tolist() == ["100x101"] * 2
+    assert table["accuracy_original"].tolist() == [1.0, 1.0]
+    assert table["accuracy_half"].tolist() == [0.0, 0.0] and table["changed"].tolist() == [4, 2]
+    assert table["file"].tolist() == ["m.keras"] * 2
