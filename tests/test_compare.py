@@ -315,6 +315,14 @@ BUDGETS = pd.DataFrame({"CNN": {"initial weights": "random", "input (pixels)": "
                         "ResNet50, random init": {"initial weights": "random",
                                                   "input (pixels)": "64x64",
                                                   "crop fraction": "1", "converged": "yes"}})
+# The same terms for both models, both converged: a verdict may name a winner.
+EQUAL_BUDGETS = BUDGETS.assign(CNN=BUDGETS["ResNet50, random init"])
+# A test report and a training cost with every field comparison_table reads.
+TABLE_REPORT = {"accuracy": 0.9, "accuracy_ci95": [0.8, 0.95], "macro_f1": 0.9,
+                "macro_f1_ci95": [0.8, 0.95], "balanced_accuracy": 0.9,
+                "roc_auc_macro_ovr": 0.99, "validation_accuracy": 0.9,
+                "calibration": {"ece_before": 0.1, "ece_after": 0.05}}
+TABLE_COST = {"training_minutes": 1.0, "images_per_second": 10.0, "parameters": 10}
 PAIR = pd.DataFrame({"all models": [4]}, index=pd.Index(["ig / neutrophil"], name="pair"))
 NONE = PAIR.iloc[:0]
 PAIRS = {"CNN": PAIR, "ResNet50, random init": NONE}
@@ -354,7 +362,7 @@ def test_the_conclusion_follows_the_numbers():
     assert "input (pixels):" not in text  # equal for both: not a difference
     assert "borderline" not in text
     # Equal terms, both converged: the plain verdict_sentence, with its scope.
-    equal = BUDGETS.assign(CNN=BUDGETS["ResNet50, random init"])
+    equal = EQUAL_BUDGETS
     text = verdict.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, equal)
     assert "**CNN is more accurate than ResNet50, random init** on images like these" in text
     assert "equal terms" not in text and "had not converged" not in text
@@ -399,7 +407,7 @@ def test_the_conclusion_follows_the_numbers():
 ])
 def test_models_trained_on_other_terms_get_no_bare_winner(row, values, said):
     labels = ("CNN", "ResNet50, random init")
-    equal = BUDGETS.assign(CNN=BUDGETS["ResNet50, random init"])
+    equal = EQUAL_BUDGETS
     same = equal.copy()
     same.loc[row] = [values[0], values[0]]
     assert "**CNN is more accurate than" in verdict.conclusion(
@@ -413,7 +421,7 @@ def test_models_trained_on_other_terms_get_no_bare_winner(row, values, said):
 
 def test_an_interval_touching_zero_or_a_p_of_exactly_0_05_is_no_clear_verdict():
     labels = ("CNN", "ResNet50, random init")
-    equal = BUDGETS.assign(CNN=BUDGETS["ResNet50, random init"])
+    equal = EQUAL_BUDGETS
     touching = {**DIFFERENCE, "accuracy": {**DIFFERENCE["accuracy"], "ci95": [0.0, 0.08]}}
     text = verdict.conclusion(touching, labels, MCNEMAR, PAIRS, equal)
     assert "**the difference is borderline**: the interval includes zero" in text
@@ -428,13 +436,9 @@ def test_caveats_mark_the_rows_of_the_comparison_table():
     assert limits == {"CNN": ["not converged", "unequal terms (crop)"],
                       "ResNet50, random init": ["random init: not transfer learning",
                                                 "unequal terms (crop)"]}
-    equal = BUDGETS.assign(CNN=BUDGETS["ResNet50, random init"])
+    equal = EQUAL_BUDGETS
     assert verdict.caveats(equal)["CNN"] == []
-    report = {"accuracy": 0.9, "accuracy_ci95": [0.8, 0.95], "macro_f1": 0.9,
-              "macro_f1_ci95": [0.8, 0.95], "balanced_accuracy": 0.9,
-              "roc_auc_macro_ovr": 0.99, "validation_accuracy": 0.9,
-              "calibration": {"ece_before": 0.1, "ece_after": 0.05}}
-    cost = {"training_minutes": 1.0, "images_per_second": 10.0, "parameters": 10}
+    report, cost = TABLE_REPORT, TABLE_COST
     table = compare.comparison_table({"CNN": report, "ResNet50, random init": report},
                                      {"CNN": cost, "ResNet50, random init": cost},
                                      limits=verdict.caveats(equal))
@@ -444,11 +448,7 @@ def test_caveats_mark_the_rows_of_the_comparison_table():
 
 def test_the_seed_count_reads_back_from_the_csv_as_whole_numbers_for_every_model(tmp_path):
     # The HTML report reads comparison.csv: a count beside an empty cell came back as 3.0000.
-    report = {"accuracy": 0.9, "accuracy_ci95": [0.8, 0.95], "macro_f1": 0.9,
-              "macro_f1_ci95": [0.8, 0.95], "balanced_accuracy": 0.9,
-              "roc_auc_macro_ovr": 0.99, "validation_accuracy": 0.9,
-              "calibration": {"ece_before": 0.1, "ece_after": 0.05}}
-    cost = {"training_minutes": 1.0, "images_per_second": 10.0, "parameters": 10}
+    report, cost = TABLE_REPORT, TABLE_COST
     spread = pd.DataFrame({"test accuracy": [0.9, 0.91, 0.92],
                            "test macro-F1": [0.9, 0.9, 0.9], "training minutes": [1, 2, 3]})
     table = compare.comparison_table({"CNN": report, "ResNet": report},
