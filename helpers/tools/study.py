@@ -444,7 +444,7 @@ def notebook_line(counter: str, done: int, total: int, elapsed: float,
         return fit_width(final_line(counter, done, total, elapsed, expected), width)
     line = f"{counter}: cell {done + 1}/{total}, {progress_view.clock(elapsed)}"
     if expected is not None:
-        line += f" of ~{progress_view.clock(round(expected))}"  # as the estimate printed it
+        line += f" of {_about(expected)}"
     if progress is None:
         return fit_width(line, width)
     now = time.time() if now is None else now
@@ -459,8 +459,12 @@ def final_line(counter: str, done: int, total: int, elapsed: float,
     """The line a notebook leaves: "[3/5] 03_train_cnn: 31/31 cells, 32:10", and with the
     estimate's seconds ``expected``, " (expected ~39:48)"."""
     line = f"{counter}: {done}/{total} cells, {progress_view.clock(elapsed)}"
-    return line if expected is None else (
-        f"{line} (expected ~{progress_view.clock(round(expected))})")
+    return line if expected is None else f"{line} (expected {_about(expected)})"
+
+
+def _about(seconds: float) -> str:
+    """The estimate's seconds as "~MM:SS", rounded as the estimate printed them ("12 s")."""
+    return f"~{progress_view.clock(round(seconds))}"
 
 
 def _terminal_width() -> int:
