@@ -824,7 +824,7 @@ def test_after_finish_the_notebooks_model_is_the_kept_one(run):
 
 
 def _two_phases(run, *, freeze_in_phase_2=(), phase_1_rate=2e-3, phase_2_rate=5e-4,
-                stop_phase_2_after=0):
+                stop_phase_1_after=0, stop_phase_2_after=0):
     """A two-phase recipe as notebook 4 writes it: phase 2 unfreezes the layers but those
     named in ``freeze_in_phase_2``, at a rate that is a parameter of phase 2 alone. Returns
     which phases trained."""
@@ -840,7 +840,8 @@ def _two_phases(run, *, freeze_in_phase_2=(), phase_1_rate=2e-3, phase_2_rate=5e
     if training_run.needs_training(model, "first", later_parameters=("PHASE_2_RATE",)):
         trained.append("first")
         model.fit(train_data, validation_data=validation_data, epochs=2, verbose=0,
-                  callbacks=training_run.callbacks("first", precise_batchnorm_images=16))
+                  callbacks=training_run.callbacks("first", precise_batchnorm_images=16,
+                                                   stop_after_epoch=stop_phase_1_after))
         training_run.end_phase("first")
     model.load_weights(training_run.checkpoint("first"))
     for layer in model.layers:
@@ -890,6 +891,15 @@ def test_an_unfinished_phase_whose_recipe_changed_starts_again(run, capsys):
     assert "changed since it started" in capsys.readouterr().out
     history = run.read_history("two")
     assert history["epoch"].tolist() == [0, 1, 2, 3]
+    assert run.finished_phases("two") == {"first": 2}
+
+
+def test_a_phase_killed_before_its_end_resumes_rather_than_counting_as_finished(run):
+    with pytest.raises(callbacks.TrainingStoppedError):
+        _two_phases(run, stop_phase_1_after=1)  # killed after phase 1's first epoch
+    # Same recipe, so the fingerprint matches; the phase never ended, so it must train on.
+    assert _two_phases(run) == ["first", "last"]
+    assert run.read_history("two")["epoch"].tolist() == [0, 1, 2, 3]
     assert run.finished_phases("two") == {"first": 2}
 
 
