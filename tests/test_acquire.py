@@ -121,6 +121,16 @@ def test_medmnist_size_must_be_published(tmp_path):
         acquire.acquire("medmnist", cache_dir=tmp_path, medmnist_size=32)
 
 
+def test_a_server_that_answers_with_an_error_status_is_reachable(file_server):
+    base, _, requests = file_server
+    # The server has no HEAD (501) and no such file: an answer all the same, so the network
+    # works and the download itself reports what went wrong, not "no network".
+    acquire.check_reachable(f"{base}/missing.npz", "kaggle")
+    with pytest.raises(DataSourceError, match="Cannot reach .*no network"):
+        acquire.check_reachable(UNREACHABLE, "kaggle")
+    assert requests == []  # HEAD never reached do_GET
+
+
 def test_kaggle_offline_fails_fast_naming_the_other_sources(monkeypatch):
     monkeypatch.setattr(acquire, "KAGGLE_URL", UNREACHABLE)
     with pytest.raises(DataSourceError) as error:
