@@ -156,6 +156,30 @@ def test_a_model_whose_outputs_are_not_probabilities_is_refused(synthetic_source
         inference.load_model(path)
 
 
+def test_outputs_that_stop_being_probabilities_on_some_image_are_refused(tmp_path):
+    """A softmax plus relu(mean pixel - 200): probabilities for the grey image of the load
+    check, not for a white image. Every batch is checked, not only the first."""
+    inputs = keras.Input((16, 16, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    softmax = keras.layers.Dense(len(CLASS_NAMES), activation="softmax")(pooled)
+    bright = keras.layers.Dense(len(CLASS_NAMES), activation="relu", name="bright")(pooled)
+    path = tmp_path / "bright.keras"
+    model = keras.Model(inputs, keras.layers.Add()([softmax, bright]))
+    model.get_layer("bright").set_weights([np.full((3, len(CLASS_NAMES)), 1 / 3),
+                                           np.full(len(CLASS_NAMES), -200.0)])
+    model.save(path)
+    inference.write_sidecar(path, label="Bright breaks it", image_size=16,
+                            resize_method="bilinear", crop_fraction=1.0)
+    loaded = inference.load_model(path)  # the grey image passes
+    images = []
+    for name, value in (("grey", 128), ("white", 255)):
+        images.append(tmp_path / f"{name}.png")
+        Image.new("RGB", (16, 16), (value,) * 3).save(images[-1])
+    assert inference.predict_probabilities(loaded, images[:1], batch_size=1).shape == (1, 8)
+    with pytest.raises(inference.ModelFileError, match="not class probabilities"):
+        inference.predict_probabilities(loaded, images, batch_size=1)
+
+
 def test_sigmoid_rows_and_more_outputs_than_classes_are_refused(tmp_path):
     # Each value in [0, 1] but rows not summing to 1: a sigmoid head, not class probabilities.
     sigmoid = np.full((2, len(CLASS_NAMES)), 0.5)
