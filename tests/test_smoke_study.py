@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import cluster, ensemble, fingerprints, inference, models
+from helpers import cluster, ensemble, fingerprints, images, inference, models
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
 from helpers.tools import study
@@ -289,6 +289,17 @@ def test_a_finished_ensemble_is_kept_and_any_change_saves_it_again(smoke_run, tm
         assert fingerprints.recipe_fingerprint(
             build(ensemble.load_members(copy, seeds))) == fingerprint
 
+    def members_resize_otherwise() -> None:
+        """Every member's sidecar names another resize (the model files unchanged): the
+        ensemble's input must follow them."""
+        for seed in seeds:
+            loaded = inference.load_model(copy.model(seed))
+            other = next(method for method in images.RESIZE_METHODS
+                         if method != loaded.resize_method)
+            inference.write_sidecar(copy.model(seed), label=loaded.label,
+                                    image_size=loaded.image_size, resize_method=other,
+                                    crop_fraction=loaded.crop_fraction)
+
     def as_an_earlier_version_recorded_it() -> None:
         record = json.loads(copy.run_record("cnn_ensemble").read_text())
         del record["configuration_sha256"], record["model_sha256"]
@@ -302,6 +313,7 @@ def test_a_finished_ensemble_is_kept_and_any_change_saves_it_again(smoke_run, tm
     changes = {
         "label": lambda: state.update(label=label + ", relabelled"),
         "member trained again": retrain_a_member,
+        "members' image settings": members_resize_otherwise,
         "recipe": lambda: state.update(build=lambda members: keras.Model(
             members[0].inputs, members[0].outputs, name="cnn_ensemble")),
         "record of an earlier version": as_an_earlier_version_recorded_it,
