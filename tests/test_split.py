@@ -1,13 +1,15 @@
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import audit, data, split, synthetic
+from helpers import acquire, audit, data, split, synthetic
 from helpers.errors import DataError, StaleSplitError
 from helpers.labels import CLASS_NAMES
+from helpers.runfolder import RunFolder
 
 
 @pytest.fixture()
@@ -188,6 +190,19 @@ def test_split_command(synthetic_source, tmp_path, capsys):
     assert "Reused the saved split" in capsys.readouterr().out
     assert data.main(["split", str(root), "--out", str(split_csv), "--seed", "4"]) == 1
     assert "seed 3" in capsys.readouterr().err
+
+
+def test_a_run_folder_inside_a_downloaded_data_folder_is_refused_before_the_split(
+        synthetic_source, tmp_path, monkeypatch, capsys):
+    # Where a download lands is known only once it is there (Kaggle's or Zenodo's cache).
+    download = tmp_path / "download"
+    shutil.copytree(synthetic_source[0], download)
+    monkeypatch.setattr(acquire, "acquire", lambda source, **options: download)
+    run = RunFolder(download / "basophil" / "myrun")
+    for source in ("kaggle", "medmnist"):
+        assert data.main(["prepare", "--source", source, "--run-dir", str(run.root)]) == 1
+        assert "lies inside the data folder" in capsys.readouterr().err
+        assert not run.split_csv.exists() and not run.audit_json.exists()
 
 
 def test_preparing_a_run_folder_inside_the_data_folder_is_refused_before_anything_is_made(
