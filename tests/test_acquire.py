@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import acquire, data
+from helpers import acquire, data, synthetic
 from helpers.errors import DataLayoutError, DataSourceError
 from helpers.labels import CLASS_NAMES
 
@@ -225,3 +225,18 @@ def test_synthetic_command(tmp_path, capsys):
                       "--image-size", "24"]) == 0
     assert len(list(Path(tmp_path / "syn").glob("*/*.jpg"))) >= 16
     assert "not_image" in capsys.readouterr().out
+
+
+def test_a_synthetic_dataset_is_a_function_of_its_seed(tmp_path):
+    def drawn(folder, seed):
+        synthetic.make_synthetic_dataset(tmp_path / folder, images_per_class=2, image_size=24,
+                                         seed=seed)
+        return {path.relative_to(tmp_path / folder): path.read_bytes()
+                for path in sorted((tmp_path / folder).rglob("*")) if path.is_file()}
+
+    first = drawn("a", 3)
+    assert drawn("b", 3) == first
+    other = drawn("c", 4)
+    assert other.keys() == first.keys()
+    assert all(other[path] != first[path] for path in first
+               if path.suffix == ".jpg" and "DS_" not in path.name)
