@@ -320,3 +320,15 @@ def test_terminal_text_escapes_control_characters_and_keeps_the_rest():
     assert files.terminal_text("basophil/BA_1.jpg") == "basophil/BA_1.jpg"
     assert files.terminal_text("ü 細胞.jpg") == "ü 細胞.jpg"
     assert files.terminal_text("a\nb\tc\x1b\x7f\u202e.jpg") == "a\\x0ab\\x09c\\x1b\\x7f\\u202e.jpg"
+
+
+def test_special_files_are_named_for_what_they_are(tmp_path):
+    assert files.file_kind("/dev/null") == "device"  # a character device
+    block = next((path for path in Path("/dev").iterdir() if path.is_block_device()), None)
+    if block is None:
+        pytest.skip("no block device under /dev on this machine")
+    assert files.file_kind(block) == "device"
+    os.mkfifo(tmp_path / "pipe")
+    assert files.file_kind(tmp_path / "pipe") == "FIFO"
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    assert files.file_kind(tmp_path / "gone") == "link to nothing"
