@@ -58,8 +58,9 @@ def select_images(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     repeated = images.duplicated("sha256", keep="first")  # keeps the first path in order
     first_path = images.drop_duplicates("sha256").set_index("sha256")["path"]
     copies = images[repeated]
+    # Built per row: pandas 2.2 maps an empty column to float64, which no text adds to.
     excluded.append(copies[["path", "label"]].assign(
-        reason=DUPLICATE_OF + copies["sha256"].map(first_path)))
+        reason=[DUPLICATE_OF + first_path[content] for content in copies["sha256"]]))
     kept = images[~repeated].reset_index(drop=True)
     return kept, pd.concat(excluded, ignore_index=True).sort_values("path", ignore_index=True)
 

@@ -79,6 +79,23 @@ def test_split_does_not_depend_on_file_order(synthetic_audit):
     pd.testing.assert_frame_equal(split.assign_splits(images, 5), split.assign_splits(shuffled, 5))
 
 
+def test_selection_of_a_folder_with_no_copies_or_no_usable_image(synthetic_audit):
+    """Empty parts of the selection (no copies, nothing usable) under every pandas the
+    requirements admit: pandas 2.2 gave empty columns another dtype and failed here."""
+    index = synthetic_audit.index
+    all_images, all_excluded = split.select_images(index)
+    copies = all_excluded["reason"].str.startswith(split.DUPLICATE_OF)
+    assert copies.sum() == 1
+    without_copies = index[~index["path"].isin(all_excluded.loc[copies, "path"])]
+    images, excluded = split.select_images(without_copies)
+    pd.testing.assert_frame_equal(images, all_images)
+    assert not excluded["reason"].str.startswith(split.DUPLICATE_OF).any()
+    unusable = index[~split.usable_mask(index)]
+    images, excluded = split.select_images(unusable)
+    assert images.empty and sorted(excluded["path"]) == sorted(unusable["path"])
+    assert all(isinstance(reason, str) and reason for reason in excluded["reason"])
+
+
 def test_saved_split_is_reused_when_data_unchanged(made_split, synthetic_audit):
     result, split_csv = made_split
     before = split_csv.read_bytes()
