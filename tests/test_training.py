@@ -205,6 +205,32 @@ def test_callbacks_need_the_data_and_cover_the_standard_set(run):
                      "BackupAndRestore", "StopAfterEpoch"]
 
 
+def test_a_phase_checkpoint_competes_with_its_own_epochs_only(tmp_path):
+    """On resume the checkpoint's best comes from the history of this phase, its first epoch
+    included; a new phase starts from nothing, so its own best is saved even when phase 1's
+    was lower (else phase 1's model would pass for phase 2's). Precise BatchNorm gets at
+    least one batch."""
+    history_csv = tmp_path / "history.csv"
+    pd.DataFrame({"epoch": range(5), "loss": 1.0,
+                  "val_loss": [0.1, 0.2, 0.3, 0.5, 0.6]}).to_csv(history_csv, index=False)
+    data = tf.data.Dataset.from_tensor_slices((np.zeros((8, 4, 4, 3)), np.zeros(8))).batch(8)
+
+    def built(initial_epoch: int) -> dict:
+        made = callbacks.standard_callbacks(
+            checkpoint=tmp_path / "kept.keras", history_csv=history_csv,
+            backup_dir=tmp_path / "backup", training_data=data, validation_data=data,
+            global_batch_size=32, training_images=8, steps_per_epoch=1,
+            epoch_counter=None, seed=0, diverged=lambda *details: RuntimeError(details),
+            progress_name="tiny", progress_phase=None, initial_epoch=initial_epoch,
+            precise_batchnorm_images=16)
+        return {type(callback).__name__: callback for callback in made}
+
+    assert built(0)["BestCheckpoint"].best == 0.1
+    assert built(2)["BestCheckpoint"].best == 0.3  # phase 2 resumed after its epochs 2-4
+    assert built(5)["BestCheckpoint"].best == math.inf  # phase 2 starting after epoch 4
+    assert built(0)["PreciseBatchNorm"].batches == 1  # 16 images, batches of 32
+
+
 def test_the_checkpoint_without_selection_saves_an_epoch_worse_than_the_best(tmp_path):
     saved = []
 
@@ -901,6 +927,23 @@ def test_a_phase_killed_before_its_end_resumes_rather_than_counting_as_finished(
     assert _two_phases(run) == ["first", "last"]
     assert run.read_history("two")["epoch"].tolist() == [0, 1, 2, 3]
     assert run.finished_phases("two") == {"first": 2}
+
+
+def test_a_finished_phase_whose_recipe_changed_trains_again_though_a_later_one_was_killed(
+        run):
+    with pytest.raises(callbacks.TrainingStoppedError):
+        _two_phases(run, stop_phase_2_after=3)  # phase 1 finished, phase 2 killed
+    assert not run.model("two", "first").exists()  # nothing published yet
+    assert _two_phases(run, phase_1_rate=1e-3) == ["first", "last"]
+    assert run.read_history("two")["epoch"].tolist() == [0, 1, 2, 3]
+    assert run.finished_phases("two") == {"first": 2}
+    fresh = RunFolder(run.root.parent / "fresh")
+    shutil.copytree(run.root / "data", fresh.root / "data")
+    _two_phases(fresh, phase_1_rate=1e-3)  # the edited recipe, never interrupted
+    for kept, never_killed in zip(keras.saving.load_model(run.model("two", "first")).weights,
+                                  keras.saving.load_model(fresh.model("two", "first")).weights,
+                                  strict=True):
+        np.testing.assert_allclose(kept.numpy(), never_killed.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_a_run_of_edited_code_is_not_recorded_as_the_commit(tmp_path):
