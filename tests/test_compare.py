@@ -43,8 +43,22 @@ def test_test_report_scores_the_test_split_and_is_saved(scored_run):
     test = pd.read_csv(run.predictions("cnn", "test"))
     assert test["path"].tolist() == sorted(split_frame.loc[split_frame["split"] == "test",
                                                            "path"])
-    assert run.predictions("cnn", "test", tta=True).exists()
     assert report["label"] == "Baseline CNN"
+    # Each row's true label is its image's, and the accuracy is the rows' own.
+    labels = split_frame.set_index("path")["label"]
+    assert test["label"].tolist() == labels[test["path"]].tolist()
+    assert report["accuracy"] == pytest.approx((test["label"] == test["predicted"]).mean())
+    # The TTA predictions are the 8 views' average, not the plain ones again.
+    loaded = inference.load_model(run.model("cnn"))
+    augmented = pd.read_csv(run.predictions("cnn", "test", tta=True))
+    _, data_root = run.load_split()
+    expected = inference.predict_probabilities(
+        loaded, [str(data_root / path) for path in augmented["path"]], tta=True)
+    np.testing.assert_allclose(scoring.probabilities_of(augmented, loaded.class_names),
+                               expected, atol=1e-5)
+    assert not np.allclose(expected, scoring.probabilities_of(test, loaded.class_names))
+    assert report["tta"]["accuracy"] == pytest.approx(
+        (augmented["label"] == augmented["predicted"]).mean())
 
 
 def test_a_report_without_tta_sets_the_earlier_tta_predictions_aside(scored_run, tmp_path,
