@@ -188,8 +188,12 @@ def test_the_best_seed_on_validation_is_kept_and_the_spread_covers_every_seed(sc
         run.validation_metrics(name).parent.mkdir(exist_ok=True)
         run.validation_metrics(name).write_text(json.dumps(
             {"n_images": 10, "accuracy": accuracy, "macro_f1": accuracy}))
+    # Phases that tell the seeds apart: the kept run must carry the kept seed's.
+    for name, boundary in (("cnn_seed1", 1), ("cnn_seed2", 2)):
+        files.write_json({"first": boundary}, run.phases(name))
     kept_as = "cnn_kept"
     assert publish.keep_best_run(run, names, kept_as) == "cnn_seed2"
+    assert run.finished_phases(kept_as) == {"first": 2}
     assert run.model(kept_as).read_bytes() == run.model("cnn_seed2").read_bytes()
     assert run.history(kept_as).read_text() == run.history("cnn_seed2").read_text()
     record = run.read_run_record(kept_as)

@@ -21,6 +21,7 @@ from helpers import (
     callbacks,
     data,
     devices,
+    files,
     fingerprints,
     inference,
     liveprogress,
@@ -814,6 +815,25 @@ def test_a_finished_run_with_a_missing_file_trains_again_under_the_run_folders_l
     assert not runlock.lock_path(run.root).exists()
 
 
+def test_a_publish_killed_midway_leaves_a_run_that_counts_as_unfinished(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    for path in (run.model("tiny"), inference.sidecar_path(run.model("tiny")),
+                 run.history("tiny"), run.run_record("tiny"), run.validation_metrics("tiny")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    assert publish.missing_files(run, "tiny") == []
+    files.write_json({"first": 2}, run.phases("tiny"))  # a two-phase run needs its phase model
+    assert publish.missing_files(run, "tiny") == ["models/tiny_first.keras"]
+    run.model("tiny", "first").write_text("{}")
+
+    def killed() -> dict:
+        raise KeyboardInterrupt  # as a kill in the middle of copying the new run's files
+
+    with pytest.raises(KeyboardInterrupt):
+        publish.publish(run, "tiny", killed)
+    assert publish.missing_files(run, "tiny") == ["metrics/tiny_validation.json"]
+
+
 def test_finish_refuses_a_history_with_a_non_finite_loss(run):
     """A run trained without the standard callbacks (so without the guard) is checked too."""
     training_run, _ = _train_tiny(run, epochs=1)
@@ -908,6 +928,15 @@ def test_an_edited_phase_retrains_from_that_phase_and_no_earlier(run):
     assert _two_phases(run, freeze_in_phase_2=("block1_conv1",), phase_1_rate=1e-3,
                        phase_2_rate=1e-3) == ["first", "last"]
     assert run.model("two", "first").read_bytes() != first_model
+
+
+def test_a_one_phase_run_replacing_a_two_phase_one_leaves_no_phase_model(run):
+    _two_phases(run)
+    assert run.model("two", "first").exists()
+    training_run, _ = _train_tiny(run, name="two", epochs=2)
+    training_run.finish()
+    assert not run.model("two", "first").exists() and run.finished_phases("two") == {}
+    assert publish.missing_files(run, "two") == []
 
 
 def test_an_unfinished_phase_whose_recipe_changed_starts_again(run, capsys):
