@@ -256,6 +256,10 @@ def convergence(epochs: pd.DataFrame, gain: float = CONVERGED_ACCURACY_GAIN,
     return f"no: validation accuracy rose {rise:+.3f} in its last {window} epochs"
 
 
+# The budget row of every seed's training time, which the verdict lists when it differs.
+ALL_MINUTES = "minutes (final runs, all seeds)"
+
+
 def training_budget(run: RunFolder, name: str, loaded: inference.LoadedModel,
                     gain: float = CONVERGED_ACCURACY_GAIN) -> dict:
     """What model NAME saw and spent in training: weights, input, images, epochs, seeds,
@@ -277,7 +281,7 @@ def training_budget(run: RunFolder, name: str, loaded: inference.LoadedModel,
         "epochs (frozen + unfrozen)" if "+" in epochs else "epochs": epochs,
         "seeds trained": max(1, len(candidates)),
         "minutes (kept run)": minutes,
-        "minutes (final runs, all seeds)": all_minutes,
+        ALL_MINUTES: all_minutes,
         "converged": convergence(history, gain),
         "number format": record.get("precision", "?"),
         "parameters": int(loaded.model.count_params()),
@@ -292,7 +296,7 @@ def budget_table(budgets: dict[str, dict]) -> pd.DataFrame:
         table["epochs"] = table[epochs].bfill(axis=1).iloc[:, 0]
         table = table.drop(columns=[column for column in epochs if column != "epochs"])
         table = table.rename(columns={"epochs": "epochs (frozen + unfrozen where two)"})
-    for column in ("minutes (kept run)", "minutes (final runs, all seeds)"):
+    for column in ("minutes (kept run)", ALL_MINUTES):
         table[column] = table[column].map(lambda minutes: f"{minutes:.1f}")
     table["crop fraction"] = table["crop fraction"].map(lambda fraction: f"{fraction:g}")
     for column in ("training images", "parameters"):

@@ -149,7 +149,7 @@ def conclusion(difference: dict, labels: tuple[str, str], mcnemar: dict,
     if confused:
         lines.append("The classes each model confuses: " + "; ".join(confused) + ".")
     listed = differing + [row for row in budgets.index
-                          if row == "minutes (final runs, all seeds)"
+                          if row == compare.ALL_MINUTES
                           and budgets.loc[row].astype(str).nunique() > 1]
     if differing:
         lines.append("What differed, so this compares the two recipes as run, not the "

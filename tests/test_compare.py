@@ -418,6 +418,34 @@ def test_the_conclusion_follows_the_numbers():
     assert "3 seeds" in text and "-0.0300 ± 0.0100" in text
 
 
+def test_the_conclusion_says_what_macro_f1_seeds_confusions_and_minutes_add():
+    labels = ("CNN", "ResNet50, random init")
+    f1_unsure = {**DIFFERENCE, "macro_f1": {**DIFFERENCE["macro_f1"], "ci95": [-0.01, 0.09]}}
+    text = verdict.conclusion(f1_unsure, labels, MCNEMAR, PAIRS, EQUAL_BUDGETS)
+    assert ("Macro-F1, which weighs every class alike, does not separate the models where "
+            "accuracy does: the difference lies in the large classes.") in text
+    text = verdict.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, EQUAL_BUDGETS)
+    assert "Macro-F1, which weighs" not in text  # both intervals exclude zero
+    two_seeds = pd.DataFrame({"accuracy difference": [0.04, 0.06]})
+    assert "CNN was trained with 2 seeds" in verdict.conclusion(
+        DIFFERENCE, labels, MCNEMAR, PAIRS, EQUAL_BUDGETS, two_seeds)
+    assert "trained with" not in verdict.conclusion(
+        DIFFERENCE, labels, MCNEMAR, PAIRS, EQUAL_BUDGETS, two_seeds.iloc[:1])
+    pairs = {"CNN": pd.DataFrame({"all models": [4, 1]}, index=pd.Index(
+        ["ig / neutrophil", "basophil / monocyte"], name="pair")), "ResNet50, random init": NONE}
+    text = verdict.conclusion(DIFFERENCE, labels, MCNEMAR, pairs, EQUAL_BUDGETS)
+    assert ("CNN most between ig / neutrophil (4 test images); ResNet50, random init makes no "
+            "error") in text
+    minutes = BUDGETS.copy()  # the crop differs; so do the minutes, listed with it
+    minutes.loc[compare.ALL_MINUTES] = ["12.0", "30.5"]
+    text = verdict.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, minutes)
+    assert (f"- {compare.ALL_MINUTES}: 12.0 for CNN; 30.5 for ResNet50, random init"
+            in text)
+    minutes.loc[compare.ALL_MINUTES] = ["12.0", "12.0"]
+    assert compare.ALL_MINUTES not in verdict.conclusion(
+        DIFFERENCE, labels, MCNEMAR, PAIRS, minutes)
+
+
 @pytest.mark.parametrize("row, values, said", [
     ("epochs (frozen + unfrozen where two)", ["15", "1 + 3"], "epochs"),
     ("training images", ["10,160", "5,000"], "training images"),
