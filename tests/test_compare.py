@@ -98,6 +98,8 @@ def test_temperature_is_fitted_on_validation_and_applied_to_test(scored_run):
               for subset in ("validation", "test")}
     y = {subset: scoring.true_indices(frame, loaded.class_names)
          for subset, frame in frames.items()}
+    with pytest.raises(DataError, match="does not know: \\['alien'\\]"):
+        scoring.true_indices(frames["test"].assign(label="alien"), loaded.class_names)
     probabilities = {subset: scoring.probabilities_of(frame, loaded.class_names)
                      for subset, frame in frames.items()}
     calibration = report["calibration"]
@@ -125,7 +127,7 @@ HISTORY = pd.DataFrame({
 })
 
 
-def test_learning_dynamics_from_a_history():
+def test_learning_dynamics_from_a_history(tmp_path):
     dynamics = histories.learning_dynamics(HISTORY, threshold=0.95)
     assert dynamics == pytest.approx({
         "epochs": 4, "best_epoch": 2, "best_val_accuracy": 0.96,
@@ -140,6 +142,16 @@ def test_learning_dynamics_from_a_history():
     assert histories.learning_dynamics(noise)["overfitting_from"] is None
     assert histories.learning_dynamics(
         noise.assign(val_loss=[0.9, 0.6, 0.0457, 0.0470]))["overfitting_from"] == 4
+    # Validation loss rose with training loss: instability, not overfitting.
+    both_rose = HISTORY.assign(loss=[1.0, 0.6, 0.7, 0.8])
+    assert histories.learning_dynamics(both_rose)["overfitting_from"] is None
+    # A rise that fell back by the last epoch still counts: the highest point after the best.
+    spike = HISTORY.assign(val_loss=[0.9, 0.5, 0.7, 0.505])
+    assert histories.learning_dynamics(spike)["overfitting_from"] == 3
+    # A history file without a row yet (killed before the first epoch ended) reads as none.
+    empty = tmp_path / "history.csv"
+    empty.write_text("")
+    assert histories.read_history(empty) is None
 
 
 def test_training_cost_and_comparison_table(scored_run, tmp_path):
@@ -322,6 +334,10 @@ def test_dynamics_tables_of_any_runs_concatenate_with_one_type_per_column(tmp_pa
     assert "<NA>" not in text and "None" not in text
     with pytest.raises(ValueError, match="but the dynamics table has"):
         histories.dynamics_frame({"run": {**histories.learning_dynamics(HISTORY), "new": 1}})
+    missing = histories.learning_dynamics(HISTORY)
+    del missing["gap_at_best"]
+    with pytest.raises(ValueError, match="but the dynamics table has"):
+        histories.dynamics_frame({"run": missing})  # else an empty cell, unseen
 
 
 DIFFERENCE = {"n_images": 100,

@@ -757,6 +757,14 @@ def test_a_run_of_other_epoch_randomness_is_trained_again(run, monkeypatch):
     assert _run_once(run)[0] is False
 
 
+def test_a_non_finite_validation_loss_stops_training_at_that_epoch():
+    guard = callbacks.NonFiniteLossGuard(lambda epoch, batch, values: RuntimeError(epoch))
+    guard.on_epoch_end(0, {"loss": 1.0, "val_loss": 2.0})
+    for values in ({"loss": 1.0, "val_loss": float("nan")}, {"loss": float("inf")}):
+        with pytest.raises(RuntimeError, match="^1$"):
+            guard.on_epoch_end(1, values)
+
+
 def test_a_diverged_run_fails_keeps_nothing_and_blocks_nothing(run):
     """A loss that goes non-finite stops the run with a message that says so; the run that
     finished before stays in place, and another recipe then trains without a manual step."""
