@@ -420,6 +420,17 @@ def test_a_damaged_backup_falls_back_or_starts_the_phase_again(run, tmp_path_fac
     _assert_same_run(run, straight)
 
 
+def test_a_fit_that_stopped_early_leaves_a_backup_of_every_epoch_done(tmp_path):
+    """Early stopping ends fit before its last epoch: the backup says all epochs are done,
+    so a kill before finish() does not train the epochs early stopping skipped."""
+    backup = callbacks.BackupAndRestore(tmp_path / "backup")
+    backup.metadata_path.parent.mkdir()
+    files.write_json({"epoch": 3, "batch": -1}, backup.metadata_path)  # stopped after epoch 3
+    backup.set_params({"epochs": 20})
+    backup.on_train_end()
+    assert files.read_json(backup.metadata_path) == {"epoch": 20, "batch": -1}
+
+
 def test_a_kill_after_fit_before_finish_trains_no_epoch_again(run):
     training_run, _ = _train_tiny(run, epochs=2)  # fit ended; finish() never ran
     assert not run.validation_metrics("tiny").exists()
