@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= cpu
 DATA_DIR ?=
 
-.PHONY: venv test test-colab-versions lint study notebooks clean
+.PHONY: venv test test-colab-versions test-lowest-versions lint study notebooks clean
 
 $(STAMP): requirements.txt requirements/study.txt requirements/cluster.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,19 @@ $(COLAB_VENV)/.installed: requirements.txt requirements/study.txt requirements/c
 test-colab-versions: $(COLAB_VENV)/.installed
 	$(COLAB_VENV)/bin/python -m pytest
 
+# The whole suite at the lowest versions the requirements admit
+# (.ci/lowest-constraints.txt), in its own virtualenv; PYTHON must be 3.11 or 3.12.
+LOWEST_VENV ?= .venv-lowest
+$(LOWEST_VENV)/.installed: requirements.txt requirements/study.txt requirements/cluster.txt \
+		requirements/dev.txt .ci/lowest-constraints.txt
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOWEST_VENV)/bin/python -m pip install --quiet -r requirements.txt -c .ci/lowest-constraints.txt
+	touch $@
+
+test-lowest-versions: $(LOWEST_VENV)/.installed
+	$(LOWEST_VENV)/bin/python -m pytest
+
 study: $(STAMP)
 	$(BIN)/python -m helpers.study --profile $(PROFILE) $(if $(DATA_DIR),--data-dir "$(DATA_DIR)")
 
@@ -63,4 +76,4 @@ notebooks: $(STAMP)
 	$(BIN)/python -m helpers.tools.notebooks refresh
 
 clean:
-	rm -rf $(VENV) $(COLAB_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(COLAB_VENV) $(LOWEST_VENV) .pytest_cache .ruff_cache

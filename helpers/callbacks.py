@@ -82,7 +82,8 @@ class EpochSeeds(keras.callbacks.Callback):
 
 
 def layer_epoch_key(seed: int, layer: int, epoch: int) -> int:
-    """A hash of (seed, layer, epoch) within 31 bits (Keras 3.3.3 keeps the state in uint32)."""
+    """A hash of (seed, layer, epoch) within 31 bits (as runs were first trained, when
+    Keras 3.3 kept the state in uint32)."""
     mixed = np.random.SeedSequence([seed % 2**32, layer, epoch]).generate_state(1)[0]
     return int(mixed) % 2**31
 
@@ -355,15 +356,11 @@ class BuildBeforeTracing(keras.callbacks.Callback):
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
     """Keras's BackupAndRestore, except that a finished ``fit`` leaves an "all epochs done"
-    backup, so a kill before ``TrainingRun.finish`` does not retrain. With Keras 3.7+ the
-    previous backup is kept too, for a fall-back when one is damaged mid-write."""
+    backup, so a kill before ``TrainingRun.finish`` does not retrain. The previous backup is
+    kept too, for a fall-back when one is damaged mid-write."""
 
     def __init__(self, backup_dir: Path):
-        options = {"delete_checkpoint": False}
-        if "double_checkpoint" in inspect.signature(
-                keras.callbacks.BackupAndRestore).parameters:
-            options["double_checkpoint"] = True
-        super().__init__(str(backup_dir), **options)
+        super().__init__(str(backup_dir), delete_checkpoint=False, double_checkpoint=True)
         self.metadata_path = Path(backup_dir) / "training_metadata.json"
 
     def on_train_end(self, logs=None):
@@ -399,11 +396,6 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        if self.monitor_op is None:
-            # Older Keras (3.3.3, which the requirements admit) chooses it at the first
-            # epoch's end and then resets ``best`` to infinity, throwing the restored one
-            # away; choosing it now keeps it. Newer Keras leaves ``best`` alone.
-            self._set_monitor_op()
         history = histories.read_history(self.history_csv)
         if history is None:
             return

@@ -43,6 +43,24 @@ def test_requirements_are_ranges_that_admit_colabs_versions():
         assert ranges[pinned.name.lower()].specifier.contains(version), pinned
 
 
+def test_the_lowest_versions_tested_are_the_requirements_lower_bounds():
+    """.ci/lowest-constraints.txt pins every requirement at its lower bound (or the bound's
+    first release, 2.16 -> 2.16.1), so a raised bound is tested at once."""
+    requirements = {requirement.name.lower(): requirement
+                    for path in ("study", "cluster", "dev")
+                    for requirement in colab.read_requirements(
+                        REPOSITORY / "requirements" / f"{path}.txt")}
+    pinned = {requirement.name.lower(): str(next(iter(requirement.specifier)).version)
+              for requirement in colab.read_requirements(
+                  REPOSITORY / ".ci" / "lowest-constraints.txt")}
+    assert pinned.keys() == requirements.keys()
+    for name, requirement in requirements.items():
+        floor = next(str(bound.version) for bound in requirement.specifier
+                     if bound.operator == ">=")
+        assert requirement.specifier.contains(pinned[name]), name
+        assert (pinned[name] + ".").startswith(floor + "."), (name, floor, pinned[name])
+
+
 def test_conda_environment_installs_the_same_requirements():
     environment = yaml.safe_load((REPOSITORY / "environment.yml").read_text())
     pip_entries = [entry for entry in environment["dependencies"] if isinstance(entry, dict)]
