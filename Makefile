@@ -40,31 +40,19 @@ test: lint
 	cat $(VENV)/first-half.log; \
 	exit $$(( first || second ))
 
-# The whole suite with the package versions of Google Colab's runtime
-# (.ci/colab-constraints.txt), in its own virtualenv.
-COLAB_VENV ?= .venv-colab
-$(COLAB_VENV)/.installed: requirements.txt requirements/study.txt requirements/cluster.txt \
-		requirements/dev.txt .ci/colab-constraints.txt
-	$(PYTHON) -m venv $(COLAB_VENV)
-	$(COLAB_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(COLAB_VENV)/bin/python -m pip install --quiet -r requirements.txt -c .ci/colab-constraints.txt
+# The whole suite at pinned package versions, each set in its own virtualenv .venv-NAME:
+# colab, those of Google Colab's runtime (.ci/colab-constraints.txt); lowest, the lowest the
+# requirements admit (.ci/lowest-constraints.txt; PYTHON must be 3.11 or 3.12 for them).
+PINNED_SETS := colab lowest
+$(PINNED_SETS:%=.venv-%/.installed): .venv-%/.installed: requirements.txt \
+		requirements/study.txt requirements/cluster.txt requirements/dev.txt .ci/%-constraints.txt
+	$(PYTHON) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --quiet --upgrade pip
+	.venv-$*/bin/python -m pip install --quiet -r requirements.txt -c .ci/$*-constraints.txt
 	touch $@
 
-test-colab-versions: $(COLAB_VENV)/.installed
-	$(COLAB_VENV)/bin/python -m pytest
-
-# The whole suite at the lowest versions the requirements admit
-# (.ci/lowest-constraints.txt), in its own virtualenv; PYTHON must be 3.11 or 3.12.
-LOWEST_VENV ?= .venv-lowest
-$(LOWEST_VENV)/.installed: requirements.txt requirements/study.txt requirements/cluster.txt \
-		requirements/dev.txt .ci/lowest-constraints.txt
-	$(PYTHON) -m venv $(LOWEST_VENV)
-	$(LOWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LOWEST_VENV)/bin/python -m pip install --quiet -r requirements.txt -c .ci/lowest-constraints.txt
-	touch $@
-
-test-lowest-versions: $(LOWEST_VENV)/.installed
-	$(LOWEST_VENV)/bin/python -m pytest
+$(PINNED_SETS:%=test-%-versions): test-%-versions: .venv-%/.installed
+	.venv-$*/bin/python -m pytest
 
 study: $(STAMP)
 	$(BIN)/python -m helpers.study --profile $(PROFILE) $(if $(DATA_DIR),--data-dir "$(DATA_DIR)")
@@ -76,4 +64,4 @@ notebooks: $(STAMP)
 	$(BIN)/python -m helpers.tools.notebooks refresh
 
 clean:
-	rm -rf $(VENV) $(COLAB_VENV) $(LOWEST_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PINNED_SETS:%=.venv-%) .pytest_cache .ruff_cache
