@@ -35,8 +35,8 @@ def scored_run(synthetic_source, tmp_path_factory):
 
 
 def test_test_report_scores_the_test_split_and_is_saved(scored_run):
-    run, _, report = scored_run
-    split_frame, _ = run.load_split()
+    run, loaded, report = scored_run
+    split_frame, data_root = run.load_split()
     assert report["n_images"] == int((split_frame["split"] == "test").sum())
     saved = json.loads(run.test_metrics("cnn").read_text())
     assert saved["accuracy"] == report["accuracy"] and saved.keys() == report.keys()
@@ -49,9 +49,7 @@ def test_test_report_scores_the_test_split_and_is_saved(scored_run):
     assert test["label"].tolist() == labels[test["path"]].tolist()
     assert report["accuracy"] == pytest.approx((test["label"] == test["predicted"]).mean())
     # The TTA predictions are the 8 views' average, not the plain ones again.
-    loaded = inference.load_model(run.model("cnn"))
     augmented = pd.read_csv(run.predictions("cnn", "test", tta=True))
-    _, data_root = run.load_split()
     expected = inference.predict_probabilities(
         loaded, [str(data_root / path) for path in augmented["path"]], tta=True)
     np.testing.assert_allclose(scoring.probabilities_of(augmented, loaded.class_names),

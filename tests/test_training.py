@@ -975,8 +975,7 @@ def test_a_finished_phase_whose_recipe_changed_trains_again_though_a_later_one_w
     assert _two_phases(run, phase_1_rate=1e-3) == ["first", "last"]
     assert run.read_history("two")["epoch"].tolist() == [0, 1, 2, 3]
     assert run.finished_phases("two") == {"first": 2}
-    fresh = RunFolder(run.root.parent / "fresh")
-    shutil.copytree(run.root / "data", fresh.root / "data")
+    fresh = _copy_split(run, run.root.parent / "fresh")
     _two_phases(fresh, phase_1_rate=1e-3)  # the edited recipe, never interrupted
     for kept, never_killed in zip(keras.saving.load_model(run.model("two", "first")).weights,
                                   keras.saving.load_model(fresh.model("two", "first")).weights,
