@@ -159,6 +159,21 @@ def acquire(source: str = "kaggle", data_dir: str | os.PathLike | None = None,
     return npz_to_folders(npz, cache_dir / f"bloodmnist_{medmnist_size}")
 
 
+def destination(source: str, data_dir: str | os.PathLike | None = None,
+                cache_dir: str | os.PathLike = "data", medmnist_size: int = 224) -> Path | None:
+    """The folder ``acquire`` will read the images from, known before any download (to refuse
+    a run folder inside it before anything is made); None for a source not in SOURCES."""
+    if source == "local":
+        return Path(data_dir) if data_dir is not None else None
+    if source == "medmnist":
+        return Path(cache_dir) / f"bloodmnist_{medmnist_size}"
+    if source == "kaggle":
+        from kagglehub import config  # imported late: it is only needed for this source
+
+        return Path(config.get_cache_folder(), "datasets", *KAGGLE_DATASET.split("/"))
+    return None
+
+
 def _download_kaggle() -> str:
     """Download the Kaggle dataset with kagglehub (no account needed) and return its path.
 

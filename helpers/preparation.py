@@ -28,7 +28,7 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
     fractions = split.check_fractions(fractions)
     run = RunFolder(run_dir)
     check_root(run.root)
-    check_placement(run.root, data_dir if source == "local" else None)
+    check_placement(run.root, acquire.destination(source, data_dir, cache_dir, medmnist_size))
     with runlock.held(run.root, "preparing the data (notebook 01)"):
         mark(run.root)
         staging = None
@@ -43,7 +43,7 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
         else:
             data_root = acquire.acquire(source, data_dir=data_dir, cache_dir=cache_dir,
                                         medmnist_size=medmnist_size)
-            check_placement(run.root, data_root)
+            check_placement(run.root, data_root)  # where it landed (Colab's Kaggle cache)
         try:
             if staging is not None:
                 synthetic.make_synthetic_dataset(

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from helpers import acquire, audit, data, split, synthetic
-from helpers.errors import DataError, StaleSplitError
+from helpers.errors import DataError, DataSourceError, StaleSplitError
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
 
@@ -211,7 +211,7 @@ def test_split_command(synthetic_source, tmp_path, capsys):
 
 def test_a_run_folder_inside_a_downloaded_data_folder_is_refused_before_the_split(
         synthetic_source, tmp_path, monkeypatch, capsys):
-    # Where a download lands is known only once it is there (Kaggle's or Zenodo's cache).
+    # Where a download landed is checked again once it is there (Colab resolves Kaggle's elsewhere).
     download = tmp_path / "download"
     shutil.copytree(synthetic_source[0], download)
     monkeypatch.setattr(acquire, "acquire", lambda source, **options: download)
@@ -220,6 +220,28 @@ def test_a_run_folder_inside_a_downloaded_data_folder_is_refused_before_the_spli
         assert data.main(["prepare", "--source", source, "--run-dir", str(run.root)]) == 1
         assert "lies inside the data folder" in capsys.readouterr().err
         assert not run.split_csv.exists() and not run.audit_json.exists()
+
+
+def test_a_run_folder_inside_a_download_folder_to_be_is_refused_before_anything_is_made(
+        tmp_path, monkeypatch, capsys):
+    # Where kagglehub and the Zenodo download will put the images is known before they come.
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    monkeypatch.setattr(acquire, "acquire", lambda *arguments, **options: pytest.fail("acquired"))
+    kaggle = tmp_path / "kagglehub" / "datasets" / "unclesamulus" / "blood-cells-image-dataset"
+    cache = tmp_path / "cache"
+    for source, run_dir in (("kaggle", kaggle / "versions" / "1" / "run"),
+                            ("medmnist", cache / "bloodmnist_64" / "run")):
+        assert data.main(["prepare", "--source", source, "--cache-dir", str(cache),
+                          "--medmnist-size", "64", "--run-dir", str(run_dir)]) == 1
+        assert "lies inside the data folder" in capsys.readouterr().err
+        assert not tmp_path.joinpath("kagglehub").exists() and not cache.exists()
+    # Beside the download, the run folder is made and the download tried.
+    def offline(*arguments, **options):
+        raise DataSourceError("offline")
+    monkeypatch.setattr(acquire, "acquire", offline)
+    assert data.main(["prepare", "--source", "medmnist", "--cache-dir", str(cache),
+                      "--run-dir", str(cache / "bloodmnist_64-run")]) == 1
+    assert "offline" in capsys.readouterr().err and (cache / "bloodmnist_64-run").is_dir()
 
 
 def test_preparing_a_run_folder_inside_the_data_folder_is_refused_before_anything_is_made(

@@ -690,7 +690,7 @@ def test_whether_training_runs_in_float32_on_the_cpu_is_asked_as_the_notebooks_c
 # -- where a run folder may be ------------------------------------------------------------------
 
 def test_a_run_folder_inside_the_data_or_another_run_folder_is_refused_before_any_work(
-        tmp_path, profiles, capsys, no_execution):
+        tmp_path, profiles, capsys, no_execution, monkeypatch):
     data = tmp_path / "images"
     (data / "basophil").mkdir(parents=True)
     for run_dir in (data / "basophil" / "myrun", data):
@@ -698,6 +698,13 @@ def test_a_run_folder_inside_the_data_or_another_run_folder_is_refused_before_an
                            "--run-dir", str(run_dir)]) == 1
         assert "lies inside the data folder" in _error_line(capsys)
     assert sorted(path.name for path in data.rglob("*")) == ["basophil"]  # nothing made
+    # Kaggle's download is refused before it comes, where kagglehub will put it.
+    kaggle = tmp_path / "kagglehub"
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(kaggle))
+    run_dir = kaggle / "datasets" / "unclesamulus" / "blood-cells-image-dataset" / "run"
+    assert study.main(["--no-estimate", "--profile", "ok", "--set", "DATA_SOURCE=kaggle",
+                       "--run-dir", str(run_dir)]) == 1
+    assert "lies inside the data folder" in _error_line(capsys) and not kaggle.exists()
     outer = RunFolder(tmp_path / "outer")
     runfolder.mark(outer.root)
     assert study.main(["--profile", "ok", "--run-dir", str(outer.root / "figures" / "run")]) == 1

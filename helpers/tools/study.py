@@ -70,7 +70,7 @@ import papermill
 import yaml
 from papermill.engines import NBClientEngine, papermill_engines
 
-from helpers import files, liveprogress, progressbar, project, runfolder, runlock
+from helpers import acquire, files, liveprogress, progressbar, project, runfolder, runlock
 from helpers.errors import DataError
 from helpers.runfolder import RunFolder, check_root
 from helpers.tools import estimate
@@ -966,9 +966,12 @@ def _study(args: argparse.Namespace) -> None:
     run_dir = (str(Path(args.run_dir).expanduser().resolve()) if args.run_dir
                else f"runs/{args.profile}")
     check_root(project.resolve(run_dir))
-    local = parameters.get("DATA_SOURCE") == "local" and parameters.get("DATA_DIR")
-    runfolder.check_placement(project.resolve(run_dir),
-                              project.resolve(parameters["DATA_DIR"]) if local else None)
+    # Where notebook 01 will read the images from (its cache_dir is the repository's data/).
+    data = {name: parameters.get(name, declared[name][1])
+            for name in ("DATA_SOURCE", "DATA_DIR", "MEDMNIST_SIZE")}
+    runfolder.check_placement(project.resolve(run_dir), acquire.destination(
+        data["DATA_SOURCE"], project.resolve(data["DATA_DIR"]) if data["DATA_DIR"] else None,
+        project.resolve("data"), data["MEDMNIST_SIZE"]))
     print(f"Profile {args.profile}, run folder {project.resolve(run_dir)}")
     if machine:
         print(for_this_machine_line(args.profile, machine))
