@@ -939,6 +939,17 @@ def test_an_edited_phase_retrains_from_that_phase_and_no_earlier(run):
     assert run.model("two", "first").read_bytes() != first_model
 
 
+def test_a_two_phase_run_recorded_with_one_fingerprint_trains_again(run):
+    # Records from before per-phase fingerprints hold one, which cannot say phase 1's recipe.
+    assert _two_phases(run) == ["first", "last"]
+    record = run.read_run_record("two")
+    record["fingerprint"] = record.pop("fingerprints")["last"]
+    run.run_record("two").write_text(json.dumps(record))
+    assert publish.finished_fingerprints(run, "two") == {}
+    assert _two_phases(run) == ["first", "last"]
+    assert _two_phases(run) == []  # recorded per phase now: kept
+
+
 def test_a_one_phase_run_replacing_a_two_phase_one_leaves_no_phase_model(run):
     _two_phases(run)
     assert run.model("two", "first").exists()
