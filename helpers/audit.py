@@ -31,7 +31,7 @@ NOT_UTF8 = ("unreadable: its name is not valid UTF-8 (it cannot be listed in a s
             "report): rename it")
 
 INDEX_COLUMNS = [
-    "path", "folder", "label", "bytes", "sha256",
+    "path", "folder", "label", "bytes", "mtime_ns", "sha256",
     "is_image", "decodable", "format", "width", "height", "mode", "problem",
 ]
 
@@ -47,10 +47,13 @@ class AuditResult:
 
 def inspect_file(path: Path) -> dict:
     """Hash one file and decode it as training will (``images.decode_rgb``); never raises for
-    bad or unreadable content. A FIFO, device or folder is reported without being opened."""
+    bad or unreadable content. A FIFO, device or folder is reported without being opened.
+
+    ``mtime_ns`` is the file's time before it was read, so that a change while or after it
+    was hashed shows as another time to every later reader (``integrity.changes``)."""
     row = {
-        "bytes": 0, "sha256": "", "is_image": False, "decodable": False, "format": "",
-        "width": 0, "height": 0, "mode": "", "problem": "",
+        "bytes": 0, "mtime_ns": -1, "sha256": "", "is_image": False, "decodable": False,
+        "format": "", "width": 0, "height": 0, "mode": "", "problem": "",
     }
     kind = files.file_kind(path)
     if kind == "link to nothing":
@@ -60,6 +63,7 @@ def inspect_file(path: Path) -> dict:
         row["problem"] = f"unreadable: a {kind}, not a regular file (not opened)"
         return row
     try:
+        row["mtime_ns"] = path.stat().st_mtime_ns
         data = path.read_bytes()
     except OSError as error:
         row["problem"] = f"unreadable: {error.strerror or type(error).__name__}"

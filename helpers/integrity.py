@@ -44,13 +44,9 @@ def file_status(data_root: Path, paths: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=STATUS_COLUMNS)
 
 
-def write_status(data_root: str | os.PathLike, paths: list[str],
-                 split_csv: str | os.PathLike) -> None:
-    """Record the size and time of the split's images now (atomically)."""
-    _write_status(file_status(Path(data_root), list(paths)), split_csv)
-
-
-def _write_status(status: pd.DataFrame, split_csv: str | os.PathLike) -> None:
+def write_status(status: pd.DataFrame, split_csv: str | os.PathLike) -> None:
+    """Record the split's images' sizes and times (STATUS_COLUMNS), atomically: those the
+    audit took before hashing them, or those ``changes`` took before hashing them again."""
     files.write_text_atomically(status.to_csv(index=False, lineterminator="\n"),
                                 status_path(split_csv))
 
@@ -151,7 +147,7 @@ def changes(split_frame: pd.DataFrame, known_paths: set[str], data_root: Path,
         # Same content: next time a stat suffices. A run folder one may read but not write
         # keeps the old record, which only saves time.
         with contextlib.suppress(files.OutputError):
-            _write_status(now, split_csv)  # the sizes and times just read
+            write_status(now, split_csv)  # the sizes and times just read
 
     labels = class_folders(data_root)
     added = []

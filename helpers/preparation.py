@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from helpers import acquire, audit, files, integrity, runlock, split, synthetic
+from helpers import acquire, audit, files, runlock, split, synthetic
 from helpers.runfolder import RunFolder, check_placement, check_root, mark
 
 SOURCES = (*acquire.SOURCES, "synthetic")
@@ -56,10 +56,9 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
             split_result = split.make_split(result, run.split_csv, seed=seed, force=force,
                                             fractions=fractions)
             if staging is not None:
+                # The split records the drawn files' sizes and times, which the move keeps:
+                # a kill before it leaves images that every reader finds changed.
                 _replace_folder(staging, data_root)
-                # Sizes and times of the images where they are now (a move keeps both).
-                integrity.write_status(data_root, split_result.split["path"].tolist(),
-                                       run.split_csv)
         finally:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -112,12 +112,13 @@ def metadata_path(split_csv: Path) -> Path:
 
 
 def write_split(result: SplitResult, split_csv: str | os.PathLike, seed: int,
-                data_root: str | os.PathLike,
+                audit_result: AuditResult,
                 fractions: dict[str, float] = SPLIT_FRACTIONS, metadata_only: bool = False,
                 ) -> None:
-    """Write the split CSV, its metadata JSON and its files' sizes and times, each atomically;
-    ``metadata_only`` keeps the CSV (a reused split whose images may have moved)."""
-    split_csv = Path(split_csv)
+    """Write the split CSV, its metadata JSON and its files' sizes and times as the audit saw
+    them (a file changed since it was hashed is then found by every reader), each
+    atomically; ``metadata_only`` keeps the CSV (a reused split whose images may have moved)."""
+    split_csv, data_root = Path(split_csv), audit_result.data_root
     split_csv.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
         "seed": seed,
@@ -126,7 +127,8 @@ def write_split(result: SplitResult, split_csv: str | os.PathLike, seed: int,
         "counts": split_counts(result.split).to_dict(orient="index"),
         "excluded": result.excluded.to_dict(orient="records"),
     }
-    integrity.write_status(data_root, result.split["path"].tolist(), split_csv)
+    status = audit_result.index.set_index("path").loc[result.split["path"], ["bytes", "mtime_ns"]]
+    integrity.write_status(status.reset_index()[integrity.STATUS_COLUMNS], split_csv)
     if not metadata_only:
         files.write_text_atomically(result.split.to_csv(index=False, lineterminator="\n"),
                                     split_csv)
@@ -238,9 +240,8 @@ def make_split(audit_result: AuditResult, split_csv: str | os.PathLike,
                 f"{audit_result.data_root}:\n  - " + "\n  - ".join(problems) + f"\n{REMAKE_SPLIT}")
         reused = SplitResult(split=saved, excluded=excluded, reused=True)
         # The same images, perhaps in a folder that moved: record where they are now.
-        write_split(reused, split_csv, seed, audit_result.data_root, fractions,
-                    metadata_only=True)
+        write_split(reused, split_csv, seed, audit_result, fractions, metadata_only=True)
         return reused
     result = SplitResult(split=assign_splits(images, seed, fractions), excluded=excluded)
-    write_split(result, split_csv, seed, audit_result.data_root, fractions)
+    write_split(result, split_csv, seed, audit_result, fractions)
     return result

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import preparation
+from helpers import audit, preparation, split
 from helpers.errors import DataError, StaleSplitError
 from helpers.runfolder import RunFolder
 
@@ -53,6 +53,46 @@ def test_an_image_replaced_by_another_class_is_named_with_the_way_out(prepared):
     message = _refusal(run)
     assert "1 image file(s) changed" in message and test_image["path"] in message
     assert "NEW_SPLIT" in message and "Restore the files" in message
+
+
+def test_an_image_changed_after_the_audit_hashed_it_is_found_by_every_reader(
+        synthetic_data, tmp_path, monkeypatch):
+    # Data still being copied or synced while notebook 1 runs: a file changes after the audit
+    # read it and before the split is written (its record must be the time the hash saw).
+    root, _ = synthetic_data
+    run = RunFolder(tmp_path / "run")
+    make_split = split.make_split
+    changed = {}
+
+    def change_then_split(result, *arguments, **options):
+        images = result.index[audit.usable_mask(result.index)]
+        one, other = images.iloc[0], images[images["label"] != images.iloc[0]["label"]].iloc[0]
+        shutil.copyfile(root / other["path"], root / one["path"])
+        changed["path"] = one["path"]
+        return make_split(result, *arguments, **options)
+    monkeypatch.setattr(split, "make_split", change_then_split)
+    preparation.prepare("local", run.root, data_dir=root)
+    message = _refusal(run)
+    assert "1 image file(s) changed" in message and changed["path"] in message
+
+
+def test_a_synthetic_redraw_killed_before_its_images_moved_in_is_refused(tmp_path, monkeypatch):
+    # The new split is written, then the drawn images replace the old ones: a kill between
+    # the two leaves a split of images that are not there.
+    run = RunFolder(tmp_path / "run")
+    preparation.prepare("synthetic", run.root, synthetic_images_per_class=4, seed=1)
+
+    def killed(new, folder):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(preparation, "_replace_folder", killed)
+    with pytest.raises(KeyboardInterrupt):
+        preparation.prepare("synthetic", run.root, synthetic_images_per_class=4, seed=2,
+                            force=True)
+    assert json.loads(run.split_metadata.read_text())["seed"] == 2
+    assert "changed" in _refusal(run)
+    monkeypatch.undo()  # run again, it finishes: the split and its images agree
+    preparation.prepare("synthetic", run.root, synthetic_images_per_class=4, seed=2)
+    assert len(run.load_split()[0]) > 0
 
 
 def test_the_same_bytes_with_a_new_time_are_accepted_and_the_record_refreshed(prepared):
