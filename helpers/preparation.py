@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 from helpers import acquire, audit, files, runlock, split, synthetic
-from helpers.runfolder import RunFolder, check_placement, check_root, mark
+from helpers.errors import DataError
+from helpers.runfolder import RunFolder, check_placement, check_root, mark, owning_run_folder
 
 SOURCES = (*acquire.SOURCES, "synthetic")
 
@@ -34,6 +35,12 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
         staging = None
         if source == "synthetic":
             data_root = Path(data_dir) if data_dir else run.synthetic_data
+            owner = owning_run_folder(data_root / "cell.jpg")  # a file drawn there
+            if owner is not None and data_root.resolve() != run.synthetic_data.resolve():
+                raise DataError(f"The synthetic data folder {data_root} lies among the files of "
+                                f"the run folder {owner}: drawing there would replace what it "
+                                "reads. Leave DATA_DIR empty (the run's own synthetic/) or "
+                                "give a folder outside every run folder.")
             synthetic.check_folder(data_root)
             # Left by a prepare that was killed (under the lock, no other one runs here).
             for leftover in [*data_root.parent.glob(f".{data_root.name}.new-*"),

@@ -21,6 +21,30 @@ from helpers.errors import DataError
 MARKER = ".blood-cell-study-run"
 
 
+# What a run folder holds, under its root: the study writes and reads these, so no command's
+# output, and no synthetic draw but the run's own, may land among them.
+RESULT_PARTS = ("data", "synthetic", "models", "history", "work", "config", "metrics",
+                "predictions", "figures", "notebooks", "logs", "superseded", "report.html",
+                ".lock", MARKER)
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a run folder: marked by the study, or holding its lock, or (of an
+    earlier version, before the marker) trained models and their records."""
+    return ((folder / MARKER).exists() or (folder / ".lock").exists()
+            or ((folder / "models").is_dir() and (folder / "config").is_dir()))
+
+
+def owning_run_folder(path: str | os.PathLike) -> Path | None:
+    """The run folder among whose own files (RESULT_PARTS) ``path`` lies, or None."""
+    path = Path(path).resolve()
+    for folder in path.parents:
+        relative = path.relative_to(folder)
+        if relative.parts[0] in RESULT_PARTS and is_run_folder(folder):
+            return folder
+    return None
+
+
 def mark(root: str | os.PathLike) -> None:
     """Mark ``root`` as a run folder, creating it."""
     root = Path(root)

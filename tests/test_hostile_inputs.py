@@ -265,6 +265,26 @@ def test_a_refused_split_changes_nothing_in_the_run_folder_and_names_the_paramet
     assert json.loads(run.split_metadata.read_text())["seed"] == 2
 
 
+def test_a_synthetic_draw_among_a_run_folders_files_is_refused_but_its_own(tmp_path):
+    victim = RunFolder(tmp_path / "victim")
+    preparation.prepare("synthetic", victim.root, synthetic_images_per_class=3)
+
+    def contents(root):
+        return {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
+    before = contents(victim.root)
+    thief = RunFolder(tmp_path / "thief")
+    # Another run's images (which it reads), its data, or this run's own data folder.
+    for folder in (victim.synthetic_data, victim.root / "data", thief.root / "data"):
+        with pytest.raises(DataError, match="lies among the files of the run folder"):
+            preparation.prepare("synthetic", thief.root, data_dir=folder, seed=5,
+                                synthetic_images_per_class=4)
+        assert contents(victim.root) == before and not thief.split_csv.exists()
+    # Its own synthetic folder, named or not, is where it draws.
+    preparation.prepare("synthetic", thief.root, data_dir=thief.synthetic_data)
+    preparation.prepare("synthetic", victim.root, synthetic_images_per_class=3)
+    assert contents(victim.root).keys() == before.keys()
+
+
 def test_a_non_utf8_name_given_on_the_command_line_is_one_line(saved_model, tmp_path, capsys):
     missing = tmp_path / LATIN1_NAME
     assert predict.main([str(saved_model), str(missing)]) == 1

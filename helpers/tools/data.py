@@ -19,7 +19,7 @@ from pathlib import Path
 
 from helpers import acquire, audit, files, integrity, locate, preparation, split, synthetic
 from helpers.errors import DataError
-from helpers.runfolder import RunFolder
+from helpers.runfolder import RunFolder, owning_run_folder
 from helpers.tools import command, outputs
 
 
@@ -67,7 +67,7 @@ def check_split_output(split_csv: Path) -> None:
     metadata = split.metadata_path(split_csv)
     status = integrity.status_path(split_csv)
     for path in (split_csv, metadata, status):
-        run = outputs.owning_run_folder(files.output_target(path).resolve())
+        run = owning_run_folder(files.output_target(path).resolve())
         if run is not None:
             raise DataError(f"--out {split_csv} lies in the run folder {run}: its split is made "
                             f"by notebook 01 or `python -m helpers.data prepare --run-dir {run}`.")
@@ -110,7 +110,7 @@ def run_prepare(args: argparse.Namespace) -> None:
 
 
 def run_synthetic(args: argparse.Namespace) -> None:
-    run = outputs.owning_run_folder(Path(args.out_dir).resolve() / "x")
+    run = owning_run_folder(Path(args.out_dir).resolve() / "x")
     if run is not None:
         raise DataError(f"{args.out_dir} lies among the files of the run folder {run}: give "
                         "a folder of its own (notebook 01 draws a run's synthetic data).")

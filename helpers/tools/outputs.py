@@ -9,32 +9,7 @@ import tempfile
 from pathlib import Path
 
 from helpers.files import OutputError, file_kind, output_target
-from helpers.runfolder import MARKER
-
-# What a run folder holds, under its root: the study writes and reads these, so no command's
-# output may land among them (``tools.outputs.check_output_path``).
-RESULT_PARTS = ("data", "synthetic", "models", "history", "work", "config", "metrics",
-                "predictions", "figures", "notebooks", "logs", "superseded", "report.html",
-                ".lock",
-                ".blood-cell-study-run")
-
-
-
-def is_run_folder(folder: Path) -> bool:
-    """Whether ``folder`` is a run folder: marked by the study, or holding its lock, or (of an
-    earlier version, before the marker) trained models and their records."""
-    return ((folder / MARKER).exists() or (folder / ".lock").exists()
-            or ((folder / "models").is_dir() and (folder / "config").is_dir()))
-
-
-def owning_run_folder(path: str | os.PathLike) -> Path | None:
-    """The run folder among whose own files (RESULT_PARTS) ``path`` lies, or None."""
-    path = Path(path).resolve()
-    for folder in path.parents:
-        relative = path.relative_to(folder)
-        if relative.parts[0] in RESULT_PARTS and is_run_folder(folder):
-            return folder
-    return None
+from helpers.runfolder import owning_run_folder
 
 
 def check_writable(target: Path, option: str) -> None:

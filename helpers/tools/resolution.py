@@ -15,7 +15,7 @@ from pathlib import Path
 
 from helpers import files
 from helpers.errors import DataError
-from helpers.runfolder import RunFolder
+from helpers.runfolder import RunFolder, owning_run_folder
 from helpers.tools import command, outputs
 
 
@@ -23,7 +23,7 @@ def check_models_of_run(model_paths: list[str | os.PathLike], run: RunFolder) ->
     """DataError when a model lies in another run folder than ``run``: its images "not
     trained on" would be read from a split it was not trained with."""
     for path in model_paths:
-        owner = outputs.owning_run_folder(Path(path).resolve())
+        owner = owning_run_folder(Path(path).resolve())
         if owner is not None and owner != run.root.resolve():
             raise DataError(f"{path} belongs to the run folder {owner}, not to {run.root}: "
                             "give --run the folder the models were trained in.")
