@@ -27,6 +27,9 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP")
 # A size held by fewer than this share of the images is listed as unusual.
 UNUSUAL_SIZE_SHARE = 0.01
 
+# A carriage return in a name: the split's CSV (written with "\n" line ends) would break there.
+CARRIAGE_RETURN = ("unreadable: its name holds a carriage return, which would break the "
+                   "split's CSV: rename it")
 NOT_UTF8 = ("unreadable: its name is not valid UTF-8 (it cannot be listed in a split or a "
             "report): rename it")
 
@@ -150,6 +153,8 @@ def audit(data_root: str | os.PathLike, workers: int | None = None,
     for row, (path, _, _, _) in zip(rows, listed, strict=True):
         if not row["problem"] and not files.is_utf8_name(path.relative_to(data_root)):
             row.update(problem=NOT_UTF8, decodable=False)  # a folder on its way is not UTF-8
+        elif not row["problem"] and "\r" in row["path"]:
+            row.update(problem=CARRIAGE_RETURN, decodable=False)
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     return AuditResult(data_root=data_root, index=index, summary=summarize(index, data_root))
 

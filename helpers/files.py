@@ -103,12 +103,15 @@ def copy_atomically(source: str | os.PathLike, destination: str | os.PathLike) -
 
 def list_files(folder: str | os.PathLike, skip_hidden: bool = False) -> list[Path]:
     """Every file under ``folder``, sorted, following linked folders but listing each real
-    folder once, so a link back up cannot loop. Links to nothing and special files are listed
-    too, for the reader to report."""
+    folder once, so a link back up cannot loop: a folder under ``folder`` at its own place,
+    never through a link (in a class folder, a link to another would relabel its images).
+    Links to nothing and special files are listed too, for the reader to report."""
     found, visited = [], set()
+    own_places = {current: os.path.realpath(current) for current, _, _ in os.walk(folder)}
+    inside = set(own_places.values())
     for current, subfolders, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(current)
-        if real in visited:
+        if real in visited or (current not in own_places and real in inside):
             subfolders[:] = []
             continue
         visited.add(real)

@@ -3,10 +3,12 @@ import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
 from PIL import Image
 
-from helpers import audit, data
+from helpers import audit, data, preparation
 from helpers.labels import CLASS_NAMES
+from helpers.runfolder import RunFolder
 
 
 def _files_on_disk(root: Path) -> list[str]:
@@ -133,6 +135,32 @@ def test_linked_class_folders_are_followed_once_and_bad_links_reported(synthetic
     assert result.summary["unreadable"] == ["eosinophil/gone.jpg"]
     assert "does not exist" in result.summary["problems"]["eosinophil/gone.jpg"]
     assert "Unreadable files (not used): 1" in audit.format_summary(result.summary)
+
+
+def test_a_class_folder_linked_into_another_keeps_its_own_class(synthetic_data, tmp_path):
+    # A link inside one class folder to another class's folder would relabel its images.
+    root, _ = synthetic_data
+    before = audit.audit(root).index
+    (root / "basophil" / "more").symlink_to(root / "monocyte", target_is_directory=True)
+    (root / "basophil" / "back").symlink_to(root, target_is_directory=True)
+    after = audit.audit(root).index
+    pd.testing.assert_frame_equal(after.drop(columns="mtime_ns"),
+                                  before.drop(columns="mtime_ns"))
+    run = RunFolder(tmp_path / "run")
+    preparation.prepare("local", run.root, data_dir=root)
+    assert (run.load_split()[0]["label"] == "monocyte").sum() > 0
+
+
+def test_a_name_with_a_carriage_return_is_left_out_with_its_reason(synthetic_data, tmp_path):
+    root, _ = synthetic_data
+    image = next((root / "basophil").glob("*.jpg"))
+    image.rename(image.with_name("two\rlines.jpg"))
+    run = RunFolder(tmp_path / "run")
+    result, _ = preparation.prepare("local", run.root, data_dir=root)
+    assert "carriage return" in result.summary["problems"]["basophil/two\rlines.jpg"]
+    split_frame, _ = run.load_split()  # the CSV reads back whole
+    assert "basophil/two\rlines.jpg" not in set(split_frame["path"])
+    assert len(split_frame) == len(pd.read_csv(run.split_csv)) > 0
 
 
 def test_a_decompression_bomb_is_reported_not_raised(synthetic_data, monkeypatch):
