@@ -91,7 +91,9 @@ class RunFolder:
     root: Path
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
+        if not str(self.root).strip():  # Path("") is the current folder: a repository, a home
+            raise DataError("The run folder is an empty name: give a folder (runs/latest).")
+        object.__setattr__(self, "root", Path(self.root).expanduser())
 
     # -- data ------------------------------------------------------------------------------
     @property

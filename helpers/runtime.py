@@ -35,6 +35,7 @@ def run_folder(run_dir: str | os.PathLike, use_google_drive: bool, is_colab: boo
 
     On Drive the folder survives a disconnect, and training resumes from its backups.
     """
+    RunFolder(run_dir)  # refuses an empty name, which would make the repository a run folder
     if use_google_drive and is_colab:
         from google.colab import drive  # only exists in Colab
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import data, evaluate, files, inference, predict, preparation, split
+from helpers import data, evaluate, files, inference, predict, preparation, runtime, split
 from helpers.errors import DataError, StaleSplitError
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
@@ -283,6 +283,22 @@ def test_a_synthetic_draw_among_a_run_folders_files_is_refused_but_its_own(tmp_p
     preparation.prepare("synthetic", thief.root, data_dir=thief.synthetic_data)
     preparation.prepare("synthetic", victim.root, synthetic_images_per_class=3)
     assert contents(victim.root).keys() == before.keys()
+
+
+def test_an_empty_run_folder_name_is_refused_and_a_tilde_is_the_home(tmp_path, monkeypatch,
+                                                                    capsys):
+    monkeypatch.chdir(tmp_path)  # "" would have made the current folder a run folder
+    for empty in ("", "  "):
+        assert data.main(["prepare", "--source", "synthetic", "--run-dir", empty]) == 1
+        assert "empty name" in capsys.readouterr().err
+        with pytest.raises(DataError, match="empty name"):
+            runtime.run_folder(empty, use_google_drive=False, is_colab=False)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.main(["prepare", "--source", "synthetic", "--images-per-class", "2",
+                      "--run-dir", "~/runs/x"]) == 0
+    assert RunFolder(tmp_path / "home" / "runs" / "x").split_csv.exists()
+    assert not (tmp_path / "~").exists()
 
 
 def test_a_non_utf8_name_given_on_the_command_line_is_one_line(saved_model, tmp_path, capsys):
