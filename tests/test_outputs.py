@@ -71,6 +71,8 @@ def test_commands_refuse_run_folder_files_inputs_and_odd_outputs_before_any_work
     notes = tmp_path / "notes.txt"
     notes.write_text("notes")
     under_a_file = notes / "report.json"
+    elsewhere = tmp_path / "BA_other.jpg"
+    elsewhere.write_bytes(image.read_bytes())
     before = _contents(run_folder), image.read_bytes()
     # Any work would be a load or an audit: fail loudly if one starts.
     monkeypatch.setattr("helpers.inference.load_model", lambda *_: pytest.fail("did work"))
@@ -90,13 +92,19 @@ def test_commands_refuse_run_folder_files_inputs_and_odd_outputs_before_any_work
         data.main(["audit", str(root), "--json", str(under_a_file)]),
         data.main(["split", str(root), "--out", str(run_folder / "data" / "split.csv")]),
         data.main(["synthetic", str(run_folder / "models")]),
+        # An existing file of another kind than the output's, outside every input.
+        data.main(["audit", str(root), "--json", str(elsewhere)]),
+        predict.main([model, str(root), "--out", str(notes)]),
+        evaluate.main([model, str(root), "--out", str(elsewhere)]),
     ]
     assert cases == [1] * len(cases)
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == len(cases) and all(line.startswith("error: ") for line in errors)
     assert "run folder" in errors[0] and "FIFO" in errors[1] and "not a folder" in errors[2]
     assert "input" in errors[5]
+    assert all("exists and is not a" in line for line in errors[-3:])
     assert (_contents(run_folder), image.read_bytes()) == before
+    assert elsewhere.read_bytes() == image.read_bytes() and notes.read_text() == "notes"
 
 
 def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary_file(tmp_path,

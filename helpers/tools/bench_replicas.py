@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _measure_and_write(args: argparse.Namespace) -> int:
-    outputs.check_output_path(args.out)  # before the minutes of work, not after
+    outputs.check_output_path(args.out, ".json")  # before the minutes of work, not after
     report = measure(args.devices, args.images, args.epochs, args.image_size)
     files.write_json(report, args.out)
     in_turn, mirrored = report["one_device_in_turn_seconds"], report["mirrored_in_turn_seconds"]

@@ -41,9 +41,10 @@ def _print_split(result: split.SplitResult, split_csv: Path) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> None:
-    for option, out in [("--json", args.json), ("--index-csv", args.index_csv)]:
+    for option, out, suffix in [("--json", args.json, ".json"),
+                                ("--index-csv", args.index_csv, ".csv")]:
         if out:
-            outputs.check_output_path(out, input_folders=[args.data_dir], option=option)
+            outputs.check_output_path(out, suffix, input_folders=[args.data_dir], option=option)
     if args.json and args.index_csv and files.output_target(args.json).resolve() == (
             files.output_target(args.index_csv).resolve()):
         raise DataError("--json and --index-csv name the same file: give two names.")

@@ -110,7 +110,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     from helpers import inference  # TensorFlow: only once the arguments are accepted
 
     if args.out:
-        outputs.check_output_path(args.out, [args.model, inference.sidecar_path(args.model)],
+        outputs.check_output_path(args.out, ".json",
+                                  [args.model, inference.sidecar_path(args.model)],
                                   input_folders=[args.data_dir])
     report = evaluate_folder(args.model, args.data_dir, tta=args.tta)
     print(format_report(report))

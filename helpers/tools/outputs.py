@@ -35,15 +35,17 @@ def check_writable(target: Path, option: str) -> None:
 _STUDY_FILES = {"split.csv", "split.json", "split_files.csv"}
 
 
-def check_output_path(path: str | os.PathLike, inputs: list[str | os.PathLike] = (),
+def check_output_path(path: str | os.PathLike, suffix: str,
+                      inputs: list[str | os.PathLike] = (),
                       input_folders: list[str | os.PathLike] = (),
                       option: str = "--out") -> Path:
     """``path`` as an output file of a command line, checked before any work: OutputError
     when it is not a regular file or a new name (``output_target``), cannot be written, is
-    one of ``inputs`` or inside ``input_folders``, a model (``.keras``) or a model's sidecar
-    (a ``.json`` beside a ``.keras``), or lies among a run folder's own files (its data,
-    models, histories, records, metrics, predictions, figures, notebooks, logs). ``option``
-    names the option in the messages."""
+    one of ``inputs`` or inside ``input_folders``, an existing file of another kind than the
+    ``suffix`` written (an image, a notebook), a model (``.keras``) or a model's sidecar (a
+    ``.json`` beside a ``.keras``), or lies among a run folder's own files (its data, models,
+    histories, records, metrics, predictions, figures, notebooks, logs). ``option`` names
+    the option in the messages."""
     path = Path(path)
     target = output_target(path)
     resolved = target.resolve()
@@ -51,6 +53,9 @@ def check_output_path(path: str | os.PathLike, inputs: list[str | os.PathLike] =
             resolved.is_relative_to(Path(folder).resolve()) for folder in input_folders):
         raise OutputError(f"{option} {path} is one of the inputs, or inside an input folder: "
                           "it would change what is read. Write it elsewhere.")
+    if target.exists() and target.suffix.lower() != suffix:
+        raise OutputError(f"{option} {path} exists and is not a {suffix} file: writing there "
+                          f"would replace it. Give a new name, or a {suffix} file to replace.")
     if target.suffix == ".keras" or (target.suffix == ".json"
                                      and target.with_suffix(".keras").exists()):
         raise OutputError(f"{option} {path} would replace a model or the sidecar a model needs "

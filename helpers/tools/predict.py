@@ -101,8 +101,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     paths = input_files(args.inputs)
     if args.out:
-        outputs.check_output_path(args.out, [args.model, inference.sidecar_path(args.model),
-                                             *paths],
+        outputs.check_output_path(args.out, ".csv",
+                                  [args.model, inference.sidecar_path(args.model), *paths],
                                   input_folders=[item for item in args.inputs
                                                  if Path(item).is_dir()])
     loaded = inference.load_model(args.model)

@@ -51,7 +51,7 @@ def _check(model_paths: list[str], data_dir: str, args: argparse.Namespace) -> N
     from helpers import half_resolution, inference  # TensorFlow: once the arguments are accepted
 
     if args.out:
-        outputs.check_output_path(args.out, [*model_paths], input_folders=[data_dir])
+        outputs.check_output_path(args.out, ".json", [*model_paths], input_folders=[data_dir])
     run = RunFolder(Path(args.run)) if args.run else None
     if run is not None:
         run.load_split()  # a folder without a split fails here, before any work
