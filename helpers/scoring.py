@@ -44,8 +44,7 @@ def labelled_images(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[dic
     judged = excluded[excluded["path"].isin(index.loc[usable, "path"])]  # copies, conflicts
     skipped += [{"path": row.path, "reason": row.reason} for row in judged.itertuples()]
     if kept.empty:
-        raise DataError(f"No usable image in the class folders under {root} "
-                        f"({len(skipped)} file(s) skipped).")
+        raise split.no_usable_image(root, [(item["path"], item["reason"]) for item in skipped])
     images = kept[["path", "label", "sha256"]].reset_index(drop=True)
     images["path"] = [str(root / path) for path in images["path"]]
     return images, skipped, root

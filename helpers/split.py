@@ -65,6 +65,16 @@ def select_images(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return kept, pd.concat(excluded, ignore_index=True).sort_values("path", ignore_index=True)
 
 
+def no_usable_image(root: str | os.PathLike, reasons: list[tuple[str, str]]) -> DataError:
+    """The error for a folder with no usable image, naming the first files left out and why
+    (nothing has been written yet that would list them)."""
+    named = "; ".join(f"{files.terminal_text(path)}: {reason}" for path, reason in reasons[:5])
+    return DataError(f"No usable image in the class folders under {root}: {len(reasons)} "
+                     f"file(s), none a readable image in a class folder"
+                     + (f" ({named}{'; ...' if len(reasons) > 5 else ''})" if named else "")
+                     + ".")
+
+
 def fractions_problem(fractions: object) -> str | None:
     """What is wrong with SPLIT_FRACTIONS, or None."""
     if (isinstance(fractions, dict) and set(fractions) == set(SPLIT_NAMES)
@@ -216,9 +226,9 @@ def make_split(audit_result: AuditResult, split_csv: str | os.PathLike,
         raise DataError(f"The split's seed must be a whole number of 0 or more, got {seed!r}.")
     fractions = check_fractions(fractions)
     if not usable_mask(audit_result.index).any():
-        raise DataError(f"No usable image in the class folders under {audit_result.data_root} "
-                        f"({len(audit_result.index)} file(s), none a readable image in a "
-                        "class folder; the audit report lists each with its reason).")
+        excluded = select_images(audit_result.index)[1]
+        raise no_usable_image(audit_result.data_root, list(zip(excluded["path"],
+                                                               excluded["reason"], strict=True)))
     images, excluded = select_images(audit_result.index)
     if split_csv.exists() and not force:
         saved = read_split(split_csv)

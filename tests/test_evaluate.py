@@ -191,7 +191,7 @@ def test_error_cases_exit_non_zero_with_a_message(saved_model, synthetic_source,
     lonely.parent.mkdir()
     lonely.write_bytes(saved_model.read_bytes())
     cases = [
-        ([str(saved_model), str(no_images)], "No usable image"),
+        ([str(saved_model), str(no_images)], "basophil/notes.jpg: not an image"),
         ([str(saved_model), str(tmp_path / "missing")], "not found"),
         ([str(tmp_path / "absent.keras"), str(root)], "Model file not found"),
         ([str(not_a_model), str(root)], "not a Keras model file"),

@@ -176,8 +176,9 @@ def test_empty_split_file_and_a_tree_without_images_are_clear_errors(tmp_path,
     for label in CLASS_NAMES:
         (empty / label).mkdir(parents=True)
     (empty / "ig" / "notes.jpg").write_text("not an image")
-    with pytest.raises(DataError, match="No usable image"):
+    with pytest.raises(DataError, match="No usable image") as refused:
         split.make_split(audit.audit(empty), tmp_path / "other.csv")
+    assert "ig/notes.jpg: not an image" in str(refused.value)  # no report was written yet
 
 
 def test_split_output_never_replaces_other_files(synthetic_source, tmp_path, capsys):
