@@ -195,6 +195,13 @@ def test_split_output_never_replaces_other_files(synthetic_source, tmp_path, cap
     assert data.main(["split", str(root), "--out", str(tmp_path / "table.csv")]) == 1
     assert "is not a split's record of its files" in capsys.readouterr().err
     assert mine.read_text() == "name,value\nx,1\n" and not (tmp_path / "table.csv").exists()
+    other = tmp_path / "other.csv"  # a CSV of something else: --force replaces splits only
+    other.write_text("name,value\nx,1\n")
+    for force in ([], ["--force"]):
+        assert data.main(["split", str(root), "--out", str(other), *force]) == 1
+        error = capsys.readouterr().err
+        assert "exists and is not a split" in error and "--force" not in error
+    assert other.read_text() == "name,value\nx,1\n"
 
 
 def test_split_command(synthetic_source, tmp_path, capsys):

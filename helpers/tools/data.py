@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from helpers import acquire, audit, files, integrity, locate, preparation, split, synthetic
-from helpers.errors import DataError
+from helpers.errors import DataError, StaleSplitError
 from helpers.runfolder import RunFolder, owning_run_folder
 from helpers.tools import command, outputs
 
@@ -74,7 +74,11 @@ def check_split_output(split_csv: Path) -> None:
                             f"by notebook 01 or `python -m helpers.data prepare --run-dir {run}`.")
         outputs.check_writable(files.output_target(path), "--out")
     if split_csv.exists():
-        split.read_split(split_csv)  # raises when it is not a split
+        try:
+            split.read_split(split_csv)
+        except StaleSplitError as error:  # --force replaces a split, never another file
+            raise DataError(f"{split_csv} exists and is not a split ({str(error).split('. ')[0]}"
+                            "): it would be overwritten. Give --out another name.") from None
     if metadata.exists():
         try:
             is_split = "data_root" in json.loads(metadata.read_text())
