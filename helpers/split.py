@@ -254,4 +254,9 @@ def make_split(audit_result: AuditResult, split_csv: str | os.PathLike,
         return reused
     result = SplitResult(split=assign_splits(images, seed, fractions), excluded=excluded)
     write_split(result, split_csv, seed, audit_result, fractions)
+    empty = [name for name in SPLIT_NAMES if not (result.split["split"] == name).any()]
+    if empty:  # a split of a few images per class; training and scoring will refuse it
+        print(f"Warning: the split has no {' and no '.join(empty)} images ({len(images)} "
+              "usable images): training and scoring need every subset. Give more images "
+              "per class, or other SPLIT_FRACTIONS.")
     return result

@@ -204,6 +204,18 @@ def test_split_output_never_replaces_other_files(synthetic_source, tmp_path, cap
     assert other.read_text() == "name,value\nx,1\n"
 
 
+def test_a_split_with_an_empty_subset_is_written_with_a_warning(tmp_path, capsys):
+    run = RunFolder(tmp_path / "run")
+    assert data.main(["prepare", "--source", "synthetic", "--images-per-class", "2",
+                      "--run-dir", str(run.root)]) == 0  # of 2 or 3: none in validation
+    assert "Warning: the split has no validation images" in capsys.readouterr().out
+    with pytest.raises(DataError, match="no images in subset 'validation'"):
+        split.subset_rows(split.read_split(run.split_csv), "validation")
+    assert data.main(["prepare", "--source", "synthetic", "--images-per-class", "12",
+                      "--run-dir", str(tmp_path / "enough")]) == 0
+    assert "Warning" not in capsys.readouterr().out
+
+
 def test_split_command(synthetic_source, tmp_path, capsys):
     root, _ = synthetic_source
     split_csv = tmp_path / "out" / "split.csv"
