@@ -967,7 +967,7 @@ def _study(args: argparse.Namespace) -> None:
                else f"runs/{args.profile}")
     check_root(project.resolve(run_dir))
     # Where notebook 01 will read the images from (its cache_dir is the repository's data/).
-    data = {name: parameters.get(name, declared[name][1])
+    data = {name: parameters.get(name, declared.get(name, (None, None))[1])
             for name in ("DATA_SOURCE", "DATA_DIR", "MEDMNIST_SIZE")}
     runfolder.check_placement(project.resolve(run_dir), acquire.destination(
         data["DATA_SOURCE"], project.resolve(data["DATA_DIR"]) if data["DATA_DIR"] else None,
