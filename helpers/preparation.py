@@ -31,7 +31,6 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
     check_root(run.root)
     check_placement(run.root, acquire.destination(source, data_dir, cache_dir, medmnist_size))
     with runlock.held(run.root, "preparing the data (notebook 01)"):
-        mark(run.root)
         staging = None
         if source == "synthetic":
             data_root = Path(data_dir) if data_dir else run.synthetic_data
@@ -60,6 +59,7 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
                                            {**drawn.summary, "data_root": str(data_root)})
             else:
                 result = audit.audit(data_root, progress=True)
+            mark(run.root)  # once the data is there: a failed download marks nothing
             split_result = split.make_split(result, run.split_csv, seed=seed, force=force,
                                             fractions=fractions)
             if staging is not None:

@@ -75,7 +75,8 @@ def check_placement(root: str | os.PathLike,
         # one) says nothing of a run folder.
         if (folder / MARKER).exists():
             raise DataError(f"The run folder {root} lies inside the run folder {folder}: give "
-                            "a folder outside it, so the two never mix their results.")
+                            "a folder outside it, so the two never mix their results (if "
+                            f"{folder} holds no results, remove its {MARKER} file).")
     if data_root is not None:
         data = Path(data_root).resolve()
         if root == data or data in root.parents:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import acquire, audit, data, split, synthetic
+from helpers import acquire, audit, data, runfolder, split, synthetic
 from helpers.errors import DataError, DataSourceError, StaleSplitError
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
@@ -262,6 +262,21 @@ def test_a_run_folder_inside_a_download_folder_to_be_is_refused_before_anything_
     assert data.main(["prepare", "--source", "medmnist", "--cache-dir", str(cache),
                       "--run-dir", str(cache / "bloodmnist_64-run")]) == 1
     assert "offline" in capsys.readouterr().err and (cache / "bloodmnist_64-run").is_dir()
+
+
+def test_a_failed_prepare_leaves_no_run_folder_mark(tmp_path, capsys):
+    # A mark left by a typo would refuse every run folder made inside that folder later.
+    project = tmp_path / "project"
+    project.mkdir()
+    assert data.main(["prepare", "--source", "local", "--data-dir", str(tmp_path / "typo"),
+                      "--run-dir", str(project)]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert list(project.iterdir()) == []
+    assert data.main(["prepare", "--source", "synthetic", "--images-per-class", "4",
+                      "--run-dir", str(project / "run1")]) == 0
+    assert data.main(["prepare", "--source", "synthetic", "--run-dir",
+                      str(project / "run1" / "inner")]) == 1
+    assert f"remove its {runfolder.MARKER} file" in capsys.readouterr().err
 
 
 def test_preparing_a_run_folder_inside_the_data_folder_is_refused_before_anything_is_made(
