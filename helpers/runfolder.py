@@ -7,6 +7,7 @@ nothing else builds one by hand.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -24,8 +25,8 @@ MARKER = ".blood-cell-study-run"
 # What a run folder holds, under its root: the study writes and reads these, so no command's
 # output, and no synthetic draw but the run's own, may land among them.
 RESULT_PARTS = ("data", "synthetic", "models", "history", "work", "config", "metrics",
-                "predictions", "figures", "notebooks", "logs", "superseded", "report.html",
-                ".lock", MARKER)
+                "predictions", "figures", "notebooks", "logs", "superseded", "locks",
+                "report.html", ".lock", MARKER)
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -77,12 +78,29 @@ def check_placement(root: str | os.PathLike,
             raise DataError(f"The run folder {root} lies inside the run folder {folder}: give "
                             "a folder outside it, so the two never mix their results (if "
                             f"{folder} holds no results, remove its {MARKER} file).")
+    if root.is_dir() and not (root / MARKER).exists():  # a new run folder around old ones
+        for inner in _folders_within(root, depth=2):
+            if (inner / MARKER).exists():
+                raise DataError(f"The run folder {root} holds the run folder {inner}: give "
+                                "a folder that holds none, so the two never mix their results.")
     if data_root is not None:
         data = Path(data_root).resolve()
         if root == data or data in root.parents:
             raise DataError(f"The run folder {root} lies inside the data folder {data}: its "
                             "figures and models would be read as images on the next split. "
                             "Give a run folder outside the data folder.")
+
+
+def _folders_within(folder: Path, depth: int) -> list[Path]:
+    """The folders under ``folder`` down to ``depth`` levels (not through links)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if entry.is_dir(follow_symlinks=False):
+                found.append(Path(entry.path))
+                if depth > 1:
+                    found += _folders_within(Path(entry.path), depth - 1)
+    return found
 
 
 @dataclass(frozen=True)

@@ -277,6 +277,12 @@ def test_a_failed_prepare_leaves_no_run_folder_mark(tmp_path, capsys):
     assert data.main(["prepare", "--source", "synthetic", "--run-dir",
                       str(project / "run1" / "inner")]) == 1
     assert f"remove its {runfolder.MARKER} file" in capsys.readouterr().err
+    # Nor is a run folder made around one (two levels down: a folder of runs, a project).
+    for outer in (project / "run1", project):
+        assert data.main(["prepare", "--source", "synthetic", "--run-dir", str(outer.parent)]
+                         ) == 1
+        assert "holds the run folder" in capsys.readouterr().err
+    assert not (tmp_path / runfolder.MARKER).exists()
 
 
 def test_preparing_a_run_folder_inside_the_data_folder_is_refused_before_anything_is_made(
