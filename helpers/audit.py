@@ -5,6 +5,7 @@ The summary lists every file the split will leave out and why: nothing is droppe
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import os
@@ -157,6 +158,12 @@ def audit(data_root: str | os.PathLike, workers: int | None = None,
             row.update(problem=CARRIAGE_RETURN, decodable=False)
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     return AuditResult(data_root=data_root, index=index, summary=summarize(index, data_root))
+
+
+def index_csv(index: pd.DataFrame) -> str:
+    """The per-file index as CSV text, every text quoted: it lists the files left out too,
+    whose names may hold a carriage return."""
+    return index.to_csv(index=False, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
 
 
 def usable_mask(index: pd.DataFrame) -> pd.Series:

@@ -70,7 +70,7 @@ def prepare(source: str, run_dir: str | Path, data_dir: str | Path | None = None
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
         files.write_json(result.summary, run.audit_json)
-        files.write_text_atomically(result.index.to_csv(index=False), run.audit_index)
+        files.write_text_atomically(audit.index_csv(result.index), run.audit_index)
     return result, split_result
 
 

@@ -54,7 +54,7 @@ def run_audit(args: argparse.Namespace) -> None:
         files.write_json(result.summary, args.json)
         print(f"\nJSON report: {files.display_name(args.json)}")
     if args.index_csv:
-        files.write_text_atomically(result.index.to_csv(index=False), args.index_csv)
+        files.write_text_atomically(audit.index_csv(result.index), args.index_csv)
         print(f"Per-file index: {files.display_name(args.index_csv)}")
 
 
