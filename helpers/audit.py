@@ -35,7 +35,7 @@ NOT_UTF8 = ("unreadable: its name is not valid UTF-8 (it cannot be listed in a s
             "report): rename it")
 
 INDEX_COLUMNS = [
-    "path", "folder", "label", "bytes", "mtime_ns", "sha256",
+    "path", "folder", "label", "bytes", "mtime_ns", "sha256", "pixels_sha256",
     "is_image", "decodable", "format", "width", "height", "mode", "problem",
 ]
 
@@ -56,7 +56,8 @@ def inspect_file(path: Path) -> dict:
     ``mtime_ns`` is the file's time before it was read, so that a change while or after it
     was hashed shows as another time to every later reader (``integrity.changes``)."""
     row = {
-        "bytes": 0, "mtime_ns": -1, "sha256": "", "is_image": False, "decodable": False,
+        "bytes": 0, "mtime_ns": -1, "sha256": "", "pixels_sha256": "", "is_image": False,
+        "decodable": False,
         "format": "", "width": 0, "height": 0, "mode": "", "problem": "",
     }
     kind = files.file_kind(path)
@@ -104,7 +105,7 @@ def inspect_file(path: Path) -> dict:
     from helpers import images
 
     try:  # the decoder training uses decides: a truncated JPEG opens and fails only here
-        images.decode_rgb(data)
+        pixels = images.decode_rgb(data).numpy()
     except tf.errors.OpError as error:
         reason = error.message.split("}}")[-1].replace("[Op:DecodeImage]", "").strip()
         try:  # Pillow often says more precisely what is wrong ("image file is truncated")
@@ -113,7 +114,9 @@ def inspect_file(path: Path) -> dict:
             reason = f"{pillow_error}; {reason}"
         row["problem"] = f"corrupt image: TensorFlow cannot decode it ({reason[:300]})"
         return row
-    row["decodable"] = True
+    # What training sees: one image saved in two formats (a PNG of a JPEG) is one content.
+    row.update(decodable=True, pixels_sha256=hashlib.sha256(
+        str(pixels.shape).encode() + pixels.tobytes()).hexdigest())
     return row
 
 
@@ -185,7 +188,7 @@ def summarize(index: pd.DataFrame, data_root: Path) -> dict:
     rare = {size for size, n in sizes.items() if n < UNUSUAL_SIZE_SHARE * len(usable)}
     usable_sizes = usable["width"].astype(str) + "x" + usable["height"].astype(str)
 
-    groups = usable.groupby("sha256")["path"]
+    groups = usable.groupby("pixels_sha256")["path"]
     duplicate_groups, cross_class_conflicts = [], []
     for _, paths in groups:
         if len(paths) < 2:

@@ -1,7 +1,10 @@
-"""A leak-free, stratified, reproducible train/validation/test split, saved as CSV.
+"""A stratified, reproducible train/validation/test split, saved as CSV, with no image in
+two subsets.
 
-Duplicates are removed by content first; content under two classes is left out. Every file
-of the audit ends either in the split or in the exclusion report.
+Duplicates are removed by content first (the same decoded pixels: byte-identical files, or
+one image saved in two lossless formats); content under two classes is left out. An image
+re-encoded with loss (another JPEG quality, a resize) is another content and is not found.
+Every file of the audit ends either in the split or in the exclusion report.
 """
 
 from __future__ import annotations
@@ -47,21 +50,21 @@ def select_images(index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     unusable = index[~usable]
     excluded = [unusable[["path", "label"]].assign(
         reason=unusable["problem"].where(unusable["label"] != "", "outside the class folders"))]
-    images = index.loc[usable, ["path", "label", "sha256"]].sort_values("path")
+    images = index.loc[usable, ["path", "label", "sha256", "pixels_sha256"]].sort_values("path")
 
-    labels_per_content = images.groupby("sha256")["label"].transform("nunique")
+    labels_per_content = images.groupby("pixels_sha256")["label"].transform("nunique")
     conflicts = images[labels_per_content > 1]
     excluded.append(conflicts[["path", "label"]].assign(
         reason=UNDER_TWO_CLASSES))
     images = images[labels_per_content == 1]
 
-    repeated = images.duplicated("sha256", keep="first")  # keeps the first path in order
-    first_path = images.drop_duplicates("sha256").set_index("sha256")["path"]
+    repeated = images.duplicated("pixels_sha256", keep="first")  # keeps the first path in order
+    first_path = images.drop_duplicates("pixels_sha256").set_index("pixels_sha256")["path"]
     copies = images[repeated]
     # Built per row: pandas 2.2 maps an empty column to float64, which no text adds to.
     excluded.append(copies[["path", "label"]].assign(
-        reason=[DUPLICATE_OF + first_path[content] for content in copies["sha256"]]))
-    kept = images[~repeated].reset_index(drop=True)
+        reason=[DUPLICATE_OF + first_path[content] for content in copies["pixels_sha256"]]))
+    kept = images[~repeated].drop(columns="pixels_sha256").reset_index(drop=True)
     return kept, pd.concat(excluded, ignore_index=True).sort_values("path", ignore_index=True)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from helpers import audit, data, preparation
+from helpers import audit, data, images, preparation
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
 
@@ -163,6 +163,26 @@ def test_a_name_with_a_carriage_return_is_left_out_with_its_reason(synthetic_dat
     assert len(split_frame) == len(pd.read_csv(run.split_csv)) > 0
     index = pd.read_csv(run.audit_index, keep_default_na=False)  # it lists every file
     assert len(index) == len(result.index) and "basophil/two\rlines.jpg" in set(index["path"])
+
+
+def test_one_image_saved_in_two_formats_is_one_content(synthetic_data, tmp_path):
+    # A PNG of a JPEG's pixels is another file but the same image to train and score on: as
+    # two files it could sit in train and in test.
+    root, _ = synthetic_data
+    jpegs = sorted((root / "basophil").glob("basophil_00*.jpg"))[1:3]  # no planted copy
+    for jpeg, copy in [(jpegs[0], root / "basophil" / "again.png"),
+                       (jpegs[1], root / "monocyte" / "from_basophil.png")]:
+        Image.fromarray(images.decode_rgb(jpeg.read_bytes()).numpy()).save(copy)
+    result = audit.audit(root)
+    relative = [jpeg.relative_to(root).as_posix() for jpeg in jpegs]
+    assert sorted([relative[0], "basophil/again.png"]) in result.summary["duplicate_groups"]
+    assert sorted([relative[1], "monocyte/from_basophil.png"]) in (
+        result.summary["cross_class_conflicts"])
+    run = RunFolder(tmp_path / "run")
+    preparation.prepare("local", run.root, data_dir=root)
+    paths = set(run.load_split()[0]["path"])
+    assert len({relative[0], "basophil/again.png"} & paths) == 1  # one of the two kept
+    assert not {relative[1], "monocyte/from_basophil.png"} & paths  # label unknown: both out
 
 
 def test_a_decompression_bomb_is_reported_not_raised(synthetic_data, monkeypatch):
