@@ -185,6 +185,27 @@ def test_one_image_saved_in_two_formats_is_one_content(synthetic_data, tmp_path)
     assert not {relative[1], "monocyte/from_basophil.png"} & paths  # label unknown: both out
 
 
+def test_images_outside_the_class_folders_or_under_a_non_utf8_folder_are_left_out(
+        synthetic_data, tmp_path):
+    root, _ = synthetic_data
+    before = audit.audit(root).summary["n_images"]
+    image = next((root / "ig").glob("ig_00*.jpg"))
+    Image.open(image).rotate(90).save(root / "stray.jpg")  # at the top: no class
+    odd = root / os.fsdecode(b"lymphocyte/caf\xe9")  # a folder named in Latin-1
+    odd.mkdir()
+    Image.open(image).rotate(180).save(odd / "cell.jpg")
+    result = audit.audit(root)
+    assert "stray.jpg" in result.summary["outside_class_folders"]
+    odd_name = "lymphocyte/caf\\xe9/cell.jpg"
+    assert "not valid UTF-8" in result.summary["problems"][odd_name]
+    assert before == result.summary["n_images"] == int(audit.usable_mask(result.index).sum())
+    run = RunFolder(tmp_path / "run")
+    _, made = preparation.prepare("local", run.root, data_dir=root)
+    reasons = dict(zip(made.excluded["path"], made.excluded["reason"], strict=True))
+    assert reasons["stray.jpg"] == "outside the class folders" and odd_name in reasons
+    assert not {"stray.jpg", odd_name} & set(made.split["path"])
+
+
 def test_a_decompression_bomb_is_reported_not_raised(synthetic_data, monkeypatch):
     root, _ = synthetic_data
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 24 * 24 // 2)  # 48 px images: 4x over

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn import metrics as sklearn_metrics
 
 from helpers import compare, data, files, histories, inference, metrics, publish, scoring, verdict
 from helpers.errors import DataError
@@ -225,6 +226,9 @@ def test_the_best_seed_on_validation_is_kept_and_the_spread_covers_every_seed(sc
         test = pd.read_csv(run.predictions(name, "test"))
         assert spread.loc[name, "test accuracy"] == pytest.approx(
             (test["label"] == test["predicted"]).mean())
+        assert spread.loc[name, "test macro-F1"] == pytest.approx(
+            sklearn_metrics.f1_score(test["label"], test["predicted"], average="macro",
+                                     labels=sorted(set(test["label"])), zero_division=0))
     costs = {"Baseline CNN": {"training_minutes": 1.0, "images_per_second": 1.0,
                               "parameters": 1}}
     table = compare.comparison_table({"Baseline CNN": report}, costs, {"Baseline CNN": spread})
@@ -292,6 +296,9 @@ def test_each_phase_is_read_from_its_own_epochs(tmp_path):
     assert dynamics["best_epoch"].tolist() == [2, 5]
     assert dynamics["epochs"].tolist() == [3, 3]
     assert dynamics.loc["Net: phase 2 (base unfrozen)", "epochs_to_threshold"] == 5
+    # Its minutes too are of the whole run: 3 epochs of phase 1 and 2 of phase 2, a minute each.
+    assert dynamics.loc["Net: phase 2 (base unfrozen)", "minutes_to_threshold"] == (
+        pytest.approx(5.0))
     assert dynamics.loc["Net: phase 1 (frozen base)", "overfitting_from"] == 3
     # The kept checkpoints, not the highest validation accuracies (0.70 and 0.92).
     assert compare.kept_checkpoints_by_phase(run, "net") == {

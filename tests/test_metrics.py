@@ -88,6 +88,10 @@ def test_with_intervals_adds_accuracy_and_macro_f1_intervals():
         n_resamples=200)
     assert report["accuracy_ci95"][0] <= report["accuracy"] <= report["accuracy_ci95"][1]
     assert report["macro_f1_ci95"][0] <= report["macro_f1_ci95"][1]
+    # Reproducible: every report draws its resamples from seed 0.
+    assert report["macro_f1_ci95"] == list(metrics.bootstrap_interval(
+        Y_TRUE, Y_PRED, lambda true, predicted: metrics.macro_f1(true, predicted, [0, 1, 2]),
+        n_resamples=200, seed=0))
 
 
 def test_the_macro_f1_interval_averages_every_resample_over_the_same_classes():

@@ -10,6 +10,8 @@ from helpers import acquire, audit, data, runfolder, split, synthetic
 from helpers.errors import DataError, DataSourceError, StaleSplitError
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
+from helpers.tools import study
+from tests.conftest import REPOSITORY
 
 
 @pytest.fixture()
@@ -71,6 +73,31 @@ def test_same_seed_gives_a_byte_identical_file_and_another_seed_does_not(synthet
     assert paths["a"].read_bytes() == paths["b"].read_bytes()
     assert paths["a"].read_bytes() != paths["c"].read_bytes()
     assert paths["a"].read_text().splitlines()[0] == "path,label,sha256,split"
+
+
+def test_each_subset_gets_its_share_rounded_to_the_nearest_image():
+    # 5 images: 3.5 -> 4 in train, 0.75 -> 1 in validation, none left for test; 7: 5/1/1.
+    for n, expected in [(5, {"train": 4, "validation": 1}),
+                        (7, {"train": 5, "validation": 1, "test": 1})]:
+        images = pd.DataFrame({"path": [f"basophil/{i}.jpg" for i in range(n)],
+                               "label": "basophil", "sha256": [f"{i:064x}" for i in range(n)]})
+        assert split.assign_splits(images, seed=1)["split"].value_counts().to_dict() == expected
+
+
+def test_a_split_depends_on_content_and_seed_not_on_file_names():
+    images = pd.DataFrame({"path": [f"ig/{i:02d}.jpg" for i in range(20)], "label": "ig",
+                           "sha256": [f"{i:064x}" for i in range(20)]})
+    renamed = images.assign(path=[f"ig/renamed_{19 - i:02d}.jpg" for i in range(20)])
+    by_content = [split.assign_splits(frame, seed=3).set_index("sha256")["split"].sort_index()
+                  for frame in (images, renamed)]
+    pd.testing.assert_series_equal(*by_content)
+
+
+def test_the_default_seed_and_fractions_are_notebook_01s():
+    # A split made on the command line is then the one notebook 01 would make, and reused.
+    declared = study.declared_parameters(REPOSITORY / "notebooks" / "01_data.ipynb")
+    assert declared["SPLIT_SEED"][1] == split.DEFAULT_SEED
+    assert declared["SPLIT_FRACTIONS"][1] == split.SPLIT_FRACTIONS
 
 
 def test_split_does_not_depend_on_file_order(synthetic_audit):

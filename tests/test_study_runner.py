@@ -707,8 +707,9 @@ def test_a_run_folder_inside_the_data_or_another_run_folder_is_refused_before_an
     assert "lies inside the data folder" in _error_line(capsys) and not kaggle.exists()
     outer = RunFolder(tmp_path / "outer")
     runfolder.mark(outer.root)
-    assert study.main(["--profile", "ok", "--run-dir", str(outer.root / "figures" / "run")]) == 1
-    assert f"inside the run folder {outer.root}" in _error_line(capsys)
+    for inner in (outer.root / "figures" / "run", outer.root / "run"):
+        assert study.main(["--profile", "ok", "--run-dir", str(inner)]) == 1
+        assert f"inside the run folder {outer.root}" in _error_line(capsys)
     # Data inside the run folder is how synthetic data lives: allowed.
     runfolder.check_placement(outer.root, outer.root / "synthetic")
 
