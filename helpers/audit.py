@@ -57,8 +57,7 @@ def inspect_file(path: Path) -> dict:
     was hashed shows as another time to every later reader (``integrity.changes``)."""
     row = {
         "bytes": 0, "mtime_ns": -1, "sha256": "", "pixels_sha256": "", "is_image": False,
-        "decodable": False,
-        "format": "", "width": 0, "height": 0, "mode": "", "problem": "",
+        "decodable": False, "format": "", "width": 0, "height": 0, "mode": "", "problem": "",
     }
     kind = files.file_kind(path)
     if kind == "link to nothing":
