@@ -140,12 +140,13 @@ def write_split(result: SplitResult, split_csv: str | os.PathLike, seed: int,
         "counts": split_counts(result.split).to_dict(orient="index"),
         "excluded": result.excluded.to_dict(orient="records"),
     }
-    status = audit_result.index.set_index("path").loc[result.split["path"], ["bytes", "mtime_ns"]]
-    integrity.write_status(status.reset_index()[integrity.STATUS_COLUMNS], split_csv)
     if not metadata_only:
         files.write_text_atomically(result.split.to_csv(index=False, lineterminator="\n"),
                                     split_csv)
     files.write_json(metadata, metadata_path(split_csv))
+    # Last: until it is written, the old record makes every reader hash the changed files.
+    status = audit_result.index.set_index("path").loc[result.split["path"], ["bytes", "mtime_ns"]]
+    integrity.write_status(status.reset_index()[integrity.STATUS_COLUMNS], split_csv)
 
 
 def read_split(split_csv: str | os.PathLike) -> pd.DataFrame:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
-from helpers import audit, preparation, split
+from helpers import audit, files, preparation, split
 from helpers.errors import DataError, StaleSplitError
 from helpers.runfolder import RunFolder
 
@@ -93,6 +94,38 @@ def test_a_synthetic_redraw_killed_before_its_images_moved_in_is_refused(tmp_pat
     monkeypatch.undo()  # run again, it finishes: the split and its images agree
     preparation.prepare("synthetic", run.root, synthetic_images_per_class=4, seed=2)
     assert len(run.load_split()[0]) > 0
+
+
+def test_a_new_split_killed_after_any_of_its_files_is_refused_or_right(prepared, tmp_path,
+                                                                      monkeypatch):
+    # A forced new split over changed images writes the split, its metadata and the record
+    # of its files' times: killed after any of them, no reader may take an old hash as now.
+    run, root = prepared
+    frame, _ = run.load_split()
+    changed = frame.iloc[0]["path"]
+    Image.open(root / changed).rotate(90).save(root / changed)
+    saved = tmp_path / "saved"
+    shutil.copytree(run.root, saved)
+    write = files.write_text_atomically
+    for kill_after in range(4):
+        shutil.rmtree(run.root)
+        shutil.copytree(saved, run.root)
+        written = []
+
+        def write_then_die(text, path, kill_after=kill_after, written=written):
+            if len(written) == kill_after:
+                raise KeyboardInterrupt
+            write(text, path)
+            written.append(Path(path).name)
+        monkeypatch.setattr(files, "write_text_atomically", write_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            preparation.prepare("local", run.root, data_dir=root, force=True)
+        monkeypatch.setattr(files, "write_text_atomically", write)
+        try:
+            now, _ = run.load_split()
+        except StaleSplitError:
+            continue  # refused, with the way out
+        assert now.set_index("path").loc[changed, "sha256"] == files.file_sha256(root / changed)
 
 
 def test_the_same_bytes_with_a_new_time_are_accepted_and_the_record_refreshed(prepared):
