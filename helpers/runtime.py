@@ -7,7 +7,7 @@ from pathlib import Path
 
 from helpers import project
 from helpers.devices import device_names
-from helpers.runfolder import RunFolder, check_root
+from helpers.runfolder import RunFolder, check_placement, check_root
 
 # Where a Colab user's run folders go when they keep them on Google Drive.
 DRIVE_FOLDER = "/content/drive/MyDrive/blood-cell-study"
@@ -31,7 +31,9 @@ def report_accelerator(is_colab: bool) -> None:
 
 
 def run_folder(run_dir: str | os.PathLike, use_google_drive: bool, is_colab: bool) -> RunFolder:
-    """The run folder (created if new); on Colab with ``use_google_drive``, inside your Drive.
+    """The run folder; on Colab with ``use_google_drive``, inside your Drive. Its place is
+    checked (``check_placement``) but nothing is made: notebook 01 first checks where its
+    data will be, and the first notebook that writes makes the folder under its lock.
 
     On Drive the folder survives a disconnect, and training resumes from its backups.
     """
@@ -44,5 +46,5 @@ def run_folder(run_dir: str | os.PathLike, use_google_drive: bool, is_colab: boo
     else:
         path = project.resolve(run_dir)
     check_root(path)
-    path.mkdir(parents=True, exist_ok=True)
+    check_placement(path)
     return RunFolder(path)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import acquire, audit, data, runfolder, split, synthetic
+from helpers import acquire, audit, data, preparation, runfolder, runtime, split, synthetic
 from helpers.errors import DataError, DataSourceError, StaleSplitError
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
@@ -287,8 +287,26 @@ def test_a_run_folder_inside_a_download_folder_to_be_is_refused_before_anything_
         raise DataSourceError("offline")
     monkeypatch.setattr(acquire, "acquire", offline)
     assert data.main(["prepare", "--source", "medmnist", "--cache-dir", str(cache),
-                      "--run-dir", str(cache / "bloodmnist_64-run")]) == 1
+                      "--medmnist-size", "64", "--run-dir", str(cache / "bloodmnist_64-run")]
+                     ) == 1
     assert "offline" in capsys.readouterr().err and (cache / "bloodmnist_64-run").is_dir()
+
+
+def test_notebook_01s_cells_make_nothing_before_the_download_folder_is_checked(
+        tmp_path, monkeypatch):
+    # Its setup cell names the run folder (runtime.run_folder); the data cell prepares.
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    monkeypatch.setattr(acquire, "acquire", lambda *arguments, **options: pytest.fail("acquired"))
+    inside = acquire.destination("kaggle") / "versions" / "1" / "run"
+    run = runtime.run_folder(inside, use_google_drive=False, is_colab=False)
+    with pytest.raises(DataError, match="lies inside the data folder"):
+        preparation.prepare("kaggle", run.root)
+    assert not (tmp_path / "kagglehub").exists()
+    outer = tmp_path / "outer"
+    runfolder.mark(outer)
+    with pytest.raises(DataError, match="inside the run folder"):
+        runtime.run_folder(outer / "figures" / "run", use_google_drive=False, is_colab=False)
+    assert not (outer / "figures").exists()
 
 
 def test_a_failed_prepare_leaves_no_run_folder_mark(tmp_path, capsys):
