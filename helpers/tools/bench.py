@@ -595,8 +595,10 @@ def main(argv: list[str] | None = None) -> int:
                         "layer, in float32 and bfloat16 (nothing else is measured)")
     args = parser.parse_args(argv)
     try:  # before the minutes of work, not after
-        outputs.check_output_path(args.out, ".json", input_folders=[
-            folder for folder in (args.data_dir, getattr(args, "sample_dir", None)) if folder])
+        inputs = [folder for folder in (args.data_dir, getattr(args, "sample_dir", None))
+                  if folder]
+        outputs.check_output_path(args.out, ".csv" if args.layer_profile else ".json",
+                                  input_folders=inputs)
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
