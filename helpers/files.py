@@ -107,11 +107,14 @@ def list_files(folder: str | os.PathLike, skip_hidden: bool = False) -> list[Pat
     never through a link (in a class folder, a link to another would relabel its images).
     Links to nothing and special files are listed too, for the reader to report."""
     found, visited = [], set()
-    own_places = {current: os.path.realpath(current) for current, _, _ in os.walk(folder)}
-    inside = set(own_places.values())
-    for current, subfolders, names in os.walk(folder, followlinks=True):
+    start = os.fspath(folder)
+    top = os.path.realpath(start)
+    for current, subfolders, names in os.walk(start, followlinks=True):
         real = os.path.realpath(current)
-        if real in visited or (current not in own_places and real in inside):
+        parent, name = os.path.split(current)
+        reached_by_link = real != os.path.join(os.path.realpath(parent), name)
+        if real in visited or (current != start and reached_by_link
+                               and (real == top or real.startswith(top + os.sep))):
             subfolders[:] = []
             continue
         visited.add(real)
