@@ -168,8 +168,10 @@ def destination(source: str, data_dir: str | os.PathLike | None = None,
     if source == "medmnist":
         return Path(cache_dir) / f"bloodmnist_{medmnist_size}"
     if source == "kaggle":
-        from kagglehub import config  # imported late: it is only needed for this source
-
+        try:  # imported late: it is only needed for this source
+            from kagglehub import config
+        except ImportError:  # the download says so, in one line
+            return None
         return Path(config.get_cache_folder(), "datasets", *KAGGLE_DATASET.split("/"))
     return None
 

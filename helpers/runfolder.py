@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers import files, integrity, split
+from helpers import files, integrity, project, split
 from helpers.errors import DataError
 
 # The file that marks a run folder (written by notebook 1, the study and training runs).
@@ -71,6 +71,9 @@ def check_placement(root: str | os.PathLike,
     is) the data folder ``data_root``: its figures and models would be read as images of a
     class on the next split. (The data may lie inside the run folder: synthetic data does.)"""
     root = Path(root).resolve()
+    if root == project.ROOT:
+        raise DataError(f"The run folder {root} is the repository itself: give a folder in it "
+                        "(runs/latest) or elsewhere.")
     for folder in root.parents:
         # The study's mark alone: a ".lock" of another tool (pytest's temporary folders have
         # one) says nothing of a run folder.
@@ -112,7 +115,10 @@ class RunFolder:
     def __post_init__(self) -> None:
         if not str(self.root).strip():  # Path("") is the current folder: a repository, a home
             raise DataError("The run folder is an empty name: give a folder (runs/latest).")
-        object.__setattr__(self, "root", Path(self.root).expanduser())
+        try:
+            object.__setattr__(self, "root", Path(self.root).expanduser())
+        except RuntimeError as error:  # ~name of no user
+            raise DataError(f"The run folder {self.root}: {error}.") from None
 
     # -- data ------------------------------------------------------------------------------
     @property

@@ -17,7 +17,7 @@ from PIL import Image
 from helpers import data, evaluate, files, inference, predict, preparation, runtime, split
 from helpers.errors import DataError, StaleSplitError
 from helpers.labels import CLASS_NAMES
-from helpers.runfolder import RunFolder
+from helpers.runfolder import MARKER, RunFolder
 from helpers.tools import notebooks
 from helpers.tools import predict as predict_command
 from tests.conftest import REPOSITORY
@@ -294,6 +294,16 @@ def test_an_empty_run_folder_name_is_refused_and_a_tilde_is_the_home(tmp_path, m
         with pytest.raises(DataError, match="empty name"):
             runtime.run_folder(empty, use_google_drive=False, is_colab=False)
     assert list(tmp_path.iterdir()) == []
+    # "." in the repository: the repository itself; ~ of no user.
+    monkeypatch.chdir(REPOSITORY)
+    for name, refusal in ((".", "is the repository itself"),
+                          ("~no-such-user-here/run", "~no-such-user-here/run: ")):
+        assert data.main(["prepare", "--source", "synthetic", "--run-dir", name]) == 1
+        assert refusal in capsys.readouterr().err
+    with pytest.raises(DataError, match="is the repository itself"):
+        runtime.run_folder(".", use_google_drive=False, is_colab=False)
+    assert not (REPOSITORY / MARKER).exists()
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert data.main(["prepare", "--source", "synthetic", "--images-per-class", "2",
                       "--run-dir", "~/runs/x"]) == 0
