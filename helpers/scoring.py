@@ -19,7 +19,7 @@ from helpers.runfolder import RunFolder
 def labelled_images(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[dict], Path]:
     """The images under ``data_dir``'s class folders that the audit keeps, and every file
     left out, judged as the split judges a folder (``split.select_images``): unusable files,
-    a byte-identical copy of a kept image ("duplicate of ...", scored once), and content
+    a copy of a kept image (the same decoded pixels: "duplicate of ...", scored once), and content
     under two classes (its label is unknown: every copy left out).
 
     Returns (DataFrame with path (absolute), label, sha256; skipped files as {path, reason};
