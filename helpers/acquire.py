@@ -154,9 +154,9 @@ def acquire(source: str = "kaggle", data_dir: str | os.PathLike | None = None,
         raise DataSourceError(f"BloodMNIST comes at {sorted(MEDMNIST_FILES)} px, "
                               f"not {medmnist_size}.")
     url, md5 = MEDMNIST_FILES[medmnist_size]
-    cache_dir = Path(cache_dir)
-    npz = download_file(url, cache_dir / f"bloodmnist_{medmnist_size}.npz", md5)
-    return npz_to_folders(npz, cache_dir / f"bloodmnist_{medmnist_size}")
+    folder = destination("medmnist", cache_dir=cache_dir, medmnist_size=medmnist_size)
+    npz = download_file(url, folder.with_suffix(".npz"), md5)
+    return npz_to_folders(npz, folder)
 
 
 def destination(source: str, data_dir: str | os.PathLike | None = None,
