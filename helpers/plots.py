@@ -103,8 +103,10 @@ def plot_per_class_f1(reports: dict[str, dict],
             for name, scores in report["per_class"].items()]
     figure, axis = plt.subplots(figsize=(10, 4))
     sns.barplot(pd.DataFrame(rows), x="class", y="F1", hue="model", ax=axis)
-    low = min(row["F1"] for row in rows)
-    axis.set(ylim=(max(0, low - 0.05), 1.0), title="F1 per class", xlabel="")
+    # Zoomed to the bars, so close models stay apart; the label says where the axis starts.
+    bottom = max(0.0, min(row["F1"] for row in rows) - 0.05)
+    axis.set(ylim=(bottom, 1.0), title="F1 per class", xlabel="",
+             ylabel=f"F1 (axis from {bottom:.2f})" if bottom > 0 else "F1")
     axis.legend(loc="lower right", fontsize="small")
     return finish(figure, path)
 

@@ -1,6 +1,7 @@
 import matplotlib
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from helpers import metrics, plots
@@ -47,6 +48,13 @@ def test_evaluation_figures_draw_each_model_and_save_png(tmp_path):
         "good (accuracy 1.000)", "poor (accuracy 0.500)"]
     figure = plots.plot_per_class_f1(reports, path=tmp_path / "f1.png")
     assert len(figure.axes[0].patches) >= 6  # 3 classes x 2 models
+    bottom = figure.axes[0].get_ylim()[0]  # zoomed to the bars, and the label says so
+    lowest = min(scores["f1"] for scores in poor_report["per_class"].values())
+    assert bottom == pytest.approx(lowest - 0.05) and bottom > 0
+    assert figure.axes[0].get_ylabel() == f"F1 (axis from {bottom:.2f})"
+    _, zero, zero_report = _report(np.array([1, 1, 1, 1, 1, 1]))  # classes a and c: F1 0
+    figure = plots.plot_per_class_f1({"zero": zero_report})
+    assert figure.axes[0].get_ylim()[0] == 0 and figure.axes[0].get_ylabel() == "F1"
     figure = plots.plot_reliability({"good": (y_true, good), "poor": (y_true, poor)},
                                     path=tmp_path / "reliability.png")
     legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
