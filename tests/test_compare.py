@@ -447,6 +447,13 @@ def test_the_conclusion_says_what_macro_f1_seeds_confusions_and_minutes_add():
             "accuracy does: the difference lies in the large classes.") in text
     text = verdict.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, EQUAL_BUDGETS)
     assert "Macro-F1, which weighs" not in text  # both intervals exclude zero
+    # A macro-F1 interval below zero separates the models as one above zero does.
+    f1_lower = {"accuracy": {**DIFFERENCE["accuracy"], "ci95": [-0.01, 0.08]},
+                "macro_f1": {**DIFFERENCE["macro_f1"], "difference": -0.05,
+                             "ci95": [-0.09, -0.01]}}
+    text = verdict.conclusion({**DIFFERENCE, **f1_lower}, labels, {**MCNEMAR, "p_value": 0.3},
+                              PAIRS, EQUAL_BUDGETS)
+    assert "Macro-F1, which weighs every class alike, separates the models where" in text
     two_seeds = pd.DataFrame({"accuracy difference": [0.04, 0.06]})
     assert "CNN was trained with 2 seeds" in verdict.conclusion(
         DIFFERENCE, labels, MCNEMAR, PAIRS, EQUAL_BUDGETS, two_seeds)
@@ -465,12 +472,19 @@ def test_the_conclusion_says_what_macro_f1_seeds_confusions_and_minutes_add():
     minutes.loc[compare.ALL_MINUTES] = ["12.0", "12.0"]
     assert compare.ALL_MINUTES not in verdict.conclusion(
         DIFFERENCE, labels, MCNEMAR, PAIRS, minutes)
+    # On equal terms, other minutes alone are no caveat: the plain verdict, no "What differed".
+    equal_minutes = EQUAL_BUDGETS.copy()
+    equal_minutes.loc[compare.ALL_MINUTES] = ["12.0", "30.5"]
+    text = verdict.conclusion(DIFFERENCE, labels, MCNEMAR, PAIRS, equal_minutes)
+    assert "**CNN is more accurate than" in text and "What differed" not in text
 
 
 @pytest.mark.parametrize("row, values, said", [
     ("epochs (frozen + unfrozen where two)", ["15", "1 + 3"], "epochs"),
     ("training images", ["10,160", "5,000"], "training images"),
     ("seeds trained", ["3", "1"], "seeds"),
+    ("initial weights", ["ImageNet", "random"], "weights"),
+    ("input (pixels)", ["64x64", "224x224"], "input size"),
 ])
 def test_models_trained_on_other_terms_get_no_bare_winner(row, values, said):
     labels = ("CNN", "ResNet50, random init")
@@ -494,6 +508,12 @@ def test_an_interval_touching_zero_or_a_p_of_exactly_0_05_is_no_clear_verdict():
     assert "**the difference is borderline**: the interval includes zero" in text
     text = verdict.conclusion(DIFFERENCE, labels, {**MCNEMAR, "p_value": 0.05}, PAIRS, equal)
     assert "**the difference is borderline**" in text and "is not below 0.05" in text
+    # Touching zero from below is no clear verdict either, whichever model scored higher.
+    below = {**DIFFERENCE, "accuracy": {**DIFFERENCE["accuracy"], "difference": -0.04,
+                                        "ci95": [-0.08, 0.0]}}
+    text = verdict.conclusion(below, labels, MCNEMAR, PAIRS, equal)
+    assert "**the difference is borderline**: the interval includes zero" in text
+    assert "more accurate" not in text
 
 
 def test_caveats_mark_the_rows_of_the_comparison_table():

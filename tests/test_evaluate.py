@@ -252,3 +252,13 @@ def test_the_predictions_frame_gives_each_images_top_probability_as_its_confiden
     assert frame["predicted"].tolist() == ["b", "a"]
     assert frame["confidence"].tolist() == [0.7, 0.6]
     assert frame["p_c"].tolist() == [0.2, 0.1]
+
+
+def test_the_reports_intervals_are_those_of_the_predicted_classes():
+    """Every prediction right: each resample's accuracy is 1, so its interval is too."""
+    probabilities = np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]] * 2)
+    classes = ("a", "b", "c")
+    frame = scoring.predictions_frame([f"{i}.jpg" for i in range(6)], ["b", "a", "c"] * 2,
+                                      probabilities, classes)
+    report = scoring.report_from_predictions(frame, classes, n_resamples=20)
+    assert report["accuracy"] == 1.0 and report["accuracy_ci95"] == [1.0, 1.0]

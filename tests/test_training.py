@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import keras
 import numpy as np
 import pandas as pd
@@ -33,6 +34,7 @@ from helpers import (
 from helpers.labels import CLASS_NAMES
 from helpers.runfolder import RunFolder
 from helpers.tools import notebooks
+from helpers.workfolder import WorkFolder
 from tests.conftest import REPOSITORY
 
 # Kills of the fault-injection test: about 10 s each on 2 cores.
@@ -216,20 +218,23 @@ def test_a_phase_checkpoint_competes_with_its_own_epochs_only(tmp_path):
                   "val_loss": [0.1, 0.2, 0.3, 0.5, 0.6]}).to_csv(history_csv, index=False)
     data = tf.data.Dataset.from_tensor_slices((np.zeros((8, 4, 4, 3)), np.zeros(8))).batch(8)
 
-    def built(initial_epoch: int) -> dict:
+    def built(initial_epoch: int, **options) -> dict:
         made = callbacks.standard_callbacks(
             checkpoint=tmp_path / "kept.keras", history_csv=history_csv,
             backup_dir=tmp_path / "backup", training_data=data, validation_data=data,
             global_batch_size=32, training_images=8, steps_per_epoch=1,
             epoch_counter=None, seed=0, diverged=lambda *details: RuntimeError(details),
             progress_name="tiny", progress_phase=None, initial_epoch=initial_epoch,
-            precise_batchnorm_images=16)
+            precise_batchnorm_images=16, **options)
         return {type(callback).__name__: callback for callback in made}
 
     assert built(0)["BestCheckpoint"].best == 0.1
     assert built(2)["BestCheckpoint"].best == 0.3  # phase 2 resumed after its epochs 2-4
     assert built(5)["BestCheckpoint"].best == math.inf  # phase 2 starting after epoch 4
     assert built(0)["PreciseBatchNorm"].batches == 1  # 16 images, batches of 32
+    # Selection saves only improving epochs; keep_best=False saves every epoch.
+    assert built(0)["BestCheckpoint"].every_epoch is False
+    assert built(0, keep_best=False)["BestCheckpoint"].every_epoch is True
 
 
 def test_the_checkpoint_without_selection_saves_an_epoch_worse_than_the_best(tmp_path):
@@ -247,6 +252,57 @@ def test_the_checkpoint_without_selection_saves_an_epoch_worse_than_the_best(tmp
         checkpoint.on_epoch_end(0, {"val_loss": 1.0})
         checkpoint.on_epoch_end(1, {"val_loss": 2.0})  # worse: kept only without selection
         assert len(saved) == saves
+    # A later epoch that only ties the best is not kept: the kept epoch is the first lowest
+    # validation loss, the one the history's best epoch names (idxmin).
+    saved.clear()
+    checkpoint = callbacks.BestCheckpoint(tmp_path / "kept.keras", 1.0)
+    checkpoint.set_model(Recorder())
+    checkpoint.on_epoch_end(3, {"val_loss": 1.0})
+    assert saved == []
+
+
+def test_the_first_non_finite_epoch_is_found_in_either_loss(tmp_path):
+    history_csv = tmp_path / "history.csv"
+    pd.DataFrame({"epoch": [0, 1, 2, 3], "loss": [1.0, 0.9, float("inf"), float("nan")],
+                  "val_loss": [1.1, float("nan"), 0.8, 0.7]}).to_csv(history_csv, index=False)
+    epoch, values = callbacks.first_non_finite(history_csv)
+    assert epoch == 1 and values["loss"] == 0.9 and math.isnan(values["val_loss"])
+    pd.DataFrame({"epoch": [0], "loss": [1.0], "val_loss": [1.1]}).to_csv(history_csv,
+                                                                          index=False)
+    assert callbacks.first_non_finite(history_csv) is None
+
+
+def test_a_run_stopped_on_purpose_stops_after_its_one_based_epoch():
+    stop = callbacks.StopAfterEpoch(2)
+    stop.on_epoch_end(0)
+    with pytest.raises(callbacks.TrainingStoppedError, match="after epoch 2"):
+        stop.on_epoch_end(1)
+
+
+def test_a_new_fit_forgets_the_epoch_an_earlier_fit_restored():
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model._initial_epoch = 3  # as BackupAndRestore leaves it after a resumed phase 1
+    forget = callbacks.ForgetRestoredEpoch()
+    forget.set_model(model)
+    forget.on_train_begin()
+    assert model._initial_epoch is None
+
+
+def test_images_per_second_times_the_training_pass_without_validation(monkeypatch):
+    ticks = iter([100.0, 102.0, 110.0])  # the epoch begins, its validation begins, it ends
+    monkeypatch.setattr(callbacks, "time", type("Clock", (), {
+        "perf_counter": staticmethod(lambda: next(ticks))}))
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    timing = callbacks.EpochTiming(images_per_epoch=100)
+    timing.set_model(model)
+    logs = {}
+    timing.on_epoch_begin(0)
+    timing.on_test_begin()
+    timing.on_epoch_end(0, logs)
+    assert logs["epoch_seconds"] == 10.0
+    assert logs["images_per_second"] == 50.0  # 100 images in the 2 s before validation
+    assert logs["learning_rate"] == pytest.approx(0.01)
 
 
 def test_without_selection_the_last_epoch_is_the_model_and_nothing_stops_early(run):
@@ -420,6 +476,51 @@ def test_a_damaged_backup_falls_back_or_starts_the_phase_again(run, tmp_path_fac
     _assert_same_run(run, straight)
 
 
+def test_a_backup_whose_metadata_a_kill_cut_short_falls_back_to_the_one_before(tmp_path,
+                                                                               capsys):
+    """Keras writes training_metadata.json in place: readable weights beside a cut metadata
+    file are a damaged backup too."""
+    work = WorkFolder(RunFolder(tmp_path / "run"), "tiny")
+    backup = work.backup_dir(None)
+    backup.mkdir(parents=True)
+    for name in ("latest.weights.h5", "latest.weights.h5.bkp"):
+        with h5py.File(backup / name, "w") as weights:
+            weights["epoch"] = 2 if name.endswith(".h5") else 1
+    (backup / "training_metadata.json").write_text('{"epoch": ')  # cut mid-write
+    files.write_json({"epoch": 1, "batch": -1}, backup / "training_metadata.json.bkp")
+    work.check_backup(None)
+    assert "resuming from the one before it" in capsys.readouterr().out
+    assert files.read_json(backup / "training_metadata.json") == {"epoch": 1, "batch": -1}
+    with h5py.File(backup / "latest.weights.h5", "r") as weights:
+        assert weights["epoch"][()] == 1
+
+
+def test_discarding_a_phase_keeps_the_history_of_every_phase_before_it(tmp_path):
+    work = WorkFolder(RunFolder(tmp_path / "run"), "tiny")
+    work.path.mkdir(parents=True)
+    pd.DataFrame({"epoch": range(7), "loss": 1.0, "val_loss": 1.0}).to_csv(work.history_csv,
+                                                                          index=False)
+    files.write_json({"a": 2, "b": 4, "c": 6}, work.phases)
+    work.discard_phase("c")  # phases a (epochs 0-1) and b (epochs 2-3) stay
+    assert pd.read_csv(work.history_csv)["epoch"].tolist() == [0, 1, 2, 3]
+    assert work.finished_phases() == {"a": 2, "b": 4}
+
+
+def test_an_unfinished_run_resumes_only_under_its_own_split_seed_and_parameters(tmp_path):
+    work = WorkFolder(RunFolder(tmp_path / "run"), "tiny")
+    assert work.resume_problem("split", 7, True, {"EPOCHS": 3}) is None  # no record yet
+    work.path.mkdir(parents=True)
+    files.write_json({"split_sha256": "split", "seed": 7, "deterministic": True,
+                      "parameters": {"EPOCHS": 3, "LEARNING_RATE": 0.1}}, work.record)
+    same = {"EPOCHS": 3, "LEARNING_RATE": 0.1}
+    assert work.resume_problem("split", 7, True, same) is None
+    assert "another split" in work.resume_problem("other", 7, True, same)
+    assert work.resume_problem("split", 8, True, same).startswith("seed 7")
+    assert work.resume_problem("split", 7, False, same).startswith("seed 7")
+    assert (work.resume_problem("split", 7, True, {**same, "EPOCHS": 5})
+            == "other parameters (EPOCHS)")
+
+
 def test_a_fit_that_stopped_early_leaves_a_backup_of_every_epoch_done(tmp_path):
     """Early stopping ends fit before its last epoch: the backup says all epochs are done,
     so a kill before finish() does not train the epochs early stopping skipped."""
@@ -447,8 +548,10 @@ def test_each_epochs_random_layers_are_seeded_from_the_seed_and_the_epoch():
               if variable.path.endswith("seed_generator_state")]
     assert len(states) == 2
 
+    counter = tf.Variable(0, dtype=tf.int64)  # the pipeline's pass number: the epoch's
+
     def states_at(seed: int, epoch: int) -> list[list[int]]:
-        seeds = callbacks.EpochSeeds(counter=None, seed=seed)
+        seeds = callbacks.EpochSeeds(counter=counter, seed=seed)
         seeds.set_model(model)
         seeds.on_epoch_begin(epoch)
         return [keras.ops.convert_to_numpy(state).tolist() for state in states]
@@ -461,6 +564,7 @@ def test_each_epochs_random_layers_are_seeded_from_the_seed_and_the_epoch():
     # Within 31 bits for any seed, as runs were first trained (Keras 3.3 kept uint32 states).
     assert all(0 <= key < 2**31 for key in keys | {s[0] for s in states_at(2**31 - 1, 9)})
     assert all(state[1] == 0 for state in states_at(42, 5))
+    assert int(counter.numpy()) == 5
 
 
 def test_two_epochs_of_augmentation_draw_independent_values():
@@ -758,6 +862,17 @@ def test_a_run_of_other_epoch_randomness_is_trained_again(run, monkeypatch):
     assert _run_once(run)[0] is False
 
 
+def test_a_non_finite_batch_loss_stops_training_at_that_batch():
+    guard = callbacks.NonFiniteLossGuard(lambda epoch, batch, values: RuntimeError(
+        epoch, batch, values))
+    guard.on_epoch_begin(2)
+    guard.on_train_batch_end(0, {"loss": 1.5})
+    for loss in (float("inf"), float("nan")):
+        with pytest.raises(RuntimeError) as raised:
+            guard.on_train_batch_end(3, {"loss": loss})
+        assert raised.value.args[:2] == (2, 3)
+
+
 def test_a_non_finite_validation_loss_stops_training_at_that_epoch():
     guard = callbacks.NonFiniteLossGuard(lambda epoch, batch, values: RuntimeError(epoch))
     guard.on_epoch_end(0, {"loss": 1.0, "val_loss": 2.0})
@@ -841,6 +956,39 @@ def test_a_publish_killed_midway_leaves_a_run_that_counts_as_unfinished(tmp_path
     with pytest.raises(KeyboardInterrupt):
         publish.publish(run, "tiny", killed)
     assert publish.missing_files(run, "tiny") == ["metrics/tiny_validation.json"]
+
+
+def test_a_one_phase_run_published_over_a_two_phase_one_leaves_none_of_its_phases(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    for path in (run.model("tiny"), run.model("tiny", "first"), run.history("tiny"),
+                 run.run_record("tiny"), run.validation_metrics("tiny")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    files.write_json({"first": 2}, run.phases("tiny"))  # the two-phase run before
+    work = WorkFolder(run, "tiny")
+    work.path.mkdir(parents=True)
+    work.checkpoint(None).write_text("model")
+    work.history_csv.write_text("epoch\n0\n")
+    files.write_json({"seed": 7}, work.record)
+    publish.publish_work(work, {"accuracy": 0.9}, "Tiny", {
+        "image_size": 16, "resize_method": "bilinear", "crop_fraction": 1.0}, {"last": "abc"})
+    assert run.finished_phases("tiny") == {} and not run.model("tiny", "first").exists()
+    assert publish.missing_files(run, "tiny") == [] and not work.exists()
+
+
+def test_a_record_with_one_fingerprint_keeps_only_a_one_phase_run(tmp_path):
+    """Records before per-phase fingerprints: one fingerprint is a one-phase run's; a
+    two-phase run so recorded cannot tell its phases apart and trains again."""
+    run = RunFolder(tmp_path / "run")
+    for path in (run.model("tiny"), inference.sidecar_path(run.model("tiny")),
+                 run.history("tiny"), run.validation_metrics("tiny")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    files.write_json({"fingerprint": "abc"}, run.run_record("tiny"))
+    assert publish.finished_fingerprints(run, "tiny") == {"last": "abc"}
+    files.write_json({"first": 2}, run.phases("tiny"))
+    run.model("tiny", "first").write_text("{}")
+    assert publish.finished_fingerprints(run, "tiny") == {}
 
 
 def test_finish_refuses_a_history_with_a_non_finite_loss(run):
