@@ -129,12 +129,18 @@ def conclusion(difference: dict, labels: tuple[str, str], mcnemar: dict,
         f"{first} got right, {mcnemar['b_only_correct']} only {second}). So {verdict}.",
     ]
     f1_low, f1_high = macro_f1["ci95"]
-    if (f1_low > 0 or f1_high < 0) != (low > 0 or high < 0):
+    f1_says = f1_low > 0 or f1_high < 0
+    if f1_says != interval_says:
         lines.append("Macro-F1, which weighs every class alike, "
                      + ("separates the models where accuracy does not."
-                        if f1_low > 0 or f1_high < 0 else
+                        if f1_says else
                         "does not separate the models where accuracy does: the difference "
                         "lies in the large classes."))
+    elif f1_says and (f1_low > 0) != (low > 0):  # both separate them, in opposite directions
+        lines.append(f"Macro-F1, which weighs every class alike, points the other way: "
+                     f"{first if f1_low > 0 else second} scores higher on it, its interval "
+                     "excluding zero too. Which model is better depends on whether the small "
+                     "classes count as much as the large ones.")
     if seeds is not None and len(seeds) > 1:
         spread = seeds["accuracy difference"]
         lines.append(

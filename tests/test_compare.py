@@ -454,6 +454,15 @@ def test_the_conclusion_says_what_macro_f1_seeds_confusions_and_minutes_add():
     text = verdict.conclusion({**DIFFERENCE, **f1_lower}, labels, {**MCNEMAR, "p_value": 0.3},
                               PAIRS, EQUAL_BUDGETS)
     assert "Macro-F1, which weighs every class alike, separates the models where" in text
+    # Both intervals exclude zero, in opposite directions: the conclusion says so.
+    opposite = {"accuracy": DIFFERENCE["accuracy"],
+                "macro_f1": {**DIFFERENCE["macro_f1"], "difference": -0.05,
+                             "ci95": [-0.09, -0.01]}}
+    assert DIFFERENCE["accuracy"]["ci95"][0] > 0
+    text = verdict.conclusion({**DIFFERENCE, **opposite}, labels, MCNEMAR, PAIRS,
+                              EQUAL_BUDGETS)
+    assert (f"Macro-F1, which weighs every class alike, points the other way: {labels[1]} "
+            "scores higher on it") in text
     two_seeds = pd.DataFrame({"accuracy difference": [0.04, 0.06]})
     assert "CNN was trained with 2 seeds" in verdict.conclusion(
         DIFFERENCE, labels, MCNEMAR, PAIRS, EQUAL_BUDGETS, two_seeds)
