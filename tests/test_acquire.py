@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import acquire, data, synthetic
-from helpers.errors import DataLayoutError, DataSourceError
+from helpers.errors import DataError, DataLayoutError, DataSourceError
 from helpers.labels import CLASS_NAMES
 
 # A port nothing listens on: connections are refused at once, like a machine with no network.
@@ -240,3 +240,9 @@ def test_a_synthetic_dataset_is_a_function_of_its_seed(tmp_path):
     assert other.keys() == first.keys()
     assert all(other[path] != first[path] for path in first
                if path.suffix == ".jpg" and "DS_" not in path.name)
+
+
+def test_a_synthetic_dataset_of_a_negative_seed_is_refused_before_anything_is_drawn(tmp_path):
+    with pytest.raises(DataError, match="seed must be 0 or more, got -1"):
+        synthetic.make_synthetic_dataset(tmp_path / "cells", seed=-1)
+    assert not (tmp_path / "cells").exists()

@@ -241,6 +241,7 @@ def test_synthetic_refuses_no_images_and_a_folder_of_other_images(tmp_path, caps
     assert data.main(["synthetic", str(drawn), "--images-per-class", "2", "--no-quirks"]) == 0
     assert sorted(path.name for path in (drawn / "basophil").iterdir()) == [
         "basophil_0000.jpg", "basophil_0001.jpg"]
+    assert not (drawn / "unknown_folder").exists()  # the planted empty class folder too
 
 
 def test_a_refused_split_changes_nothing_in_the_run_folder_and_names_the_parameter(tmp_path):

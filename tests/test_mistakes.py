@@ -28,6 +28,12 @@ def test_the_table_gives_each_runs_kept_best_and_last_epoch_and_the_reference():
     phased = mistakes.mistakes_table({"recipe": {"accuracy": 0.97}}, {"recipe": two_phases},
                                      0.66, boundaries={"recipe": 1})
     assert phased.loc["recipe", mistakes.BEST] == 0.97
+    # The last phase's first epoch is one of its own.
+    first_is_best = _history([0.99, 0.96, 0.95], [0.05, 0.1, 0.2])
+    from_boundary = mistakes.mistakes_table({"recipe": {"accuracy": 0.96}},
+                                            {"recipe": first_is_best}, 0.66,
+                                            boundaries={"recipe": 1})
+    assert from_boundary.loc["recipe", mistakes.BEST] == 0.96
     whole = mistakes.mistakes_table({"recipe": {"accuracy": 0.97}}, {"recipe": two_phases}, 0.66)
     assert whole.loc["recipe", mistakes.BEST] == 0.99
     text = mistakes.mistakes_text(table)
@@ -46,5 +52,8 @@ def test_the_runs_near_the_reference_are_named_from_the_numbers():
         "Within 0.05 of the earlier study's 0.66: a (0.6300).")
     assert mistakes.near_the_reference(table, 0.66, 0.01) == (
         "No run lands within 0.01 of the earlier study's 0.66; the nearest is a at 0.6300.")
+    # Exactly ``within`` away counts as within.
+    exact = mistakes.mistakes_table({"a": {"accuracy": 0.75}}, {}, reference=0.5)
+    assert mistakes.near_the_reference(exact, 0.5, 0.25).startswith("Within 0.25")
     none_finished = mistakes.mistakes_table({"c": None}, {}, reference=0.66)
     assert "No mistake run finished" in mistakes.near_the_reference(none_finished, 0.66, 0.05)

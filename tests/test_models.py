@@ -142,6 +142,12 @@ def test_pixel_noise_refuses_a_standard_deviation_that_is_not_a_finite_number_fr
     assert models.RandomPixelNoise(np.float32(2.5)).stddev == 2.5  # NumPy numbers are numbers
 
 
+def test_pixel_noise_of_size_0_is_accepted_and_leaves_training_images_alone():
+    images, _ = _batch()
+    no_noise = models.RandomPixelNoise(0.0)
+    np.testing.assert_array_equal(np.asarray(no_noise(images, training=True)), images)
+
+
 def test_pixel_noise_is_saved_with_its_size_and_seed(tmp_path):
     inputs = keras.Input((SIZE, SIZE, 3))
     model = keras.Model(inputs, models.RandomPixelNoise(7.5, seed=11, name="noise")(inputs))
@@ -192,6 +198,28 @@ def test_fused_batchnorm_trains_like_keras_batchnorm(policy, tolerance):
                    for op in graph.get_operations()) == expected
 
 
+def test_fused_batchnorm_normalizes_with_the_layers_own_epsilon():
+    import tensorflow as tf
+
+    images = tf.random.stateless_normal((8, 6, 6, 5), seed=(1, 2)) * 0.1  # variance near 0.01
+    plain = keras.layers.BatchNormalization(epsilon=0.01)
+    fused = models.FusedBatchNormalization(epsilon=0.01)
+    np.testing.assert_allclose(np.asarray(fused(images, training=True)),
+                               np.asarray(plain(images, training=True)), rtol=1e-4, atol=1e-4)
+
+
+def test_the_trainable_parameters_leave_out_frozen_layers():
+    inputs = keras.Input((3,))
+    frozen = keras.layers.Dense(4, trainable=False)  # 16 parameters
+    model = keras.Model(inputs, keras.layers.Dense(2)(frozen(inputs)))  # 10 parameters
+    assert models.count_trainable(model) == 10 and model.count_params() == 26
+
+
+def test_an_error_building_a_resnet50_of_random_weights_is_not_said_to_be_the_weights():
+    with pytest.raises(ValueError, match="a shape error"), models.explained_weights_errors(None):
+        raise ValueError("a shape error")
+
+
 def test_the_cnn_uses_fused_batchnorm_and_loads_back(tmp_path):
     model = notebooks.baseline_cnn(16, widths=(4, 8), seed=0)
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
@@ -234,6 +262,19 @@ def test_a_weights_file_of_another_model_is_one_clear_line(tmp_path):
                        match="holds no weights of a ResNet50 base") as error:
         notebook_resnet50(str(path))
     assert "\n" not in str(error.value)
+
+
+def test_a_base_whose_weights_are_not_the_files_is_refused(tmp_path):
+    """Some Keras versions load a file partly: the base must hold the file's weights."""
+    base = keras.applications.ResNet50(include_top=False, weights=None,
+                                       input_shape=(SIZE, SIZE, 3))
+    path = tmp_path / "base.weights.h5"
+    base.save_weights(path)
+    models.check_weights_file(base, str(path))  # its own file: accepted
+    first = base.get_layer("conv1_conv").kernel
+    first.assign(np.zeros(first.shape))  # one convolution not loaded from the file
+    with pytest.raises(models.WeightsUnavailableError, match="1 of its 53 convolutions"):
+        models.check_weights_file(base, str(path))
 
 
 def test_resnet50_weights_setting_and_label_say_where_the_weights_come_from(tmp_path):

@@ -13,6 +13,9 @@ def test_this_runs_models_come_first_in_the_column_of_their_input_size():
     # 96 px is no column of BloodMNIST's: the nearest below, the size named.
     assert table.loc[1, "model"] == "ResNet50, ImageNet (96 px)"
     assert table.loc[1, "64 px"] == 99.0
+    # Under BloodMNIST's smallest size: its column, never the largest.
+    tiny = published.with_this_run({"CNN": ("random", 16, 0.5)})
+    assert tiny.loc[0, "28 px"] == 50.0 and tiny.loc[0, "model"] == "CNN (16 px)"
     assert len(table) == 2 + len(published.PUBLISHED) + len(published.ORIGINALS)
     text = published.table_text(table)
     assert "nan" not in text and "98.94" in text

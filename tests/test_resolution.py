@@ -23,7 +23,7 @@ def _jpeg(width: int, height: int) -> bytes:
 
 
 @pytest.mark.parametrize("size, half", [((360, 363), (180, 182)), ((366, 369), (183, 184)),
-                                        ((1, 3), (1, 2))])
+                                        ((1, 3), (1, 2)), ((363, 360), (182, 180))])
 def test_a_half_resolution_copy_is_a_jpeg_of_half_each_side_rounded(tmp_path, size, half):
     source = tmp_path / "cell.jpg"
     source.write_bytes(_jpeg(*size))
@@ -135,3 +135,7 @@ def test_the_check_scores_each_model_on_the_originals_and_on_their_half_copies(t
     assert table["accuracy_original"].tolist() == [1.0, 1.0]
     assert table["accuracy_half"].tolist() == [0.0, 0.0] and table["changed"].tolist() == [4, 2]
     assert table["file"].tolist() == ["m.keras"] * 2
+    # Of images all trained on, or none: one group, the images all counted once.
+    for subset in ("train", "test"):
+        table = half_resolution.resolution_check([model], images.assign(split=subset))
+        assert table["images"].tolist() == ["all images"] and table["n_images"].tolist() == [4]

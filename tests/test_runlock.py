@@ -184,3 +184,103 @@ def test_a_process_of_another_user_counts_as_alive(monkeypatch):
 
     monkeypatch.setattr(runlock.os, "kill", not_permitted)
     assert runlock._alive(4242)
+
+
+def test_a_holder_whose_lock_was_deleted_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runlock, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(runlock, "_heartbeat", None)
+    with runlock.held(tmp_path, "a study"):
+        runlock.lock_path(tmp_path).unlink()  # someone followed "delete .lock" too early
+        time.sleep(0.5)
+        assert "no longer this process's (now: none)" in capsys.readouterr().err
+
+
+def test_a_clock_ahead_holder_that_keeps_refreshing_is_never_taken_over(tmp_path):
+    """Watched unchanged for the stale time, then refreshed: the watch starts again."""
+    path = _write_lock(tmp_path, pid=7, host="clock-ahead", age_seconds=-7200)
+    with pytest.raises(runlock.RunFolderBusyError, match="whose clock runs ahead"):
+        runlock.acquire(tmp_path, "a study")
+    seen = next(tmp_path.glob(".lock.seen-*"))
+    record = json.loads(seen.read_text())
+    record["first_seen"] -= runlock.STALE_AFTER_SECONDS + 60
+    seen.write_text(json.dumps(record))
+    later = time.time() + 7300
+    os.utime(path, (later, later))  # the holder refreshed since this machine first saw it
+    with pytest.raises(runlock.RunFolderBusyError, match="unchanged for 0 s"):
+        runlock.acquire(tmp_path, "a study")
+    assert json.loads(path.read_text())["token"] == "theirs"
+
+
+def test_a_live_process_on_this_host_keeps_its_lock_however_long_unrefreshed(tmp_path):
+    # A laptop that slept: its process lives, its lock was not touched for an hour.
+    _write_lock(tmp_path, pid=os.getppid(), host=socket.gethostname(), age_seconds=3600)
+    with pytest.raises(runlock.RunFolderBusyError, match=f"process {os.getppid()}"):
+        runlock.acquire(tmp_path, "a study")
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]"])
+def test_an_unreadable_lock_is_refused_naming_the_file(tmp_path, content):
+    runlock.lock_path(tmp_path).write_text(content)
+    with pytest.raises(runlock.RunFolderBusyError, match="which is not readable"):
+        runlock.acquire(tmp_path, "a study")
+
+
+def test_a_lock_released_while_this_process_looked_is_taken(tmp_path, monkeypatch):
+    create, tries = runlock._create, []
+
+    def released_meanwhile(path, holder):  # the first try finds a lock, gone when read
+        tries.append(path)
+        return len(tries) > 1 and create(path, holder)
+
+    monkeypatch.setattr(runlock, "_create", released_meanwhile)
+    with runlock.held(tmp_path, "a study"):
+        assert json.loads(runlock.lock_path(tmp_path).read_text())["pid"] == os.getpid()
+    assert len(tries) == 2
+
+
+def test_without_hard_links_a_lock_is_still_created_only_once(tmp_path, monkeypatch):
+    """A mounted Drive refuses os.link: the lock is created exclusively instead."""
+    def no_links(source, target):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(runlock.os, "link", no_links)
+    with runlock.held(tmp_path, "a study"):
+        assert json.loads(runlock.lock_path(tmp_path).read_text())["pid"] == os.getpid()
+    _write_lock(tmp_path, pid=os.getppid(), host=socket.gethostname())  # alive
+    with pytest.raises(runlock.RunFolderBusyError, match=f"process {os.getppid()}"):
+        runlock.acquire(tmp_path, "a study")
+    assert json.loads(runlock.lock_path(tmp_path).read_text())["token"] == "theirs"
+
+
+def test_a_lock_leaves_no_other_file_in_the_run_folder(tmp_path):
+    with runlock.held(tmp_path, "a study"):
+        assert os.listdir(tmp_path) == [runlock.LOCK_NAME]
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_live_holder_refreshes_several_times_before_its_lock_counts_as_stale():
+    assert runlock.STALE_AFTER_SECONDS >= 5 * runlock.HEARTBEAT_SECONDS
+
+
+def test_a_child_writes_under_its_parents_token(tmp_path, monkeypatch):
+    _write_lock(tmp_path, pid=os.getppid(), host=socket.gethostname())  # the parent's
+    monkeypatch.setenv(runlock.LOCK_VARIABLE, "theirs")
+    assert runlock.holder_token(tmp_path) is None  # not acquired yet
+    with runlock.held(tmp_path, "a kernel"):
+        assert runlock.holder_token(tmp_path) == "theirs"
+
+
+def test_a_worker_acting_for_its_sender_leaves_the_senders_lock(tmp_path):
+    _write_lock(tmp_path, pid=123, host="the-notebooks-machine")  # the sender's, token "theirs"
+    with runlock.acting_for(tmp_path, "theirs"):
+        pass
+    assert runlock.lock_path(tmp_path).exists()  # the sender releases it, never the worker
+
+
+def test_a_lock_acquired_twice_is_removed_when_the_process_exits(tmp_path):
+    child = ("import sys; from helpers import runlock\n"
+             "runlock.acquire(sys.argv[1], 'a study'); runlock.acquire(sys.argv[1], 'a notebook')")
+    ended = subprocess.run([sys.executable, "-c", child, str(tmp_path)], capture_output=True,
+                           text=True, cwd=REPOSITORY)
+    assert ended.returncode == 0, ended.stderr
+    assert not runlock.lock_path(tmp_path).exists()

@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,6 +77,17 @@ def test_bfloat16_units_are_read_from_the_cpu_flags():
     assert devices.cpu_supports_bfloat16(CPUINFO.format("avx512f avx512_bf16"))
     assert not devices.cpu_supports_bfloat16(CPUINFO.format("avx512f avx512_vnni"))
     assert not devices.cpu_supports_bfloat16("")  # no /proc/cpuinfo (macOS, Windows)
+
+
+def test_the_cpu_threads_recorded_are_the_cores_where_the_variable_leaves_the_choice(
+        monkeypatch):
+    from helpers import cluster
+
+    monkeypatch.setattr(tf.config.threading, "get_intra_op_parallelism_threads", lambda: 0)
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "0")  # TensorFlow's "as many as the cores"
+    assert devices.cpu_threads() == cluster.cores()
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
+    assert devices.cpu_threads() == 3
 
 
 def test_this_cpu_machine_gets_the_default_strategy_and_its_precision():
@@ -506,6 +518,16 @@ def test_discarding_a_phase_keeps_the_history_of_every_phase_before_it(tmp_path)
     assert work.finished_phases() == {"a": 2, "b": 4}
 
 
+def test_a_run_that_trained_nothing_is_not_set_aside_but_removed(run, capsys):
+    """E.g. its model could not be built: nothing to resume, nothing to keep aside."""
+    first = training.TrainingRun(run, "tiny", label="Tiny", seed=0)
+    first.datasets(image_size=16, batch_size=8)  # its record written, no epoch trained
+    del first
+    training.TrainingRun(run, "tiny", label="Tiny", seed=1)
+    assert "set aside" not in capsys.readouterr().out
+    assert sorted(path.name for path in run.work("tiny").parent.iterdir()) == []
+
+
 def test_an_unfinished_run_resumes_only_under_its_own_split_seed_and_parameters(tmp_path):
     work = WorkFolder(RunFolder(tmp_path / "run"), "tiny")
     assert work.resume_problem("split", 7, True, {"EPOCHS": 3}) is None  # no record yet
@@ -539,6 +561,61 @@ def test_a_kill_after_fit_before_finish_trains_no_epoch_again(run):
     assert len(pd.read_csv(training_run.history_csv)) == 2  # no epoch trained twice
     training_run.finish()
     assert run.read_history("tiny")["epoch"].tolist() == [0, 1]
+
+
+def test_an_unfinished_run_resumes_only_in_its_own_precision(run, capsys):
+    _train_tiny(run, epochs=1)  # killed before finish
+    recorded = WorkFolder(run, "tiny").read_record()["precision"]
+    other = "mixed_bfloat16" if recorded == "float32" else "float32"
+    settings = {"label": "Tiny", "seed": 7, "deterministic": True, "parameters": {"EPOCHS": 1}}
+    resumed = training.TrainingRun(run, "tiny", precision=recorded, **settings)
+    assert resumed.work.trained_anything() and "set aside" not in capsys.readouterr().out
+    del resumed
+    training.TrainingRun(run, "tiny", precision=other, **settings)
+    assert f"started with precision {recorded}" in capsys.readouterr().out
+
+
+def test_a_run_resumed_with_other_data_settings_starts_afresh(run, capsys):
+    _train_tiny(run, epochs=1)  # killed before finish, at 16 px
+    resumed = training.TrainingRun(run, "tiny", label="Tiny", seed=7, deterministic=True,
+                                   parameters={"EPOCHS": 1})
+    resumed.datasets(image_size=24, batch_size=8, max_images=48, cache=None)
+    assert "started with other data settings" in capsys.readouterr().out
+    assert resumed.work.read_record()["data"]["image_size"] == 24
+    assert not resumed.work.trained_anything()
+
+
+def test_a_run_whose_own_lock_is_held_elsewhere_leaves_the_run_folder_unlocked(run):
+    lock = runlock.lock_path(run.training_lock("tiny"))
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(),
+                                "purpose": "training tiny", "started": "", "token": "theirs"}))
+    with pytest.raises(runlock.RunFolderBusyError, match="training tiny"):
+        training.TrainingRun(run, "tiny", label="Tiny", seed=0)
+    assert not runlock.lock_path(run.root).exists()
+
+
+def test_finish_gives_the_locks_back_while_the_notebook_still_holds_the_run(run):
+    training_run, _ = _train_tiny(run, epochs=1)
+    training_run.finish()
+    assert not runlock.lock_path(run.training_lock("tiny")).exists()
+    assert not runlock.lock_path(run.root).exists()
+
+
+def test_the_steps_of_an_epoch_count_its_last_smaller_batch(run):
+    training_run = training.TrainingRun(run, "tiny", label="Tiny", seed=0)
+    train_data, _ = training_run.datasets(image_size=16, batch_size=5, max_images=48, cache=None)
+    assert training_run.training_images % 5  # a last batch of fewer images
+    assert training_run.steps_per_epoch == sum(1 for _ in train_data)
+
+
+def test_later_parameters_must_be_parameters_of_the_run(run):
+    training_run = training.TrainingRun(run, "tiny", label="Tiny", seed=0,
+                                        parameters={"PHASE_2_RATE": 1e-4})
+    training_run.datasets(image_size=16, batch_size=8, max_images=48, cache=None)
+    with pytest.raises(ValueError, match=r"no parameter of the run: \['PHASE_2_RAT'\]"):
+        training_run.needs_training(_tiny_model(1, training_run.steps_per_epoch), "first",
+                                    later_parameters=("PHASE_2_RAT",))
 
 
 def test_each_epochs_random_layers_are_seeded_from_the_seed_and_the_epoch():
@@ -733,6 +810,31 @@ def test_phases_keep_their_own_best_and_a_skipped_last_phase_keeps_the_first(run
     assert run.model("tiny", "first").read_bytes() == phase_model
     assert run.model("tiny").read_bytes() == phase_model
     assert run.finished_phases("tiny") == {"first": 2} and run.phase_boundary("tiny") == 2
+
+
+def test_a_skipped_last_phase_keeps_the_model_of_the_phase_just_before_it(run):
+    training_run, model = _train_tiny(run, epochs=1, phase="first")
+    training_run.end_phase("first")
+    model.fit(training_run.training_data, validation_data=training_run.validation_data,
+              initial_epoch=1, epochs=2, verbose=0,
+              callbacks=training_run.callbacks("second", initial_epoch=1, patience=9,
+                                               precise_batchnorm_images=16))
+    training_run.end_phase("second")
+    phase_model = training_run.checkpoint("second").read_bytes()
+    training_run.finish()  # no epoch in the last phase
+    assert run.model("tiny").read_bytes() == phase_model
+
+
+def test_a_run_that_diverges_in_its_last_phase_names_that_phase(run):
+    training_run, model = _train_tiny(run, epochs=1, phase="first")
+    training_run.end_phase("first")
+    model.compile(optimizer=keras.optimizers.AdamW(1e9), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    with pytest.raises(training.TrainingDivergedError, match="in the last phase: "):
+        model.fit(training_run.training_data, validation_data=training_run.validation_data,
+                  initial_epoch=1, epochs=2, verbose=0,
+                  callbacks=training_run.callbacks(initial_epoch=1, precise_batchnorm_images=16))
+        training_run.finish()
 
 
 def test_recalibration_sets_exact_batch_statistics_and_leaves_weights_alone():
