@@ -29,6 +29,10 @@ LOCK_VARIABLE = "BLOOD_CELL_STUDY_LOCK"
 
 HEARTBEAT_SECONDS = 60
 STALE_AFTER_SECONDS = 600
+# A lock missing or unreadable at a heartbeat is read again for this long before it counts as
+# lost: a process judging it stale moves it aside and back, and without hard links a lock is
+# written after it is created.
+RECHECK_SECONDS = 10
 
 # Locks this process holds: run folder -> (token, how many times acquired).
 _held: dict[Path, list] = {}
@@ -45,6 +49,10 @@ def _refresh_held_locks() -> None:
                 continue
             path = lock_path(root)
             holder = _read_holder(path)
+            deadline = time.monotonic() + RECHECK_SECONDS
+            while holder is None and time.monotonic() < deadline:
+                time.sleep(min(1.0, RECHECK_SECONDS / 10))
+                holder = _read_holder(path)
             if holder is None or holder.get("token") != entry[0]:
                 entry[0] = None
                 print(f"warning: the lock of {root} is no longer this process's (now: "
@@ -128,16 +136,22 @@ def _create(path: Path, holder: dict) -> bool:
         return True
     except FileExistsError:
         return False
-    except OSError:  # a file system without hard links (a mounted Drive): create exclusively
-        try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(descriptor, "w", encoding="utf-8") as lock_file:
-            lock_file.write(text)
-        return True
+    except OSError:  # a file system without hard links (a mounted Drive)
+        return _create_exclusively(path, text)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _create_exclusively(path: Path, text: str) -> bool:
+    """Create ``path`` holding ``text`` unless it exists (whether it did not), without hard
+    links: a reader may see it empty for a moment, which the heartbeat reads again."""
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(descriptor, "w", encoding="utf-8") as lock_file:
+        lock_file.write(text)
+    return True
 
 
 def _remove_if_still(path: Path, holder: dict, token: str) -> bool:
@@ -152,8 +166,15 @@ def _remove_if_still(path: Path, holder: dict, token: str) -> bool:
     if (_read_holder(aside) or {}).get("token") == holder.get("token"):
         aside.unlink(missing_ok=True)
         return True
-    with contextlib.suppress(OSError):  # another process's new lock: put it back
+    # Another process's new lock: put it back, unless a third has made one since (then its
+    # holder's heartbeat says the lock is no longer its own).
+    try:
         os.link(aside, path)
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links (a mounted Drive): recreate it with the same content
+        with contextlib.suppress(OSError):
+            _create_exclusively(path, aside.read_text(encoding="utf-8"))
     aside.unlink(missing_ok=True)
     return False
 

@@ -102,9 +102,16 @@ def test_a_child_given_the_token_writes_under_its_parents_lock(tmp_path):
     assert not runlock.lock_path(tmp_path).exists()
 
 
-def test_a_stale_lock_replaced_meanwhile_by_a_live_one_is_not_removed(tmp_path):
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_stale_lock_replaced_meanwhile_by_a_live_one_is_not_removed(tmp_path, monkeypatch,
+                                                                     hard_links):
     """Two processes that both judged a lock stale: the second must not remove the lock the
-    first has just made."""
+    first has just made, on a file system with hard links or without (a mounted Drive)."""
+    if not hard_links:
+        def no_links(source, target):
+            raise OSError(1, "Operation not permitted")
+
+        monkeypatch.setattr(runlock.os, "link", no_links)
     stale = {"token": "stale-one"}
     path = _write_lock(tmp_path, pid=_dead_pid(), host=socket.gethostname())
     fresh = json.loads(path.read_text()) | {"token": "fresh-one"}
@@ -188,11 +195,30 @@ def test_a_process_of_another_user_counts_as_alive(monkeypatch):
 
 def test_a_holder_whose_lock_was_deleted_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runlock, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(runlock, "RECHECK_SECONDS", 0.1)
     monkeypatch.setattr(runlock, "_heartbeat", None)
     with runlock.held(tmp_path, "a study"):
         runlock.lock_path(tmp_path).unlink()  # someone followed "delete .lock" too early
         time.sleep(0.5)
         assert "no longer this process's (now: none)" in capsys.readouterr().err
+
+
+def test_a_lock_missing_for_a_moment_at_a_heartbeat_stays_held(tmp_path, monkeypatch, capsys):
+    """Another process judging it stale moves it aside and back: its holder keeps it."""
+    monkeypatch.setattr(runlock, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(runlock, "RECHECK_SECONDS", 2.0)
+    monkeypatch.setattr(runlock, "_heartbeat", None)
+    with runlock.held(tmp_path, "a study"):
+        path = runlock.lock_path(tmp_path)
+        aside = path.with_name(f"{runlock.LOCK_NAME}.stale-other")
+        os.replace(path, aside)
+        time.sleep(0.3)  # several heartbeats see no lock
+        os.link(aside, path)
+        aside.unlink()
+        time.sleep(0.3)
+        assert "no longer" not in capsys.readouterr().err
+        assert runlock.token(tmp_path) is not None  # not given up as lost
+    assert not path.exists()  # released as its own
 
 
 def test_a_clock_ahead_holder_that_keeps_refreshing_is_never_taken_over(tmp_path):
