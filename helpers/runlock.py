@@ -143,8 +143,8 @@ def _create(path: Path, holder: dict) -> bool:
 
 
 def _create_exclusively(path: Path, text: str) -> bool:
-    """Create ``path`` holding ``text`` unless it exists (whether it did not), without hard
-    links: a reader may see it empty for a moment, which the heartbeat reads again."""
+    """Create ``path`` holding ``text``, without hard links; False when it exists already. A
+    reader may see it empty for a moment (the heartbeat reads it again)."""
     try:
         descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
