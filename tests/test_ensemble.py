@@ -155,24 +155,23 @@ def test_an_ensemble_is_built_again_when_anything_it_was_built_from_changed(
     assert _save_or_rebuilt(run, model, monkeypatch, label) == "rebuilt"
 
 
-def test_an_ensemble_whose_members_or_file_changed_is_refused_by_its_readers(tmp_path):
+@pytest.mark.parametrize("change, refusal", [
+    ("member trained again", "cnn_seed43 .trained again"),
+    ("member gone", "cnn_seed43 .trained again"),
+    ("model file replaced", "not the ensemble notebook 03 saved"),
+    ("metrics missing", "No finished ensemble"),
+])
+def test_an_ensemble_whose_members_or_file_changed_is_refused_by_its_readers(
+        tmp_path, change, refusal):
     run = RunFolder(tmp_path)
     _finished_ensemble(run, _tiny_model())
-    run.model("cnn_seed43").write_bytes(b"another model")
-    with pytest.raises(DataError, match="cnn_seed43 .trained again"):
-        ensemble.members(run, "cnn_ensemble")
-    run.model("cnn_seed43").unlink()
-    with pytest.raises(DataError, match="cnn_seed43 .trained again"):
-        ensemble.members(run, "cnn_ensemble")
-
-    run = RunFolder(tmp_path / "replaced")
-    _finished_ensemble(run, _tiny_model())
-    run.model("cnn_ensemble").write_bytes(b"another ensemble")
-    with pytest.raises(DataError, match="not the ensemble notebook 03 saved"):
-        ensemble.members(run, "cnn_ensemble")
-
-    run = RunFolder(tmp_path / "unfinished")
-    _finished_ensemble(run, _tiny_model())
-    run.validation_metrics("cnn_ensemble").unlink()
-    with pytest.raises(DataError, match="No finished ensemble"):
+    if change == "member trained again":
+        run.model("cnn_seed43").write_bytes(b"another model")
+    elif change == "member gone":
+        run.model("cnn_seed43").unlink()
+    elif change == "model file replaced":
+        run.model("cnn_ensemble").write_bytes(b"another ensemble")
+    else:
+        run.validation_metrics("cnn_ensemble").unlink()
+    with pytest.raises(DataError, match=refusal):
         ensemble.members(run, "cnn_ensemble")

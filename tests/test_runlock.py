@@ -23,6 +23,21 @@ def _write_lock(root, *, pid, host, age_seconds=0):
     return path
 
 
+def _fast_heartbeat(monkeypatch, recheck_seconds: float = 0.1) -> None:
+    """A heartbeat every 0.05 s (a new thread), re-reading a missing lock for RECHECK."""
+    monkeypatch.setattr(runlock, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(runlock, "RECHECK_SECONDS", recheck_seconds)
+    monkeypatch.setattr(runlock, "_heartbeat", None)
+
+
+def _without_hard_links(monkeypatch) -> None:
+    """As on a mounted Drive, which refuses os.link."""
+    def no_links(source, target):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(runlock.os, "link", no_links)
+
+
 def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
@@ -77,8 +92,7 @@ def test_a_lock_of_a_host_whose_clock_runs_ahead_goes_stale_by_this_machines_clo
 
 
 def test_the_holder_refreshes_its_lock(tmp_path, monkeypatch):
-    monkeypatch.setattr(runlock, "HEARTBEAT_SECONDS", 0.05)
-    monkeypatch.setattr(runlock, "_heartbeat", None)
+    _fast_heartbeat(monkeypatch)
     with runlock.held(tmp_path, "a study"):
         path = runlock.lock_path(tmp_path)
         os.utime(path, (time.time() - 3600, time.time() - 3600))
@@ -108,10 +122,7 @@ def test_a_stale_lock_replaced_meanwhile_by_a_live_one_is_not_removed(tmp_path, 
     """Two processes that both judged a lock stale: the second must not remove the lock the
     first has just made, on a file system with hard links or without (a mounted Drive)."""
     if not hard_links:
-        def no_links(source, target):
-            raise OSError(1, "Operation not permitted")
-
-        monkeypatch.setattr(runlock.os, "link", no_links)
+        _without_hard_links(monkeypatch)
     stale = {"token": "stale-one"}
     path = _write_lock(tmp_path, pid=_dead_pid(), host=socket.gethostname())
     fresh = json.loads(path.read_text()) | {"token": "fresh-one"}
@@ -122,8 +133,7 @@ def test_a_stale_lock_replaced_meanwhile_by_a_live_one_is_not_removed(tmp_path, 
 
 
 def test_a_holder_whose_lock_was_taken_over_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(runlock, "HEARTBEAT_SECONDS", 0.05)
-    monkeypatch.setattr(runlock, "_heartbeat", None)
+    _fast_heartbeat(monkeypatch)
     with runlock.held(tmp_path, "a study"):
         _write_lock(tmp_path, pid=123, host="elsewhere")  # taken over while this one slept
         time.sleep(0.5)  # about ten heartbeats: said once, not at each
@@ -194,9 +204,7 @@ def test_a_process_of_another_user_counts_as_alive(monkeypatch):
 
 
 def test_a_holder_whose_lock_was_deleted_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(runlock, "HEARTBEAT_SECONDS", 0.05)
-    monkeypatch.setattr(runlock, "RECHECK_SECONDS", 0.1)
-    monkeypatch.setattr(runlock, "_heartbeat", None)
+    _fast_heartbeat(monkeypatch)
     with runlock.held(tmp_path, "a study"):
         runlock.lock_path(tmp_path).unlink()  # someone followed "delete .lock" too early
         time.sleep(0.5)
@@ -205,9 +213,7 @@ def test_a_holder_whose_lock_was_deleted_says_so(tmp_path, monkeypatch, capsys):
 
 def test_a_lock_missing_for_a_moment_at_a_heartbeat_stays_held(tmp_path, monkeypatch, capsys):
     """Another process judging it stale moves it aside and back: its holder keeps it."""
-    monkeypatch.setattr(runlock, "HEARTBEAT_SECONDS", 0.05)
-    monkeypatch.setattr(runlock, "RECHECK_SECONDS", 2.0)
-    monkeypatch.setattr(runlock, "_heartbeat", None)
+    _fast_heartbeat(monkeypatch, recheck_seconds=2.0)
     with runlock.held(tmp_path, "a study"):
         path = runlock.lock_path(tmp_path)
         aside = path.with_name(f"{runlock.LOCK_NAME}.stale-other")
@@ -266,10 +272,7 @@ def test_a_lock_released_while_this_process_looked_is_taken(tmp_path, monkeypatc
 
 def test_without_hard_links_a_lock_is_still_created_only_once(tmp_path, monkeypatch):
     """A mounted Drive refuses os.link: the lock is created exclusively instead."""
-    def no_links(source, target):
-        raise OSError(1, "Operation not permitted")
-
-    monkeypatch.setattr(runlock.os, "link", no_links)
+    _without_hard_links(monkeypatch)
     with runlock.held(tmp_path, "a study"):
         assert json.loads(runlock.lock_path(tmp_path).read_text())["pid"] == os.getpid()
     _write_lock(tmp_path, pid=os.getppid(), host=socket.gethostname())  # alive
